@@ -1,0 +1,60 @@
+# hizfo: set-up, the embedded demo, tests, benchmarks and the paper's tables.
+# `make demo` and `make test` do all set-up themselves.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# The pinned torch: PyPI's Linux wheel is the CUDA build; the CPU-only machines of this project
+# have the CPU build of the same version on local disk. Override, e.g. TORCH_SPEC="torch==2.5.1".
+TORCH_SPEC  ?= torch==2.13.0
+MODEL_DIR   := artifacts/models/smollm2-135m-instruct
+# Release files: $HIZFO_DATA_DIR if set, else ../shared/data when it exists (else the loaders try the hub).
+DATA_DIR    ?= $(firstword $(HIZFO_DATA_DIR) $(wildcard ../shared/data))
+ifneq ($(strip $(DATA_DIR)),)
+export HIZFO_DATA_DIR := $(abspath $(DATA_DIR))
+endif
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup model demo test test-fast lint bench bench-selection clean
+
+help:
+	@echo "make demo    - set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)"
+	@echo "make test    - set up, then run the test suite"
+	@echo "make bench   - step time / peak memory of each method (one process each)"
+	@echo "make lint    - ruff"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(MODEL_DIR)/config.json: | $(VENV)/.installed
+	$(PY) -m hizfo.prepare_model --out $(MODEL_DIR)
+
+model: $(MODEL_DIR)/config.json
+
+demo: setup model
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train experiment=demo
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup model
+	$(PY) -m pytest -q -m slow tests
+
+lint: setup
+	$(VENV)/bin/ruff check hizfo tests experiments
+
+bench: setup model
+	$(PY) experiments/bench_methods.py --model smollm2
+	$(PY) experiments/bench_methods.py --model opt-350m-shape
+
+bench-selection: setup
+	$(PY) experiments/bench_selection.py
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

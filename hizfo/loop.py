@@ -1,0 +1,188 @@
+"""The training loop: epochs, micro-batching, checkpoint/resume, progress, time and memory.
+
+Methods own the optimisation step; this file owns everything around it. Data order is a pure
+function of (seed, epoch), so a resumed run skips the batches it already did and continues
+with the same batches, RNG state and optimizer state as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from hizfo.methods.base import Batch, Method, TrainSetup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopConfig:
+    num_epochs: int
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every_steps: int | None = None
+    resume: bool = True
+    log_every_steps: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+    steps_done: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    resumed_from_step: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_loader(dataset: Dataset, cfg: LoopConfig, epoch: int, collate: Callable) -> DataLoader:
+    """Shuffled batches whose order depends only on (seed, epoch): the key to exact resume."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                      collate_fn=collate, num_workers=cfg.num_workers, drop_last=False)
+
+
+def split_micro_batches(batch: Batch, n: int, device: torch.device) -> list[Batch]:
+    """One logical batch -> n micro-batches (gradient accumulation), moved to the device."""
+    size = batch["input_ids"].size(0)
+    n = max(1, min(n, size))
+    bounds = [round(i * size / n) for i in range(n + 1)]
+    return [{k: v[bounds[i]:bounds[i + 1]].to(device) for k, v in batch.items()} for i in range(n)]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "checkpoint.pt.tmp"
+    torch.save({"model": model.state_dict(), "method": method.state_dict(), "loop": loop_state,
+                "rng": _rng_state()}, tmp)
+    os.replace(tmp, path / "checkpoint.pt")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    file = path / "checkpoint.pt"
+    if not file.exists():
+        return None
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
+          device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+    """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics."""
+    if len(dataset) == 0:
+        raise ValueError("the training split is empty: check task.max_train_examples and the data files")
+    per_epoch = steps_per_epoch(len(dataset), cfg.batch_size)
+    total = per_epoch * cfg.num_epochs
+    if cfg.max_steps is not None:
+        total = min(total, int(cfg.max_steps))
+    first = next(iter(epoch_loader(dataset, cfg, 0, collate)))
+    setup = TrainSetup(total_steps=total, steps_per_epoch=per_epoch, num_epochs=cfg.num_epochs,
+                       device=device, seed=cfg.seed,
+                       profile_batch={k: v.to(device) for k, v in first.items()})
+    result = LoopResult()
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+
+    seed_everything(cfg.seed)
+    method.setup(model, setup)
+    start_step = 0
+    state = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume) else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"])
+        start_step = int(state["loop"]["step"])
+        result.history = list(state["loop"]["history"])
+        result.epoch_metrics = list(state["loop"]["epoch_metrics"])
+        result.resumed_from_step = start_step
+        log.info("resumed from %s at step %d", ckpt_dir, start_step)
+
+    def loop_state(step: int) -> dict[str, Any]:
+        return {"step": step, "history": result.history, "epoch_metrics": result.epoch_metrics}
+
+    step = start_step
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start_step, desc=f"train {method.name}", dynamic_ncols=True)
+    for epoch in range(step // per_epoch, cfg.num_epochs):
+        if step >= total:
+            break
+        if step == epoch * per_epoch:  # entering the epoch fresh, not resuming inside it
+            method.on_epoch_start(model, epoch, setup)
+        for i, batch in enumerate(epoch_loader(dataset, cfg, epoch, collate)):
+            if epoch * per_epoch + i < step:
+                continue  # already done before the resume
+            if step >= total:
+                break
+            metrics = method.step(model, split_micro_batches(batch, cfg.grad_accum, device), step)
+            step += 1
+            metrics = {"step": step, "epoch": epoch + (i + 1) / per_epoch, **metrics}
+            result.history.append(metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+            if step % max(1, cfg.log_every_steps) == 0:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            bar.update(1)
+            epoch_done = step == (epoch + 1) * per_epoch or step >= total
+            if (ckpt_dir and cfg.checkpoint_every_steps and not epoch_done
+                    and step % cfg.checkpoint_every_steps == 0):
+                save_checkpoint(ckpt_dir, model, method, loop_state(step))
+        if step == (epoch + 1) * per_epoch or step >= total:
+            if on_epoch_end is not None:
+                t_eval = time.perf_counter()
+                result.epoch_metrics.append({"epoch": epoch + 1, "step": step, **on_epoch_end(epoch)})
+                result.eval_seconds += time.perf_counter() - t_eval
+            if ckpt_dir:  # after the epoch's evaluation, so a resume never repeats or skips it
+                save_checkpoint(ckpt_dir, model, method, loop_state(step))
+    bar.close()
+    result.steps_done = step
+    result.train_seconds = time.perf_counter() - t0 - result.eval_seconds  # training only
+    return result
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""The one small interface every fine-tuning method implements.
+
+A method decides which tensors change and how one optimisation step runs. The training loop
+(`hizfo.loop`) owns everything else: data order, epochs, LR schedule progress, evaluation,
+checkpoints, timing and memory. A step receives the micro-batches of one logical batch
+(gradient accumulation) and returns scalar metrics; it must include ``"loss"`` (the clean
+training loss of the batch, averaged over micro-batches).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainSetup:
+    """What a method may look at when it prepares itself (and on epoch boundaries)."""
+
+    total_steps: int
+    steps_per_epoch: int
+    num_epochs: int
+    device: torch.device
+    seed: int
+    profile_batch: Batch  # one training batch, on device (importance profiling, cost model shapes)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base class. Subclasses register with ``@register_method("name")``."""
+
+    name: ClassVar[str] = "base"
+    #: False for methods that never train (zero-shot): the loop skips training entirely.
+    trains: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
+        """Choose trainable tensors, build optimizers/schedulers. Called once before training."""
+
+    @abstractmethod
+    def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
+        """Run one optimisation step on one logical batch; return metrics including "loss"."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
+        """Hook for per-epoch work (GreenTrainer re-selects tensors every 2 epochs)."""
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Tensors this method changes (FO and ZO alike). Default: requires_grad ones."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate (Bilevel-ZOFO evaluates with its upper PEFT copy)."""
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        """Method-specific facts for the run record (partition, parameter counts, ...)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer/scheduler/RNG state needed to resume exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_method(name: str, cfg: Any) -> Method:
+    """Instantiate a registered method by name, with a clear error for an unknown one."""
+    import hizfo.methods  # noqa: F401  (imports every method module so they register)
+
+    if name not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        raise ValueError(f"unknown method {name!r}; known methods: {known}. "
+                         f"Pick one with method=<name> (configs live in conf/method/).")
+    return METHODS[name](cfg)

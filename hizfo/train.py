@@ -1,0 +1,171 @@
+"""The one runner: compose model x task x method, fine-tune, evaluate, log, write a run record.
+
+    python -m hizfo.train model=opt-2.7b task=scitldr method=hizfo
+    python -m hizfo.train -m method=hizfo method.rho=0.4,0.5,0.6      # Hydra multirun
+    python -m hizfo.train experiment=demo                              # the embedded default
+
+Reads top to bottom: build -> (evaluate before) -> train -> evaluate -> record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hizfo import records
+from hizfo.data.tasks import load_split
+from hizfo.data import TrainDataset, collate_train
+from hizfo.evaluation import evaluate_task, validation_loss
+from hizfo.loop import LoopConfig, seed_everything, train
+from hizfo.methods import build_method
+from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
+from hizfo.wandb_log import WandbLogger
+
+log = logging.getLogger("hizfo.train")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _abs(path: str | None) -> str | None:
+    """Hydra may change cwd; relative paths in configs are relative to the repo root."""
+    if path is None:
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else REPO_ROOT / p)
+
+
+def loss_batches(tokenizer, examples, task_cfg, batch_size: int, limit: int | None, device):
+    dataset = TrainDataset(examples, tokenizer, int(task_cfg.max_input_len), int(task_cfg.max_output_len))
+    collate = collate_train(tokenizer.pad_token_id)
+    items = [dataset[i] for i in range(len(dataset))]
+    batches = [collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    batches = batches[:limit] if limit else batches
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one configured job; returns the run record (also written to paths.results_dir)."""
+    started_at = records.now_iso()
+    t_start = time.perf_counter()
+    seed_everything(int(cfg.seed))
+    method = build_method(cfg.method.name, cfg.method)
+    device = resolve_device(cfg.trainer.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("source") == "local":
+        model_cfg["path"] = _abs(model_cfg["path"])
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device, cfg.trainer.dtype)
+    data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
+    eos = tokenizer.eos_token
+
+    train_examples = load_split(cfg.task, "train", data_dir, eos) if method.trains else []
+    val_examples = load_split(cfg.task, cfg.eval.split, data_dir, eos) if cfg.eval.split else []
+    test_examples = load_split(cfg.task, cfg.eval.final_split, data_dir, eos) if cfg.eval.final_split else []
+    eval_bs = int(cfg.eval.batch_size)
+
+    def evaluate(split_examples) -> dict[str, Any]:
+        eval_model = method.eval_model(model)
+        return evaluate_task(eval_model, tokenizer, cfg.task, split_examples, batch_size=eval_bs,
+                             max_examples=cfg.eval.max_examples, data_dir=data_dir, device=device)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name, resolved)
+    record: dict[str, Any] = {
+        "run_name": cfg.run_name, "status": "running", "started_at": started_at, "config": resolved,
+        "data": {"train_examples": len(train_examples), "validation_examples": len(val_examples),
+                 "test_examples": len(test_examples)},
+        "hardware": records.hardware_info(device), "versions": records.package_versions(),
+        "git": records.git_info(REPO_ROOT), "metrics": {}}
+    results_dir = _abs(cfg.paths.results_dir)
+    try:
+        if cfg.eval.before_training and test_examples:
+            before = evaluate(test_examples)
+            record["metrics"]["before"] = before
+            logger.summary({f"before/{k}": v for k, v in before.items()})
+            log.info("before training: %s", _fmt(before))
+        loop_result = None
+        if method.trains:
+            val_batches = loss_batches(tokenizer, val_examples, cfg.task, eval_bs,
+                                       cfg.eval.max_loss_batches, device) if val_examples else []
+
+            def on_epoch_end(epoch: int) -> dict[str, Any]:
+                if not (cfg.trainer.eval_every_epoch and val_batches):
+                    return {}
+                val = {"val_loss": validation_loss(method.eval_model(model), val_batches)}
+                logger.log(val)
+                log.info("epoch %d: %s", epoch + 1, _fmt(val))
+                return val
+
+            loop_cfg = LoopConfig(
+                num_epochs=int(cfg.trainer.num_epochs), batch_size=int(cfg.trainer.batch_size),
+                grad_accum=int(cfg.trainer.grad_accum), max_steps=cfg.trainer.max_steps, seed=int(cfg.seed),
+                checkpoint_dir=_abs(cfg.paths.checkpoint_dir),
+                checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
+                log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers))
+            dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
+                                   int(cfg.task.max_output_len))
+            loop_result = train(model, method, dataset, collate_train(tokenizer.pad_token_id), loop_cfg,
+                                device, on_epoch_end=on_epoch_end,
+                                on_step=lambda step, m: logger.log(m, step=step))
+            record["history"] = loop_result.history
+            record["epochs"] = loop_result.epoch_metrics
+            record["resumed_from_step"] = loop_result.resumed_from_step
+            record["truncation"] = dataset.stats.summary()
+        t_eval = time.perf_counter()
+        final = evaluate(test_examples) if test_examples else {}
+        record["metrics"]["final"] = final
+        record["status"] = "completed"
+        logger.summary({f"final/{k}": v for k, v in final.items()})
+        log.info("final (%s): %s", cfg.eval.final_split, _fmt(final))
+        record["time"] = {"train_seconds": loop_result.train_seconds if loop_result else 0.0,
+                          "epoch_eval_seconds": loop_result.eval_seconds if loop_result else 0.0,
+                          "final_eval_seconds": time.perf_counter() - t_eval,
+                          "steps": loop_result.steps_done if loop_result else 0}
+    except BaseException as exc:  # record what happened, keep checkpoints, then re-raise
+        record["status"] = "failed"
+        record["error"] = {"type": type(exc).__name__, "message": str(exc),
+                           "traceback": traceback.format_exc(limit=20)}
+        raise
+    finally:
+        record["finished_at"] = records.now_iso()
+        record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
+        record["memory"] = records.peak_memory_bytes(device)
+        record["parameters"] = {"total": count_parameters(model.parameters()),
+                                "trainable": count_parameters(method.trainable_parameters(model))}
+        record["method"] = method.describe() if record["status"] == "completed" else {}
+        path = records.write_record(record, results_dir)
+        record["_path"] = str(path)
+        if hasattr(method, "save_artifacts") and record["status"] == "completed":
+            method.save_artifacts(Path(_abs(cfg.paths.checkpoint_dir)) / "artifacts")
+        logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
+        logger.finish(0 if record["status"] == "completed" else 1)
+        log.info("run record: %s", path)
+    return record
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    record = run(cfg)
+    final = record["metrics"].get("final", {})
+    # Returned value lets Hydra sweepers (e.g. Optuna) optimise the run's main metric.
+    for key in ("rouge1", "accuracy", "pass@1"):
+        if key in final:
+            return float(final[key])
+    return None
+
+
+if __name__ == "__main__":
+    main()
