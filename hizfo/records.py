@@ -125,7 +125,7 @@ def records_frame(results_dir: str | Path = "results/runs", status: str | None =
                "model": cfg.get("model", {}).get("name"), "task": cfg.get("task", {}).get("name"),
                "method": cfg.get("method", {}).get("name"), "seed": cfg.get("seed"),
                "train_hours": rec.get("time", {}).get("train_seconds", 0) / 3600,
-               "peak_mem_gb": rec.get("memory", {}).get("bytes", 0) / 2**30,
+               "peak_mem_gb": rec.get("memory", {}).get("bytes", 0) / 1e9,
                "device": rec.get("hardware", {}).get("device"), "path": rec["_path"]}
         for key, value in (rec.get("metrics", {}).get("final") or {}).items():
             if isinstance(value, (int, float)):

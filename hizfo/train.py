@@ -50,6 +50,25 @@ def loss_batches(tokenizer, examples, task_cfg, batch_size: int, limit: int | No
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
+def load_train_examples(task_cfg: DictConfig, data_dir: str | None, eos: str):
+    """The task's train split, or another task's (task.train_task) for test-only tasks."""
+    source = task_cfg.get("train_task")
+    if source and task_cfg.splits.get("train") is None:
+        log.info("%s has no train split; training on %s train (task.train_task)", task_cfg.name, source)
+        task_cfg = OmegaConf.merge(task_cfg, {"name": source, "splits": {"train": source}})
+    return load_split(task_cfg, "train", data_dir, eos)
+
+
+def load_optional_split(task_cfg: DictConfig, split: str | None, data_dir: str | None, eos: str):
+    """An evaluation split, or [] when not asked for or the task has none (e.g. GSM8K validation)."""
+    if not split:
+        return []
+    if task_cfg.splits.get(split) is None:
+        log.info("%s has no %s split; skipping it", task_cfg.name, split)
+        return []
+    return load_split(task_cfg, split, data_dir, eos)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
@@ -66,9 +85,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
     eos = tokenizer.eos_token
 
-    train_examples = load_split(cfg.task, "train", data_dir, eos) if method.trains else []
-    val_examples = load_split(cfg.task, cfg.eval.split, data_dir, eos) if cfg.eval.split else []
-    test_examples = load_split(cfg.task, cfg.eval.final_split, data_dir, eos) if cfg.eval.final_split else []
+    train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
+    val_examples = load_optional_split(cfg.task, cfg.eval.split, data_dir, eos)
+    test_examples = load_optional_split(cfg.task, cfg.eval.final_split, data_dir, eos)
     eval_bs = int(cfg.eval.batch_size)
 
     def evaluate(split_examples) -> dict[str, Any]:
