@@ -15,7 +15,7 @@ export HIZFO_DATA_DIR := $(abspath $(DATA_DIR))
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup model demo test test-fast lint bench bench-selection clean
+.PHONY: help setup model demo test test-slow lint bench bench-selection clean
 
 help:
 	@echo "make demo    - set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)"
@@ -58,3 +58,19 @@ bench-selection: setup
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
+
+# ---- the paper's tables (GPU machines): run the grid, then rebuild the table beside the paper's numbers
+.PHONY: table1 table2 table3 table4 table5 fig-alpha fig-ratio tables plots
+table1 table2 table3 table4 table5: setup
+	$(PY) -m hizfo.train sweep=$@ $(ARGS)
+	$(PY) -m hizfo.report tables
+
+fig-alpha fig-ratio: setup
+	$(PY) -m hizfo.train sweep=$(subst fig-,,$@) $(ARGS)
+	$(PY) -m hizfo.report plots
+
+tables: setup
+	$(PY) -m hizfo.report tables
+
+plots: setup
+	$(PY) -m hizfo.report plots

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hizfo.methods.base import Batch
+Batch = dict[str, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
