@@ -9,6 +9,8 @@ Reads top to bottom: build -> (evaluate before) -> train -> evaluate -> record.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -69,6 +71,16 @@ def load_optional_split(task_cfg: DictConfig, split: str | None, data_dir: str |
     return load_split(task_cfg, split, data_dir, eos)
 
 
+def config_fingerprint(resolved: dict[str, Any]) -> str:
+    """Hash of everything that changes what is trained, so a sweep's runs (say over method.rho)
+    never resume from one another's checkpoints; paths, logging and eval settings are left out."""
+    keep = {k: resolved[k] for k in ("model", "task", "method", "seed", "data") if k in resolved}
+    keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
+                       if k not in ("resume", "checkpoint_every_steps", "log_every_steps", "num_workers")}
+    keep["task"] = {k: v for k, v in keep.get("task", {}).items() if k != "max_eval_examples"}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
@@ -96,9 +108,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              max_examples=cfg.eval.max_examples, data_dir=data_dir, device=device)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    fingerprint = config_fingerprint(resolved)
+    checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
     logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name, resolved)
     record: dict[str, Any] = {
-        "run_name": cfg.run_name, "status": "running", "started_at": started_at, "config": resolved,
+        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running", "started_at": started_at, "config": resolved,
         "data": {"train_examples": len(train_examples), "validation_examples": len(val_examples),
                  "test_examples": len(test_examples)},
         "hardware": records.hardware_info(device), "versions": records.package_versions(),
@@ -126,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             loop_cfg = LoopConfig(
                 num_epochs=int(cfg.trainer.num_epochs), batch_size=int(cfg.trainer.batch_size),
                 grad_accum=int(cfg.trainer.grad_accum), max_steps=cfg.trainer.max_steps, seed=int(cfg.seed),
-                checkpoint_dir=_abs(cfg.paths.checkpoint_dir),
+                checkpoint_dir=checkpoint_dir,
                 checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
                 log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers))
             dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
@@ -163,7 +177,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         path = records.write_record(record, results_dir)
         record["_path"] = str(path)
         if hasattr(method, "save_artifacts") and record["status"] == "completed":
-            method.save_artifacts(Path(_abs(cfg.paths.checkpoint_dir)) / "artifacts")
+            method.save_artifacts(Path(checkpoint_dir) / "artifacts")
         logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
         logger.finish(0 if record["status"] == "completed" else 1)
         log.info("run record: %s", path)
@@ -174,7 +188,7 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     record = run(cfg)
