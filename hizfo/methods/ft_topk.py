@@ -1,0 +1,93 @@
+"""FT-TopK (the paper's FT-Top2 baseline): only the last k transformer blocks train.
+
+The paper says "only the top two transformer layers", so by default the final norm and the LM
+head stay frozen: with tied embeddings the head is the input embedding, whose gradient needs the
+full backward pass. ``include_final_norm`` / ``include_lm_head`` (untied heads only) widen the set.
+AdamW, the protocol's linear decay, gradient accumulation as in Full FT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from hizfo.methods.base import Batch, Method, TrainSetup, register_method
+from hizfo.methods.full_ft import fo_backward
+from hizfo.optim import make_adamw
+from hizfo.selection.costs import module_kind
+from hizfo.selection.tensors import ordered_tensors, transformer_blocks
+
+
+def output_side_tensors(model: nn.Module) -> dict[str, list[str]]:
+    """Names of the tensors between the last block and the loss: {"norm": [...], "head": [...]}."""
+    tensors = ordered_tensors(model)
+    out: dict[str, list[str]] = {"norm": [], "head": []}
+    for t in tensors:
+        if t.layer is not None:
+            break
+        module = model.get_submodule(t.module_name)
+        kind = module_kind(module)
+        out["norm" if kind == "norm" else "head"].append(t.name)
+    return out
+
+
+@register_method("ft_topk")
+class FTTopK(Method):
+    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
+        k = int(self.cfg.get("k", 2))
+        blocks = transformer_blocks(model)
+        if not 1 <= k <= len(blocks):
+            raise ValueError(f"method.k={k} must be between 1 and the model's {len(blocks)} blocks")
+        keep = {id(p) for block in blocks[-k:] for p in block.parameters()}
+        extra: list[str] = []
+        if self.cfg.get("include_final_norm", False) or self.cfg.get("include_lm_head", False):
+            side = output_side_tensors(model)
+            if self.cfg.get("include_final_norm", False):
+                extra += side["norm"]
+            if self.cfg.get("include_lm_head", False):
+                if not side["head"]:
+                    raise ValueError("include_lm_head: the LM head is tied to the input embedding, so "
+                                     "training it trains the embedding and needs the full backward; "
+                                     "leave it false")
+                extra += side["head"]
+        params = dict(model.named_parameters())
+        keep |= {id(params[n]) for n in extra}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        self.named = [(n, p) for n, p in model.named_parameters() if id(p) in keep]
+        self.blocks = list(range(len(blocks) - k, len(blocks)))
+        self.total_params = sum(p.numel() for p in model.parameters())
+        self.optimizer, self.scheduler = make_adamw(
+            self.named, lr=float(self.cfg.get("lr", 2e-5)),
+            weight_decay=float(self.cfg.get("weight_decay", 0.0)), total_steps=setup.total_steps,
+            schedule=self.cfg.get("schedule", "linear"))
+
+    def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = fo_backward(model, micro_batches, f"{self.name} step {step}")
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        max_norm = self.cfg.get("max_grad_norm")
+        if max_norm:
+            nn.utils.clip_grad_norm_([p for _, p in self.named], float(max_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"k": len(self.blocks), "blocks": self.blocks, "trainable_tensors": [n for n, _ in self.named],
+                "trainable_params": sum(p.numel() for _, p in self.named), "total_params": self.total_params,
+                "include_final_norm": bool(self.cfg.get("include_final_norm", False)),
+                "include_lm_head": bool(self.cfg.get("include_lm_head", False))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

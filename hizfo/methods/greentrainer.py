@@ -1,0 +1,159 @@
+"""GreenTrainer (Huang et al. 2024), GT-rho: AdamW on the tensors that maximise importance within
+a fraction rho of Full FT's FLOPs; every other tensor is frozen, so backward stops at the deepest
+selected tensor.
+
+Selection (``hizfo.selection``): at the start of epoch 0 and then every ``reselect_every_epochs``
+epochs (0-based epochs 2, 4, ...), importance is profiled with one trial AdamW step on
+``setup.profile_batch`` (the first training batch, on device; a callable
+``setup.extra["profile_batch_fn"](epoch)`` supplies a fresh batch instead) and the DP picks the
+tensors. The trial step starts from a fresh AdamW state for every tensor by default, so tensors
+that were training and tensors that were frozen are compared on equal terms
+(``importance_optimizer_state: true`` continues the moments of the training optimizer instead).
+Selection is lazy (first epoch start / step / describe) so a resume reuses the saved selection.
+
+Re-selection rebuilds AdamW over the new set: tensors that stay selected keep their Adam moments
+and step count; newly selected tensors start fresh; dropped tensors lose theirs (a tensor dropped
+and selected again later restarts its moments). The LR follows one schedule over the whole run
+(linear decay to 0 by default), whatever the selection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from hizfo.methods.base import Batch, Method, TrainSetup, register_method
+from hizfo.methods.full_ft import fo_backward
+from hizfo.optim import make_adamw
+from hizfo.selection.partition import select_tensors
+from hizfo.zo import lr_factor
+
+log = logging.getLogger(__name__)
+
+
+@register_method("greentrainer")
+class GreenTrainer(Method):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.rho = float(cfg.get("rho", 0.7))
+        if not 0 < self.rho <= 1:
+            raise ValueError(f"method.rho must be in (0, 1] (got {self.rho}): the fraction of a full "
+                             f"fine-tuning step's FLOPs GreenTrainer may spend")
+        self.resolution = int(cfg.get("resolution", 1000))
+        self.every = int(cfg.get("reselect_every_epochs", 2) or 0)  # 0: select once
+        self.lr = float(cfg.get("lr", 2e-5))
+        self.weight_decay = float(cfg.get("weight_decay", 0.0))
+        self.schedule = str(cfg.get("schedule", "linear"))
+        self.importance_lr = float(cfg.get("importance_lr", self.lr))
+        self.importance_optimizer_state = bool(cfg.get("importance_optimizer_state", False))
+        self.refine = bool(cfg.get("refine", True))
+        self.max_grad_norm = cfg.get("max_grad_norm")
+        lr_factor(0, 1, self.schedule)  # validates the schedule name now
+        self.t = 0
+        self.opt: torch.optim.AdamW | None = None
+        self.selected: list[str] = []
+        self.info: dict[str, Any] = {}
+        self.selected_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ selection
+    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
+        self.model = model
+        self.train_setup = setup
+        self.total_steps = setup.total_steps
+        self.candidates = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not self.candidates:
+            raise ValueError("GreenTrainer found no trainable tensors (all requires_grad=False)")
+
+    def ensure_selection(self) -> None:
+        if self.opt is None:
+            self.reselect(self.model, 0, self.train_setup)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
+        if self.opt is None:
+            self.reselect(model, epoch, setup)
+        elif self.every and epoch % self.every == 0 and epoch != self.selected_epoch:
+            self.reselect(model, epoch, setup)
+
+    def reselect(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
+        batch_fn = setup.extra.get("profile_batch_fn")
+        batch = batch_fn(epoch) if callable(batch_fn) else setup.profile_batch
+        result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution,
+                                lr=self.importance_lr, refine=self.refine,
+                                optimizer=self.opt if self.importance_optimizer_state else None,
+                                candidates=list(self.candidates))
+        self.apply_selection(result.selected, result.to_dict(), epoch)
+
+    def apply_selection(self, names: list[str], info: dict[str, Any], epoch: int) -> None:
+        unknown = [n for n in names if n not in self.candidates]
+        if unknown:
+            raise ValueError(f"selected tensors {unknown[:3]} are not trainable candidates of this model")
+        chosen = set(names)
+        for name, p in self.candidates.items():
+            p.requires_grad_(name in chosen)
+            if name not in chosen:
+                p.grad = None
+        named = [(n, p) for n, p in self.candidates.items() if n in chosen]
+        old, old_names = self.opt, set(self.selected)
+        self.opt, _ = make_adamw(named, self.lr, self.weight_decay, self.total_steps, "constant")
+        if old is not None:  # tensors that stay selected keep their Adam moments
+            for _, p in named:
+                if p in old.state:
+                    self.opt.state[p] = old.state[p]
+        self.selected = [n for n, _ in named]
+        self.info = info
+        self.selected_epoch = epoch
+        self.history.append({"epoch": epoch, "step": self.t, "tensors": len(named),
+                             "params": sum(p.numel() for _, p in named),
+                             "predicted_flops_fraction": info.get("predicted_flops_fraction"),
+                             "kept": len(chosen & old_names), "added": len(chosen - old_names),
+                             "dropped": len(old_names - chosen)})
+        log.info("GreenTrainer epoch %d: %d tensors, %d params, predicted %.3f of Full FT FLOPs", epoch,
+                 len(named), self.history[-1]["params"], info.get("predicted_flops_fraction", float("nan")))
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        self.ensure_selection()
+        return [self.candidates[n] for n in self.selected]
+
+    # ------------------------------------------------------------------ training
+    def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
+        self.ensure_selection()
+        model.train()
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            loss = fo_backward(model, micro_batches, f"{self.name} step {step}")
+        except BaseException:
+            self.opt.zero_grad(set_to_none=True)
+            raise
+        if self.max_grad_norm:
+            nn.utils.clip_grad_norm_([self.candidates[n] for n in self.selected], float(self.max_grad_norm))
+        lr = self.lr * lr_factor(self.t, self.total_steps, self.schedule)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.t += 1
+        return {"loss": loss, "lr": lr, "selected_params": float(self.history[-1]["params"])}
+
+    # ------------------------------------------------------------------ records / resume
+    def describe(self) -> dict[str, Any]:
+        self.ensure_selection()
+        return {"selection": self.info, "selected_tensors": list(self.selected), "rho": self.rho,
+                "resolution": self.resolution, "reselect_every_epochs": self.every,
+                "importance_batch": "profile_batch_fn(epoch)"
+                if callable(self.train_setup.extra.get("profile_batch_fn")) else "profile_batch",
+                "importance_optimizer_state": self.importance_optimizer_state, "reselections": self.history}
+
+    def state_dict(self) -> dict[str, Any]:
+        self.ensure_selection()
+        return {"selected": list(self.selected), "info": self.info, "selected_epoch": self.selected_epoch,
+                "history": self.history, "optimizer": self.opt.state_dict(), "t": self.t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.apply_selection(list(state["selected"]), state["info"], int(state["selected_epoch"]))
+        self.opt.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.t = int(state["t"])

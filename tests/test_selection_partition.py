@@ -1,0 +1,103 @@
+"""select_tensors / profile_only_selection / the CLI, on tiny models and configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hizfo.models import tiny_config, tiny_model
+from hizfo.selection.__main__ import main as cli_main
+from hizfo.selection.costs import cost_table
+from hizfo.selection.partition import EmptySelectionError, profile_only_selection, select_tensors
+
+
+def make_batch(seed: int = 0, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (bsz, seq), generator=g)
+    labels = ids.clone()
+    labels[:, : seq // 2] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_select_tensors_result_is_consistent():
+    model = tiny_model("opt")
+    batch = make_batch()
+    res = select_tensors(model, batch, rho=0.7, resolution=1000, lr=1e-3)
+    table = cost_table(model, 2, 12)
+    idx = {n: i for i, n in enumerate(table.names)}
+    assert res.selected and set(res.selected) <= set(idx)
+    assert res.cost == table.cost([idx[n] for n in res.selected]) <= res.budget
+    assert res.predicted_flops_fraction == pytest.approx((table.t_fp + res.cost) / (table.t_fp + table.t_bp))
+    assert res.predicted_flops_fraction <= 0.7 + 1e-12
+    assert res.selected_params == sum(r["numel"] for r in res.rows if r["selected"])
+    assert res.total_params == sum(p.numel() for p in model.parameters())
+    assert [r["name"] for r in res.rows if r["selected"]] == res.selected
+    assert max(abs(r["importance"]) for r in res.rows) == pytest.approx(1.0)
+    assert all(r["importance"] > 0 for r in res.rows if r["selected"])
+    json.dumps(res.to_dict())
+    assert "predicted FLOPs" in res.summary() and "layer" in res.summary(by="layer")
+
+
+def test_candidates_restrict_the_choice():
+    model = tiny_model("llama")
+    allowed = [n for n, _ in model.named_parameters() if ".layers.1." in n]
+    res = select_tensors(model, make_batch(), rho=1.0, importance="uniform", candidates=allowed)
+    assert res.selected and set(res.selected) <= set(allowed)
+
+
+@pytest.mark.parametrize("importance", ["uniform", "numel", "random"])
+def test_predicted_fraction_is_monotone_in_rho(importance):
+    """The DP's value is monotone in rho (quantized costs only shrink as the budget grows); the
+    chosen FLOPs fraction is monotone on this grid too, never above rho, and 1 at rho = 1."""
+    values, fractions = [], []
+    for rho in np.linspace(0.45, 1.0, 23):
+        dp = profile_only_selection("tiny:opt", rho, batch_size=4, seq_len=64, resolution=1000,
+                                    importance=importance, refine=False)
+        values.append(sum(r["importance"] for r in dp.rows if r["selected"]))
+        res = profile_only_selection("tiny:opt", rho, batch_size=4, seq_len=64, resolution=1000,
+                                     importance=importance)
+        fractions.append(res.predicted_flops_fraction)
+        assert max(dp.predicted_flops_fraction, res.predicted_flops_fraction) <= rho + 1e-12
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
+    assert all(b >= a - 1e-12 for a, b in zip(fractions, fractions[1:]))
+    assert fractions[-1] == pytest.approx(1.0)  # rho = 1 affords Full FT
+
+
+def test_profile_only_matches_a_real_model_given_the_same_importance():
+    model = tiny_model("qwen2")
+    res_real = select_tensors(model, make_batch(bsz=3, seq=20), rho=0.6, importance="numel")
+    res_meta = profile_only_selection(tiny_config("qwen2"), 0.6, batch_size=3, seq_len=20, importance="numel")
+    assert res_real.selected == res_meta.selected
+    assert res_real.predicted_flops_fraction == res_meta.predicted_flops_fraction
+
+
+def test_budget_too_small_is_a_clear_error():
+    model = tiny_model("bloom")
+    table = cost_table(model, 2, 12)
+    rho_min = table.t_fp / (table.t_fp + table.t_bp)
+    with pytest.raises(EmptySelectionError, match="raise rho"):
+        select_tensors(model, make_batch(), rho=rho_min + 1e-9, importance="uniform")
+    with pytest.raises(ValueError, match="below the forward pass"):
+        select_tensors(model, make_batch(), rho=rho_min / 2, importance="uniform")
+    with pytest.raises(ValueError, match="rho must be in"):
+        select_tensors(model, make_batch(), rho=1.5, importance="uniform")
+    with pytest.raises(EmptySelectionError, match="positive importance"):
+        select_tensors(model, make_batch(), rho=0.9, importance={n: -1.0 for n in table.names})
+
+
+def test_cli_prints_a_profile_from_a_config_json(tmp_path, capsys):
+    cfg = tiny_config("llama")
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json_string())
+    out_json = tmp_path / "sel.json"
+    assert cli_main([f"model={path}", "rho=0.6", "batch_size=4", "seq_len=32", "resolution=1000",
+                     "importance=numel", f"json={out_json}"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted FLOPs" in text and "model.norm.weight" in text
+    saved = json.loads(out_json.read_text())
+    assert saved["rho"] == 0.6 and saved["batch_size"] == 4 and saved["selected"]
+    with pytest.raises(SystemExit, match="bad argument"):
+        cli_main([f"model={path}", "rho"])
