@@ -132,7 +132,7 @@ def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
         if revision:
             kwargs["revision"] = revision
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     else:
         raise ValueError(f"unknown model source {source!r}; use hub, local, gguf or tiny")
     ensure_pad_token(tokenizer)
