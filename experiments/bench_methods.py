@@ -55,8 +55,17 @@ BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "mezo": ("mezo", {}),
     "hizfo": ("hizfo", {"rho": 0.6}),
     "hizfo_alpha0": ("hizfo", {"rho": 0.6, "alpha": 0.0}),  # the "w/o ZO-Loss" ablation (opt-in)
+    "ft_topk": ("ft_topk", {"k": 2}),
+    "lora": ("lora", {}),
+    "prefix": ("prefix", {}),
+    # Bilevel-ZOFO: an ordinary step is one lower Adam step; every K-th step adds the outer update.
+    # bilevel_zofo_k1 makes every step an outer step, so the two rows bracket the method's cost
+    # (amortized step = ((K-1) * inner + outer) / K).
+    "bilevel_zofo": ("bilevel_zofo", {}),
+    "bilevel_zofo_k1": ("bilevel_zofo", {"outer_every": 1}),
 }
-DEFAULT_METHODS = ["full_ft", "greentrainer", "mezo", "hizfo"]
+DEFAULT_METHODS = ["full_ft", "greentrainer", "mezo", "hizfo", "ft_topk", "lora", "prefix", "bilevel_zofo",
+                   "bilevel_zofo_k1"]
 #: facebook/opt-350m's config.json (OPTConfig()'s defaults are OPT-125M's shape, not these)
 OPT_350M = dict(vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096,
                 num_attention_heads=16, word_embed_proj_dim=512, max_position_embeddings=2048,

@@ -23,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hizfo import records
-from hizfo.data.tasks import load_split
 from hizfo.data import TrainDataset, collate_train
+from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.methods import build_method
@@ -112,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
     logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name, resolved)
     record: dict[str, Any] = {
-        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running", "started_at": started_at, "config": resolved,
+        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running",
+        "started_at": started_at, "config": resolved,
         "data": {"train_examples": len(train_examples), "validation_examples": len(val_examples),
                  "test_examples": len(test_examples)},
         "hardware": records.hardware_info(device), "versions": records.package_versions(),

@@ -47,7 +47,8 @@ def test_pad_token_falls_back_to_eos_and_errors_without_either():
 def test_record_write_is_atomic_and_readable(tmp_path):
     rec = {"run_name": "r", "status": "completed", "started_at": "2026-01-01T00:00:00+00:00",
            "config": {"model": {"name": "m"}, "task": {"name": "t"}, "method": {"name": "hizfo", "rho": 0.6}},
-           "metrics": {"final": {"rouge1": 12.5}}, "time": {"train_seconds": 3600}, "memory": {"bytes": 2**30}}
+           "metrics": {"final": {"rouge1": 12.5}}, "time": {"train_seconds": 3600},
+           "memory": {"bytes": 2**30}}
     path = records.write_record(rec, tmp_path)
     assert json.loads(path.read_text())["metrics"]["final"]["rouge1"] == 12.5
     assert not list(tmp_path.glob("*.tmp"))
@@ -55,7 +56,8 @@ def test_record_write_is_atomic_and_readable(tmp_path):
     assert [r["run_name"] for r in records.read_records(tmp_path)] == ["r"]
     assert len(records.read_records(tmp_path, status=None)) == 2
     frame = records.records_frame(tmp_path)
-    assert frame.loc[0, "rouge1"] == 12.5 and frame.loc[0, "rho"] == 0.6 and frame.loc[0, "train_hours"] == 1.0
+    assert frame.loc[0, "rouge1"] == 12.5 and frame.loc[0, "rho"] == 0.6
+    assert frame.loc[0, "train_hours"] == 1.0
 
 
 def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):

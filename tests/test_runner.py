@@ -92,7 +92,8 @@ def test_checkpoints_of_different_configs_never_mix(tmp_path):
     from hizfo.train import config_fingerprint
 
     def fp(*o):
-        return config_fingerprint(OmegaConf.to_container(make_cfg(tmp_path, "method=hizfo", *o), resolve=True))
+        cfg = make_cfg(tmp_path, "method=hizfo", *o)
+        return config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
 
     assert fp("method.rho=0.5") != fp("method.rho=0.6")
     assert fp("trainer.resume=false") == fp() == fp("task.max_eval_examples=9")

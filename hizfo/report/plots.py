@@ -59,7 +59,8 @@ def plot_sensitivity(param: str, records: list[dict[str, Any]], out_dir: Path) -
     for i, (model, pts) in enumerate(sweep_points(records, param).items()):
         ax.plot(list(pts), list(pts.values()), "o-", color=f"C{i}", label=f"{model} (ours)")
     for i, (model, pts) in enumerate(paper_points(param).items()):
-        ax.plot(list(pts), list(pts.values()), "s--", mfc="none", color=f"C{i + 5}", label=f"{model} (paper)")
+        ax.plot(list(pts), list(pts.values()), "s--", mfc="none", color=f"C{i + 5}",
+                label=f"{model} (paper)")
     ax.set_xlabel(LABELS[param])
     ax.set_ylabel("DialogSum ROUGE-1")
     ax.grid(alpha=0.3)
@@ -72,6 +73,7 @@ def plot_sensitivity(param: str, records: list[dict[str, Any]], out_dir: Path) -
     return path
 
 
-def build_plots(results_dir: str | Path = "results/runs", out_dir: str | Path = "results/figures") -> list[Path]:
+def build_plots(results_dir: str | Path = "results/runs",
+                out_dir: str | Path = "results/figures") -> list[Path]:
     records = read_records(results_dir)
     return [plot_sensitivity(p, records, Path(out_dir)) for p in ("rho", "alpha", "zo_lr_ratio")]
