@@ -15,7 +15,7 @@ export HIZFO_DATA_DIR := $(abspath $(DATA_DIR))
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup model demo test test-slow lint bench bench-selection clean
+.PHONY: help setup model demo test lint bench bench-selection clean
 
 help:
 	@echo "make demo    - set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)"
@@ -43,18 +43,15 @@ demo: setup model
 test: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-slow: setup model
-	$(PY) -m pytest -q -m slow tests
-
 lint: setup
 	$(VENV)/bin/ruff check hizfo tests experiments
 
 bench: setup model
 	$(PY) experiments/bench_methods.py --model smollm2
-	$(PY) experiments/bench_methods.py --model opt-350m-shape
+	$(PY) experiments/bench_methods.py --model opt-350m-shape --seq-len 128 --steps 2
 
 bench-selection: setup
-	$(PY) experiments/bench_selection.py
+	mkdir -p results/bench && $(PY) experiments/bench_selection.py | tee results/bench/selection_cpu.txt
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
@@ -74,3 +71,7 @@ tables: setup
 
 plots: setup
 	$(PY) -m hizfo.report plots
+
+.PHONY: demo-methods
+demo-methods: setup model
+	bash experiments/demo_methods.sh

@@ -123,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.eval.before_training and test_examples:
             before = evaluate(test_examples)
             record["metrics"]["before"] = before
+            record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
             logger.summary({f"before/{k}": v for k, v in before.items()})
             log.info("before training: %s", _fmt(before))
         loop_result = None
@@ -156,6 +157,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         t_eval = time.perf_counter()
         final = evaluate(test_examples) if test_examples else {}
         record["metrics"]["final"] = final
+        record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         record["status"] = "completed"
         logger.summary({f"final/{k}": v for k, v in final.items()})
         log.info("final (%s): %s", cfg.eval.final_split, _fmt(final))

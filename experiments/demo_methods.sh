@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every method at demo scale on SmolLM2-135M / DialogSum (64 train dialogues, 16 test dialogues), one
+# after another, records in results/demo/. The untouched model's score is the zero_shot row.
+#   bash experiments/demo_methods.sh [method ...]      (make demo-methods)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+methods=("$@")
+[ ${#methods[@]} -gt 0 ] || methods=(zero_shot full_ft ft_topk lora prefix mezo greentrainer bilevel_zofo hizfo)
+for m in "${methods[@]}"; do
+  echo "=== $m"
+  WANDB_MODE=${WANDB_MODE:-offline} "$PY" -m hizfo.train experiment=demo method="$m" eval.before_training=false
+done
+"$PY" - <<'PY'
+from hizfo.records import records_frame
+df = records_frame("results/demo")
+cols = [c for c in ["method", "rouge1", "rouge2", "rougeL", "train_hours", "peak_mem_gb", "device"] if c in df]
+df = df.sort_values("path").drop_duplicates("method", keep="last")[cols]
+df["train_s"] = df.pop("train_hours") * 3600
+print(df.to_markdown(index=False, floatfmt=".2f") if hasattr(df, "to_markdown") else df.to_string(index=False))
+PY
