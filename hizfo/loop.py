@@ -122,10 +122,14 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
     total = per_epoch * cfg.num_epochs
     if cfg.max_steps is not None:
         total = min(total, int(cfg.max_steps))
-    first = next(iter(epoch_loader(dataset, cfg, 0, collate)))
+    def first_batch(epoch: int) -> Batch:
+        """The first batch of an epoch (what GreenTrainer profiles when it re-selects)."""
+        batch = next(iter(epoch_loader(dataset, cfg, epoch, collate)))
+        return {k: v.to(device) for k, v in batch.items()}
+
     setup = TrainSetup(total_steps=total, steps_per_epoch=per_epoch, num_epochs=cfg.num_epochs,
-                       device=device, seed=cfg.seed,
-                       profile_batch={k: v.to(device) for k, v in first.items()})
+                       device=device, seed=cfg.seed, profile_batch=first_batch(0),
+                       extra={"profile_batch_fn": first_batch})
     result = LoopResult()
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
 
