@@ -11,11 +11,4 @@ for m in "${methods[@]}"; do
   echo "=== $m"
   WANDB_MODE=${WANDB_MODE:-offline} "$PY" -m hizfo.train experiment=demo method="$m" eval.before_training=false
 done
-"$PY" - <<'PY'
-from hizfo.records import records_frame
-df = records_frame("results/demo")
-cols = [c for c in ["method", "rouge1", "rouge2", "rougeL", "train_hours", "peak_mem_gb", "device"] if c in df]
-df = df.sort_values("path").drop_duplicates("method", keep="last")[cols]
-df["train_s"] = df.pop("train_hours") * 3600
-print(df.to_markdown(index=False, floatfmt=".2f") if hasattr(df, "to_markdown") else df.to_string(index=False))
-PY
+"$PY" experiments/summarize_demo.py results/demo
