@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.methods.full_ft import fo_backward
+from hizfo.methods.full_ft import adamw_step
 from hizfo.optim import make_adamw
 from hizfo.selection.costs import module_kind
 from hizfo.selection.tensors import ordered_tensors, transformer_blocks
@@ -65,19 +65,8 @@ class FTTopK(Method):
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        try:
-            loss = fo_backward(model, micro_batches, f"{self.name} step {step}")
-        except BaseException:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise
-        max_norm = self.cfg.get("max_grad_norm")
-        if max_norm:
-            nn.utils.clip_grad_norm_([p for _, p in self.named], float(max_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+        return adamw_step(model, micro_batches, [p for _, p in self.named], self.optimizer, self.scheduler,
+                          self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
 
     def describe(self) -> dict[str, Any]:
         return {"k": len(self.blocks), "blocks": self.blocks, "trainable_tensors": [n for n, _ in self.named],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from hizfo.losses import causal_lm_loss, check_finite
@@ -22,6 +23,26 @@ def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> flo
     return total
 
 
+def adamw_step(model: nn.Module, micro_batches: list[Batch], params: list[nn.Parameter],
+               optimizer: torch.optim.Optimizer, scheduler, max_grad_norm: float | None,
+               where: str) -> dict[str, float]:
+    """The first-order step shared by Full FT, FT-TopK and the PEFT methods: accumulate the mean
+    loss's gradient, optionally clip, AdamW, advance the LR schedule. A failed backward (NaN) leaves
+    no stale gradients behind."""
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        loss = fo_backward(model, micro_batches, where)
+    except BaseException:
+        optimizer.zero_grad(set_to_none=True)
+        raise
+    if max_grad_norm:
+        nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss, "lr": scheduler.get_last_lr()[0]}
+
+
 @register_method("full_ft")
 class FullFT(Method):
     def setup(self, model: nn.Module, setup: TrainSetup) -> None:
@@ -34,14 +55,8 @@ class FullFT(Method):
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()
-        loss = fo_backward(model, micro_batches, f"{self.name} step {step}")
-        max_norm = self.cfg.get("max_grad_norm")
-        if max_norm:
-            nn.utils.clip_grad_norm_([p for _, p in self.named], float(max_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+        return adamw_step(model, micro_batches, [p for _, p in self.named], self.optimizer, self.scheduler,
+                          self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

@@ -14,7 +14,7 @@ from torch import nn
 
 from hizfo import peft_utils
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.methods.full_ft import fo_backward
+from hizfo.methods.full_ft import adamw_step
 from hizfo.optim import make_adamw
 
 
@@ -42,14 +42,8 @@ class PeftFineTune(Method):
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         self._check_model(model)
         self.peft_model.train()
-        loss = fo_backward(self.peft_model, micro_batches, f"{self.name} step {step}")
-        max_norm = self.cfg.get("max_grad_norm")
-        if max_norm:
-            nn.utils.clip_grad_norm_([p for _, p in self.named], float(max_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+        return adamw_step(self.peft_model, micro_batches, [p for _, p in self.named], self.optimizer,
+                          self.scheduler, self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for _, p in self.named]
