@@ -28,7 +28,7 @@ from torch import nn
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward
 from hizfo.optim import make_adamw
-from hizfo.selection.partition import select_tensors
+from hizfo.selection.partition import DEFAULT_RESOLUTION, select_tensors
 from hizfo.zo import lr_factor
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class GreenTrainer(Method):
         if not 0 < self.rho <= 1:
             raise ValueError(f"method.rho must be in (0, 1] (got {self.rho}): the fraction of a full "
                              f"fine-tuning step's FLOPs GreenTrainer may spend")
-        self.resolution = int(cfg.get("resolution", 1000))
+        self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
         self.every = int(cfg.get("reselect_every_epochs", 2) or 0)  # 0: select once
         self.lr = float(cfg.get("lr", 2e-5))
         self.weight_decay = float(cfg.get("weight_decay", 0.0))

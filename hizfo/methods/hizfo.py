@@ -32,6 +32,7 @@ from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.mezo import positive
 from hizfo.optim import is_no_decay, make_adamw
+from hizfo.selection.partition import DEFAULT_RESOLUTION
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class HiZFO(Method):
         self.zo_optimizer = str(cfg.get("zo_optimizer", "sgd"))
         self.weight_decay = float(cfg.get("weight_decay", 0.0))
         self.schedule = str(cfg.get("schedule", "linear"))
-        self.resolution = int(cfg.get("resolution", 1000))
+        self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
         self.refine = bool(cfg.get("refine", True))
         self.keep_noise = bool(cfg.get("keep_noise", False))
         clip = cfg.get("max_grad_norm")

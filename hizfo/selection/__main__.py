@@ -1,4 +1,4 @@
-"""``python -m hizfo.selection model=facebook/opt-2.7b rho=0.6 batch_size=4 seq_len=512 resolution=1000``
+"""``python -m hizfo.selection model=facebook/opt-2.7b rho=0.6 batch_size=4 seq_len=512 resolution=10000``
 
 Profile-only selection from a config (no weights, no data): prints what GreenTrainer / Hi-ZFO's
 Theta_FO would be at rho. ``model`` takes a config.json path, a folder holding one, a cached hub
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hizfo.selection.partition import profile_only_selection
 
-DEFAULTS = {"model": None, "rho": "0.6", "batch_size": "4", "seq_len": "512", "resolution": "1000",
+DEFAULTS = {"model": None, "rho": "0.6", "batch_size": "4", "seq_len": "512", "resolution": "10000",
             "importance": "uniform", "seed": "0", "by": "tensor", "refine": "true", "json": None}
 
 
