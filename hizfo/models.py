@@ -131,8 +131,16 @@ def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
         revision = model_cfg.get("revision")
         if revision:
             kwargs["revision"] = revision
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        except OSError as exc:
+            if source != "hub":
+                raise
+            raise OSError(f"could not load hub model {path!r} ({exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0]}). On a machine without hub access, save the model "
+                          f"elsewhere with save_pretrained and run with model.source=local "
+                          f"model.path=<folder>.") from exc
     else:
         raise ValueError(f"unknown model source {source!r}; use hub, local, gguf or tiny")
     ensure_pad_token(tokenizer)

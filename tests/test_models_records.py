@@ -77,3 +77,14 @@ def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
 def test_peak_memory_reports_cpu_rss():
     mem = records.peak_memory_bytes(torch.device("cpu"))
     assert mem["kind"] == "cpu_peak_rss" and mem["bytes"] > 10 * 2**20
+
+
+def test_unreachable_hub_model_says_how_to_load_it_locally(monkeypatch):
+    import transformers
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(OSError, match="model.source=local"):
+        load_model_and_tokenizer(OmegaConf.create({"source": "hub", "path": "facebook/opt-350m"}))
