@@ -90,36 +90,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if model_cfg.get("source") == "local":
-        model_cfg["path"] = _abs(model_cfg["path"])
-    model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device, cfg.trainer.dtype)
-    data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
-    eos = tokenizer.eos_token
-
-    train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
-    val_examples = load_optional_split(cfg.task, cfg.eval.split, data_dir, eos)
-    test_examples = load_optional_split(cfg.task, cfg.eval.final_split, data_dir, eos)
-    eval_bs = int(cfg.eval.batch_size)
-
-    def evaluate(split_examples) -> dict[str, Any]:
-        eval_model = method.eval_model(model)
-        return evaluate_task(eval_model, tokenizer, cfg.task, split_examples, batch_size=eval_bs,
-                             max_examples=cfg.eval.max_examples, data_dir=data_dir, device=device)
-
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fingerprint = config_fingerprint(resolved)
     checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
-    logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name, resolved)
+    results_dir = _abs(cfg.paths.results_dir)
     record: dict[str, Any] = {
         "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running",
-        "started_at": started_at, "config": resolved,
-        "data": {"train_examples": len(train_examples), "validation_examples": len(val_examples),
-                 "test_examples": len(test_examples)},
-        "hardware": records.hardware_info(device), "versions": records.package_versions(),
-        "git": records.git_info(REPO_ROOT), "metrics": {}}
-    results_dir = _abs(cfg.paths.results_dir)
-    try:
+        "started_at": started_at, "config": resolved, "hardware": records.hardware_info(device),
+        "versions": records.package_versions(), "git": records.git_info(REPO_ROOT), "metrics": {}}
+    model = logger = None
+    try:  # from here on, any failure still writes a record (status "failed") before it propagates
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        if model_cfg.get("source") == "local":
+            model_cfg["path"] = _abs(model_cfg["path"])
+        model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device, cfg.trainer.dtype)
+        data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
+        eos = tokenizer.eos_token
+        train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
+        val_examples = load_optional_split(cfg.task, cfg.eval.split, data_dir, eos)
+        test_examples = load_optional_split(cfg.task, cfg.eval.final_split, data_dir, eos)
+        record["data"] = {"train_examples": len(train_examples), "validation_examples": len(val_examples),
+                          "test_examples": len(test_examples)}
+        eval_bs = int(cfg.eval.batch_size)
+        logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name,
+                             resolved)
+
+        def evaluate(split_examples) -> dict[str, Any]:
+            return evaluate_task(method.eval_model(model), tokenizer, cfg.task, split_examples,
+                                 batch_size=eval_bs, max_examples=cfg.eval.max_examples, data_dir=data_dir,
+                                 device=device)
+
         if cfg.eval.before_training and test_examples:
             before = evaluate(test_examples)
             record["metrics"]["before"] = before
@@ -174,17 +174,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["finished_at"] = records.now_iso()
         record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
         record["memory"] = records.peak_memory_bytes(device)
-        record["parameters"] = {"total": count_parameters(model.parameters()),
-                                "trainable": count_parameters(method.trainable_parameters(model))}
-        record["method"] = method.describe() if record["status"] == "completed" else {}
+        if model is not None:
+            trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
+            record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}
+        record["method"] = _safe(method.describe) if record["status"] == "completed" else {}
         path = records.write_record(record, results_dir)
         record["_path"] = str(path)
         if hasattr(method, "save_artifacts") and record["status"] == "completed":
             method.save_artifacts(Path(checkpoint_dir) / "artifacts")
-        logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
-        logger.finish(0 if record["status"] == "completed" else 1)
+        if logger is not None:
+            logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
+            logger.finish(0 if record["status"] == "completed" else 1)
         log.info("run record: %s", path)
     return record
+
+
+def _safe(fn):
+    """Bookkeeping for the record must never mask the error that ended a run (a method that failed
+    before its setup cannot report its trainable tensors)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        return f"unavailable ({type(exc).__name__}: {exc})"
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

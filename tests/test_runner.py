@@ -65,13 +65,16 @@ def test_unknown_method_name_in_config(tmp_path):
         run(make_cfg(tmp_path, "method.name=nope"))
 
 
-def test_missing_data_dir_without_hub_fails_clearly_and_records_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["full_ft", "hizfo", "greentrainer"])
+def test_missing_data_dir_without_hub_fails_clearly_and_records_it(tmp_path, monkeypatch, method):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="HIZFO_DATA_DIR"):
-        run(make_cfg(tmp_path, f"data.dir={empty}", "method=full_ft"))
+        run(make_cfg(tmp_path, f"data.dir={empty}", f"method={method}"))
+    [rec] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert rec["status"] == "failed" and rec["error"]["type"] == "FileNotFoundError"
 
 
 @pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
