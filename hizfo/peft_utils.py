@@ -148,6 +148,44 @@ def wrap_prefix(model: nn.Module, adapter_name: str = "default", num_virtual_tok
     return peft_model
 
 
+def init_prefix_from_tokens(peft_model: nn.Module, token_ids: torch.Tensor, adapter_name: str = "default"
+                            ) -> None:
+    """Li & Liang's initialisation: set the prefix to the key/values that real tokens produce.
+
+    The prefixed model then behaves exactly as the base model with ``token_ids`` prepended as
+    context (tested to fp32 rounding for OPT, BLOOM, Qwen2 and Llama), instead of starting from
+    random key/values that derail it. Needs ``prefix_projection=False`` (the prefix is the table).
+    """
+    config = peft_model.peft_config[adapter_name]
+    n = config.num_virtual_tokens
+    if config.prefix_projection:
+        raise ValueError("prefix init from tokens needs prefix_projection=false (the prefix must be the "
+                         "embedding table itself)")
+    ids = token_ids.reshape(-1)[:n]
+    if ids.numel() < n:
+        raise ValueError(f"prefix init needs {n} tokens (num_virtual_tokens), got {ids.numel()}")
+    base = peft_model.get_base_model()
+    table = peft_model.prompt_encoder[adapter_name].embedding.weight
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            cache = base(input_ids=ids.view(1, -1).to(table.device), use_cache=True).past_key_values
+    finally:
+        base.train(was_training)
+    # peft reads row t as [layer0 key | layer0 value | layer1 key | ...], each (heads, head_dim)
+    blocks = []
+    for layer in cache.layers:
+        for kv in (layer.keys, layer.values):
+            blocks.append(kv[0].permute(1, 0, 2).reshape(n, -1))
+    rows = torch.cat(blocks, dim=1)
+    if rows.shape != table.shape:
+        raise ValueError(f"prefix init: the model's key/values give a {tuple(rows.shape)} table but peft "
+                         f"expects {tuple(table.shape)} for {_model_type(base)!r}; use init: random")
+    with torch.no_grad():
+        table.copy_(rows.to(table.dtype))
+
+
 def build_peft(model: nn.Module, kind: str, adapter_name: str = "default", **kw: Any):
     """``kind`` "lora" or "prefix"; kw are the matching wrap_* options."""
     if kind == "lora":

@@ -271,3 +271,46 @@ def assert_resume_matches(name, tmp_path, stop_at, **overrides):
 def test_loop_resume_matches_uninterrupted(name, tmp_path):
     """The prefix lives outside the base model's state_dict: the method state must carry it."""
     assert_resume_matches(name, tmp_path, stop_at=4, lr=1e-2)
+
+
+@pytest.mark.parametrize("family", ["opt", "bloom", "qwen2", "llama"])
+def test_prefix_init_from_tokens_equals_prepending_those_tokens(family):
+    """With the prefix set from the key/values of tokens t[:n], the prefixed model on t[n:] gives
+    exactly the base model's logits on t at positions n: (the prefix *is* that context)."""
+    tok = byte_level_tokenizer()
+    model = tiny_model(family, seed=0)
+    model.eval()
+    ids = torch.tensor([tok("The quick brown fox jumps over the lazy dog.").input_ids[:20]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[0, 5:]
+    peft_model = peft_utils.wrap_prefix(model, num_virtual_tokens=5)
+    peft_model.eval()
+    rest = ids[:, 5:]
+    with torch.no_grad():
+        random_init = peft_model(input_ids=rest, attention_mask=torch.ones_like(rest)).logits[0]
+    peft_utils.init_prefix_from_tokens(peft_model, ids[0])
+    with torch.no_grad():
+        got = peft_model(input_ids=rest, attention_mask=torch.ones_like(rest)).logits[0]
+    assert torch.allclose(got, full, atol=1e-5)
+    assert not torch.allclose(random_init, full, atol=1e-3)
+
+
+def test_prefix_method_init_option():
+    model = tiny_model("llama", seed=0)
+    ids = torch.arange(1, 31).view(1, 30)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["labels"] = batch["input_ids"].clone()
+    setup = TrainSetup(total_steps=2, steps_per_epoch=2, num_epochs=1, device=torch.device("cpu"), seed=0,
+                       profile_batch=batch)
+    with pytest.raises(ValueError, match="method.init='zeros'"):
+        build_method("prefix", OmegaConf.create({"name": "prefix", "init": "zeros"})).setup(model, setup)
+    method = build_method("prefix", OmegaConf.create({"name": "prefix", "num_virtual_tokens": 4,
+                                                      "init": "tokens"}))
+    method.setup(tiny_model("llama", seed=0), setup)
+    # the first 4 prompt tokens became the prefix: the wrapped model now continues from them
+    rest = batch["input_ids"][:, 4:]
+    with torch.no_grad():
+        expected = tiny_model("llama", seed=0)(input_ids=batch["input_ids"]).logits[0, 4:]
+        got = method.peft_model(input_ids=rest, attention_mask=torch.ones_like(rest)).logits[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert method.step(method.base_model, [batch], 0)["loss"] > 0

@@ -2,11 +2,17 @@
 
 The prefix lives in the PeftModel's prompt encoder, not in the base model, so every forward
 pass (training and evaluation) must go through the PeftModel: ``eval_model`` returns it.
+``init: random`` is peft's default (the faithful baseline); ``init: tokens`` starts the prefix
+from the key/values of the first training prompt's first tokens (Li & Liang), so training starts
+from the pretrained model's own behaviour.
 """
 
 from __future__ import annotations
 
-from hizfo.methods.base import register_method
+from torch import nn
+
+from hizfo import peft_utils
+from hizfo.methods.base import TrainSetup, register_method
 from hizfo.methods.lora import PeftFineTune
 
 
@@ -14,3 +20,13 @@ from hizfo.methods.lora import PeftFineTune
 class PrefixTuning(PeftFineTune):
     kind = "prefix"
     defaults = {"num_virtual_tokens": 20, "prefix_projection": False}
+
+    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
+        init = self.cfg.get("init", "random")
+        if init not in ("random", "tokens"):
+            raise ValueError(f"method.init={init!r}; use 'random' (peft's default) or 'tokens'")
+        super().setup(model, setup)
+        if init == "tokens":
+            batch = setup.profile_batch
+            first = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+            peft_utils.init_prefix_from_tokens(self.peft_model, first)
