@@ -17,7 +17,9 @@ from hizfo.records import read_records  # noqa: E402
 def main(results_dir: str = "results/demo") -> None:
     newest: dict[str, dict] = {}
     for rec in sorted(read_records(results_dir), key=lambda r: r.get("finished_at", "")):
-        newest[rec["config"]["method"]["name"]] = rec
+        cfg = rec["config"]
+        label = rec["run_name"].removeprefix(f"demo_{cfg['model']['name']}_{cfg['task']['name']}_")
+        newest[label.removesuffix(f"_s{cfg['seed']}")] = rec
     lines = ["| method | ROUGE-1 | ROUGE-2 | ROUGE-L | train s | steps | torch threads | peak RSS GB "
              "| trainable params |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rec in newest.items():
