@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,23 @@ def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device=device, dtype=torch_dtype)
     return model, tokenizer
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode (dropout off) inside; each module's own flag restored after.
+
+    Restoring per module (not ``model.train(was_training)``) keeps deliberately frozen submodules
+    (e.g. a PEFT base model left in eval mode) exactly as the caller had them. Used by evaluation
+    and by MeZO's forwards.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def count_parameters(params) -> int:

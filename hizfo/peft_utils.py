@@ -186,6 +186,15 @@ def init_prefix_from_tokens(peft_model: nn.Module, token_ids: torch.Tensor, adap
         table.copy_(rows.to(table.dtype))
 
 
+def describe_adapter(peft_model: nn.Module, adapter_name: str) -> dict[str, Any]:
+    """The adapter's hyperparameters for the run record (LoRA: r/alpha/dropout/targets; prefix: tokens)."""
+    config = peft_model.peft_config[adapter_name]
+    if getattr(config, "r", None) is not None:
+        return {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                "target_modules": sorted(config.target_modules)}
+    return {"num_virtual_tokens": config.num_virtual_tokens}
+
+
 def build_peft(model: nn.Module, kind: str, adapter_name: str = "default", **kw: Any):
     """``kind`` "lora" or "prefix"; kw are the matching wrap_* options."""
     if kind == "lora":

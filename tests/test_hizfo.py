@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_batch
 from omegaconf import OmegaConf
 
 import hizfo.methods.hizfo as hizfo_mod
@@ -24,14 +25,6 @@ LAYER1 = "model.decoder.layers.1."
 FO = [LAYER1 + "fc1.weight", LAYER1 + "fc1.bias", LAYER1 + "fc2.weight", LAYER1 + "fc2.bias",
       LAYER1 + "final_layer_norm.weight", "model.decoder.final_layer_norm.bias"]
 FROZEN = "model.decoder.embed_positions.weight"
-
-
-def make_batch(seed: int, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (bsz, seq), generator=g)
-    labels = ids.clone()
-    labels[:, : seq // 2] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def make_model(freeze: bool = True):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_batch
 from omegaconf import OmegaConf
 
 import hizfo.methods.mezo as mezo_mod
@@ -16,14 +17,6 @@ from hizfo.models import tiny_model
 from hizfo.zo import draw_seed, seed_generator
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method" / "mezo.yaml"
-
-
-def make_batch(seed: int, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (bsz, seq), generator=g)
-    labels = ids.clone()
-    labels[:, : seq // 2] = -100  # prompt positions carry no loss
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def make_mezo(model, total_steps: int = 10, seed: int = 0, **overrides):

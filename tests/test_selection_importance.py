@@ -6,19 +6,12 @@ import copy
 
 import pytest
 import torch
+from helpers import make_batch
 
 from hizfo.losses import causal_lm_loss
 from hizfo.models import tiny_model
 from hizfo.optim import make_adamw
 from hizfo.selection.importance import adamw_update, tensor_importance
-
-
-def make_batch(seed: int = 0, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (bsz, seq), generator=g)
-    labels = ids.clone()
-    labels[:, : seq // 2] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def trained_optimizer(model, steps: int = 2):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_batch
 from omegaconf import OmegaConf
 
 from hizfo.losses import causal_lm_loss
@@ -15,14 +16,6 @@ from hizfo.models import tiny_model
 from hizfo.selection.partition import EmptySelectionError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
-
-
-def make_batch(seed: int = 0, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (bsz, seq), generator=g)
-    labels = ids.clone()
-    labels[:, : seq // 2] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def make_method(name: str, model, total_steps: int = 20, **overrides):

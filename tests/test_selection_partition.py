@@ -6,20 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from helpers import make_batch
 
 from hizfo.models import tiny_config, tiny_model
 from hizfo.selection.__main__ import main as cli_main
 from hizfo.selection.costs import cost_table
 from hizfo.selection.partition import EmptySelectionError, profile_only_selection, select_tensors
-
-
-def make_batch(seed: int = 0, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (bsz, seq), generator=g)
-    labels = ids.clone()
-    labels[:, : seq // 2] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def test_select_tensors_result_is_consistent():

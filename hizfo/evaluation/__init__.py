@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from hizfo.data.base import Example
-from hizfo.evaluation.generation import GenerationSettings, cfg_get, eval_mode, generate, model_device
+from hizfo.evaluation.generation import GenerationSettings, cfg_get, generate, model_device
+from hizfo.models import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from hizfo.models import eval_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -78,22 +80,6 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
             if 0 <= i < cut:
                 cut = i
     return text[:cut]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode inside, each module's own train/eval flag restored after.
-
-    Restoring per module (not ``model.train(was_training)``) keeps deliberately frozen submodules
-    (e.g. a PEFT base model left in eval mode) exactly as the caller had them.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextmanager

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hizfo.evaluation.generation import eval_mode
 from hizfo.evaluation.gsm8k import gold_gsm8k_answer
+from hizfo.models import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -215,21 +215,15 @@ class BilevelZOFO(Method):
         return self.peft_model
 
     def describe(self) -> dict[str, Any]:
-        config = self.peft_model.peft_config[UPPER]
-        info: dict[str, Any] = {
+        return {
             "peft": self.kind, "outer_every_K": self.K, "lam": self.lam, "eps": self.eps,
             "dev_fraction": self.dev_fraction, "zo_lr": self.zo_lr, "zo_keep": self.zo_keep,
             "lower_lr": self.lower_opt.defaults["lr"], "upper_lr": self.upper_opt.defaults["lr"],
             "base_zo_params": sum(p.numel() for p in self.theta),
             "base_zo_tensors": len(self.theta),
             "peft_params_per_copy": sum(p.numel() for _, p in self.upper_named),
+            **peft_utils.describe_adapter(self.peft_model, UPPER),
         }
-        if self.kind == "lora":
-            info.update(r=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                        target_modules=sorted(config.target_modules))
-        else:
-            info.update(num_virtual_tokens=config.num_virtual_tokens)
-        return info
 
     def state_dict(self) -> dict[str, Any]:
         return {"adapters": peft_utils.adapter_state(self.peft_model),

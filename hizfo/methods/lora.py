@@ -54,15 +54,9 @@ class PeftFineTune(Method):
     def describe(self) -> dict[str, Any]:
         total = sum(p.numel() for p in self.peft_model.parameters())
         trainable = sum(p.numel() for _, p in self.named)
-        config = self.peft_model.peft_config[self.peft_model.active_adapter]
-        info: dict[str, Any] = {"peft": self.kind, "trainable_params": trainable, "total_params": total,
-                                "trainable_fraction": trainable / max(1, total)}
-        if self.kind == "lora":
-            info.update(r=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                        target_modules=sorted(config.target_modules))
-        else:
-            info.update(num_virtual_tokens=config.num_virtual_tokens)
-        return info
+        return {"peft": self.kind, "trainable_params": trainable, "total_params": total,
+                "trainable_fraction": trainable / max(1, total),
+                **peft_utils.describe_adapter(self.peft_model, self.peft_model.active_adapter)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"adapters": peft_utils.adapter_state(self.peft_model),

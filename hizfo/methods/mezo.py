@@ -11,8 +11,6 @@ Logged "loss" is (L+ + L-)/2, the clean loss up to O(eps^2 * z'Hz), which costs 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,20 +18,9 @@ from torch import nn
 
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
+from hizfo.models import eval_mode
 from hizfo.optim import is_no_decay
 from hizfo.zo import ZONoise, draw_seed, lr_factor, seed_generator
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off for the ZO forwards; every module's previous train/eval flag comes back after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def mean_loss(model: nn.Module, micro_batches: list[Batch]) -> float:
