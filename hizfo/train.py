@@ -22,25 +22,18 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import records
+from hizfo import __version__, records
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.methods import build_method
 from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
+from hizfo.resources import CHECKOUT_ROOT, hydra_config_path, in_checkout, project_path
 from hizfo.wandb_log import WandbLogger
 
 log = logging.getLogger("hizfo.train")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _abs(path: str | None) -> str | None:
-    """Hydra may change cwd; relative paths in configs are relative to the repo root."""
-    if path is None:
-        return None
-    p = Path(path)
-    return str(p if p.is_absolute() else REPO_ROOT / p)
+_abs = project_path  # relative config paths: against the checkout, else the current directory
 
 
 def loss_batches(tokenizer, examples, task_cfg, batch_size: int, limit: int | None, device):
@@ -97,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running",
         "started_at": started_at, "config": resolved, "hardware": records.hardware_info(device),
-        "versions": records.package_versions(), "git": records.git_info(REPO_ROOT), "metrics": {}}
+        "versions": records.package_versions(), "git": _source_info(), "metrics": {}}
     model = logger = None
     try:  # from here on, any failure still writes a record (status "failed") before it propagates
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -189,6 +182,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def _source_info() -> dict[str, Any]:
+    """The code that ran: the checkout's git commit, else the installed package's version."""
+    info = records.git_info(CHECKOUT_ROOT) if in_checkout() else {"commit": None, "dirty": None}
+    return {**info, "hizfo_version": __version__}
+
+
 def _safe(fn):
     """Bookkeeping for the record must never mask the error that ended a run (a method that failed
     before its setup cannot report its trainable tensors)."""
@@ -202,7 +201,7 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
-@hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
+@hydra.main(config_path=hydra_config_path(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     record = run(cfg)

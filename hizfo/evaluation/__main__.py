@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from hizfo.resources import conf_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from hizfo.evaluation import evaluate_task
     from hizfo.models import load_model_and_tokenizer, resolve_device
 
-    task_cfg = OmegaConf.load(REPO / "conf" / "task" / f"{args.task}.yaml")
+    task_cfg = OmegaConf.load(conf_dir() / "task" / f"{args.task}.yaml")
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(OmegaConf.create({"source": "local", "path": args.model}),
                                           device=resolve_device(args.device), dtype=args.dtype)

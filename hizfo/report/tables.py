@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hizfo.records import read_records
+from hizfo.resources import paper_numbers_csv
 
-PAPER_CSV = Path(__file__).resolve().parents[2] / "experiments" / "paper" / "paper_numbers.csv"
+PAPER_CSV = paper_numbers_csv()
 TABLE_TITLES = {
     "table1": "Table 1: SciTLDR, DialogSum, WebQuestions on OPT-2.7B, BLOOMZ-3B, Qwen2.5-3B-Instruct",
     "table2": "Table 2: Qwen2-7B on GSM8K, MATH500 (accuracy) and HumanEval (pass@1)",
