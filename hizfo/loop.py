@@ -3,6 +3,10 @@
 Methods own the optimisation step; this file owns everything around it. Data order is a pure
 function of (seed, epoch), so a resumed run skips the batches it already did and continues
 with the same batches, RNG state and optimizer state as an uninterrupted run.
+
+Time and memory survive a resume: each process that works on a run is a *segment*; the checkpoint
+carries every earlier segment's train / eval seconds and peak memory, so the result is cumulative
+(seconds summed, memory the maximum) rather than the last segment's alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hizfo.methods.base import Batch, Method, TrainSetup
+from hizfo.records import max_peak_memory, peak_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ class LoopConfig:
     num_epochs: int
     batch_size: int = 4
     grad_accum: int = 1
-    max_steps: int | None = None
+    max_steps: int | None = None  # None or -1: no limit (epochs decide)
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int | None = None
@@ -45,9 +50,12 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
     steps_done: int = 0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
+    planned_steps: int = 0
+    train_seconds: float = 0.0  # all segments
+    eval_seconds: float = 0.0   # all segments (per-epoch evaluation)
     resumed_from_step: int | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    peak_memory: dict[str, Any] | None = None  # max over segments (up to each one's last checkpoint)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +85,18 @@ def split_micro_batches(batch: Batch, n: int, device: torch.device) -> list[Batc
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return -(-num_examples // batch_size)
+
+
+def planned_steps(num_examples: int, cfg: LoopConfig) -> int:
+    """Optimizer steps the run must do to count as completed; zero is a configuration error."""
+    total = steps_per_epoch(num_examples, cfg.batch_size) * cfg.num_epochs
+    if cfg.max_steps is not None and int(cfg.max_steps) != -1:
+        total = min(total, int(cfg.max_steps))
+    if total <= 0:
+        raise ValueError(f"trainer.num_epochs={cfg.num_epochs}, trainer.max_steps={cfg.max_steps} plan "
+                         f"{total} optimizer steps: set trainer.num_epochs >= 1 (and trainer.max_steps "
+                         "null, -1 or >= 1)")
+    return total
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -114,14 +134,13 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
           device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
-          on_step: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> LoopResult:
     """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
     per_epoch = steps_per_epoch(len(dataset), cfg.batch_size)
-    total = per_epoch * cfg.num_epochs
-    if cfg.max_steps is not None:
-        total = min(total, int(cfg.max_steps))
+    total = planned_steps(len(dataset), cfg)
     def first_batch(epoch: int) -> Batch:
         """The first batch of an epoch (what GreenTrainer profiles when it re-selects)."""
         batch = next(iter(epoch_loader(dataset, cfg, epoch, collate)))
@@ -130,7 +149,7 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
     setup = TrainSetup(total_steps=total, steps_per_epoch=per_epoch, num_epochs=cfg.num_epochs,
                        device=device, seed=cfg.seed, profile_batch=first_batch(0),
                        extra={"profile_batch_fn": first_batch})
-    result = LoopResult()
+    result = LoopResult(planned_steps=total)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
 
     seed_everything(cfg.seed)
@@ -145,13 +164,25 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
         result.history = list(state["loop"]["history"])
         result.epoch_metrics = list(state["loop"]["epoch_metrics"])
         result.resumed_from_step = start_step
+        result.segments = list(state["loop"].get("segments", []))
         log.info("resumed from %s at step %d", ckpt_dir, start_step)
+    segment: dict[str, Any] = {"start_step": start_step, "end_step": start_step, "train_seconds": 0.0,
+                               "eval_seconds": 0.0, "peak_memory": None}
+    earlier_segments = result.segments
+
+    def close_segment(step: int) -> None:
+        """This segment's figures so far; what a checkpoint carries into the next segment."""
+        segment.update(end_step=step, train_seconds=clock() - t0 - segment["eval_seconds"],
+                       peak_memory=peak_memory_bytes(device))
+        result.segments = [*earlier_segments, dict(segment)]
 
     def loop_state(step: int) -> dict[str, Any]:
-        return {"step": step, "history": result.history, "epoch_metrics": result.epoch_metrics}
+        close_segment(step)
+        return {"step": step, "history": result.history, "epoch_metrics": result.epoch_metrics,
+                "segments": result.segments}
 
     step = start_step
-    t0 = time.perf_counter()
+    t0 = clock()
     bar = tqdm(total=total, initial=start_step, desc=f"train {method.name}", dynamic_ncols=True)
     for epoch in range(step // per_epoch, cfg.num_epochs):
         if step >= total:
@@ -163,12 +194,16 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
                 continue  # already done before the resume
             if step >= total:
                 break
+            t_step = clock()
             metrics = method.step(model, split_micro_batches(batch, cfg.grad_accum, device), step)
+            seconds = clock() - t_step
             step += 1
+            tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             metrics = {"step": step, "epoch": epoch + (i + 1) / per_epoch, **metrics}
-            result.history.append(metrics)
-            if on_step is not None:
-                on_step(step, metrics)
+            result.history.append(metrics)  # deterministic: a resumed run's history equals the whole run's
+            if on_step is not None:  # the logger also gets the step's speed
+                on_step(step, {**metrics, "step_seconds": seconds,
+                               "tokens_per_second": tokens / seconds if seconds > 0 else 0.0})
             if step % max(1, cfg.log_every_steps) == 0:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             bar.update(1)
@@ -178,14 +213,17 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
                 save_checkpoint(ckpt_dir, model, method, loop_state(step))
         if step == (epoch + 1) * per_epoch or step >= total:
             if on_epoch_end is not None:
-                t_eval = time.perf_counter()
+                t_eval = clock()
                 result.epoch_metrics.append({"epoch": epoch + 1, "step": step, **on_epoch_end(epoch)})
-                result.eval_seconds += time.perf_counter() - t_eval
+                segment["eval_seconds"] += clock() - t_eval
             if ckpt_dir:  # after the epoch's evaluation, so a resume never repeats or skips it
                 save_checkpoint(ckpt_dir, model, method, loop_state(step))
     bar.close()
+    close_segment(step)
     result.steps_done = step
-    result.train_seconds = time.perf_counter() - t0 - result.eval_seconds  # training only
+    result.train_seconds = sum(s["train_seconds"] for s in result.segments)  # training only
+    result.eval_seconds = sum(s["eval_seconds"] for s in result.segments)
+    result.peak_memory = max_peak_memory([s["peak_memory"] for s in result.segments])
     return result
 
 

