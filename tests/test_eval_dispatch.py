@@ -31,7 +31,9 @@ def test_rouge_dispatch_and_samples():
     assert all(isinstance(v, float) for v in out.values())
     assert all(0.0 <= out[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
     assert out["n_examples"] == 3 and len(out.samples) == 2
-    assert set(out.samples[0]) >= {"prompt", "prediction", "references", "rouge1"}
+    assert set(out.samples[0]) >= {"prompt", "generation", "references"}
+    assert [r["id"] for r in out.predictions] == ["0", "1", "2"]  # every prediction, for the sidecar
+    assert out.predictions[0]["references"] == ["cats", "a cat"]
 
 
 def test_webq_dispatch_respects_max_examples():
@@ -39,7 +41,8 @@ def test_webq_dispatch_respects_max_examples():
     exs = [Example(prompt=f"question: q{i}?</s> answer:", target=" x", references=["x"],
                    meta={"id": str(i), "cue": "</s> answer:"}) for i in range(4)]
     out = ev.evaluate_task(model, tok, task("webq_accuracy"), exs, max_examples=2)
-    assert out["n_examples"] == 2 and 0.0 <= out["accuracy"] <= 1.0 and 0.0 <= out["exact_match"] <= 1.0
+    assert out["n_examples"] == 2 and 0.0 <= out["accuracy"] <= out["webq_any_normalized"] <= 1.0
+    assert len(out.predictions) == 2
 
 
 def humaneval_examples(ids):
@@ -75,6 +78,8 @@ def test_gsm8k_dispatch_uses_the_examples_rows():
     out = ev.evaluate_task(model, tok, cfg, exs, data_dir=DATA)
     assert out["n_examples"] == 2 and 0.0 <= out["accuracy"] <= 1.0
     assert [s["doc_id"] for s in out.samples] == [3, 7]
+    assert out["accuracy"] == out["accuracy_strict_match"]  # conf/task/gsm8k.yaml's default column
+    assert [r["id"] for r in out.predictions] == [3, 7] and "prompt" not in out.predictions[0]
 
 
 def test_unknown_metric():

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from hizfo.evaluation.lm_eval_bridge import TASKS, render_task_dir, run_lm_eval, task_files
+from hizfo.evaluation.reasoning_scores import GSM8K_METRICS, MATH_METRICS, gsm8k_example
 from hizfo.models import byte_level_tokenizer, tiny_model
 
 DATA = Path("/work/shared/data")
@@ -34,15 +35,16 @@ def test_gsm8k_end_to_end_offline(no_network):
     result = run_lm_eval(model, tok, "gsm8k", DATA, batch_size=2, limit=4, max_gen_toks=24)
     assert 0.0 <= result.accuracy <= 1.0
     assert result.n == 4 and [s["doc_id"] for s in result.samples] == [0, 1, 2, 3]
-    gold = [json.loads(line)["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-            for line in open(DATA / "gsm8k" / "test.jsonl", encoding="utf-8")][:4]
-    assert [s["gold"] for s in result.samples] == gold
+    gold = [json.loads(line)["answer"] for line in open(DATA / "gsm8k" / "test.jsonl", encoding="utf-8")][:4]
+    assert [s["references"] for s in result.samples] == [[g] for g in gold]
     question = json.loads(open(DATA / "gsm8k" / "test.jsonl", encoding="utf-8").readline())["question"]
     assert result.samples[0]["prompt"] == f"Question: {question}\nAnswer:"  # the paper's zero-shot format
-    for s in result.samples:
+    for s in result.samples:  # lm-eval's per-item values are reasoning_scores' on the logged generation
         assert isinstance(s["generation"], str)
-        assert s["correct"] == (s["extracted"] == s["gold"])  # gold answers are integers
-    assert result.accuracy == pytest.approx(sum(s["correct"] for s in result.samples) / 4)
+        assert {k: s[k] for k in GSM8K_METRICS} == gsm8k_example(s["generation"], s["references"][0])
+    for name in GSM8K_METRICS:
+        assert result.metrics[name] == pytest.approx(sum(s[name] for s in result.samples) / 4)
+    assert result.accuracy == result.metrics["accuracy_strict_match"]
     assert model.training and model.config.use_cache is False
     assert torch.equal(torch.get_rng_state(), before)  # lm-eval's seeding does not leak
 
@@ -54,7 +56,10 @@ def test_math500_selected_rows(no_network):
     assert result.n == 2 and [s["doc_id"] for s in result.samples] == [1, 4]
     assert 0.0 <= result.accuracy <= 1.0
     rows = [json.loads(line) for line in open(DATA / "math500" / "test.jsonl", encoding="utf-8")]
-    assert [s["gold"] for s in result.samples] == [rows[1]["answer"], rows[4]["answer"]]
+    assert [s["references"] for s in result.samples] == [[rows[1]["answer"]], [rows[4]["answer"]]]
+    assert [s["solution"] for s in result.samples] == [rows[1]["solution"], rows[4]["solution"]]
+    assert result.accuracy == result.metrics["accuracy_math_verify"]
+    assert set(result.metrics) == {"accuracy", *MATH_METRICS}
 
 
 @needs_data

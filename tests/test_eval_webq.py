@@ -1,8 +1,8 @@
-"""WebQuestions: SQuAD-style normalization, accuracy vs exact match, prediction cleaning."""
+"""WebQuestions: the paper's strict exact match with the first answer vs the lenient normalized match."""
 
 import pytest
 
-from hizfo.evaluation.webq import clean_prediction, normalize_answer, webq_example, webq_scores
+from hizfo.evaluation.webq import first_line, normalize_answer, strict_exact_match, webq_example, webq_scores
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -18,16 +18,25 @@ def test_normalize(raw, norm):
     assert normalize_answer(raw) == norm
 
 
-def test_accuracy_matches_any_gold_exact_match_is_strict():
-    golds = ["Jamaican English", "Jamaican Creole English Language"]
-    assert webq_example("jamaican english.", golds) == {"accuracy": 1.0, "exact_match": 0.0}
-    assert webq_example("Jamaican English", golds) == {"accuracy": 1.0, "exact_match": 1.0}
-    assert webq_example("English", golds) == {"accuracy": 0.0, "exact_match": 0.0}
-    scores = webq_scores(["the Jamaican English", "English"], [golds, golds])
-    assert scores == {"accuracy": 0.5, "exact_match": 0.0}
+GOLDS = ["Jamaican English", "Jamaican Creole English Language"]
 
 
-def test_clean_prediction_first_line_and_eos():
-    assert clean_prediction(" Paris</s> question: next", "</s>") == "Paris"
-    assert clean_prediction("\n  Paris\nLondon") == "Paris"
-    assert clean_prediction("   ") == ""
+@pytest.mark.parametrize("generation, strict, lenient", [
+    (" Jamaican English ", 1.0, 1.0),               # stripped, then identical to the first answer
+    ("jamaican english", 0.0, 1.0),                 # strict is case-sensitive
+    ("Jamaican English.", 0.0, 1.0),                # ... and keeps punctuation
+    ("Jamaican Creole English Language", 0.0, 1.0),  # strict only accepts the FIRST answer
+    ("Jamaican English\nQuestion: next", 0.0, 1.0),  # strict compares the whole generation
+    ("English", 0.0, 0.0),
+])
+def test_strict_first_answer_vs_lenient_any_normalized(generation, strict, lenient):
+    assert webq_example(generation, GOLDS) == {"accuracy": strict, "webq_any_normalized": lenient}
+
+
+def test_means_and_helpers():
+    scores = webq_scores(["Jamaican English", "the jamaican english", "x"], [GOLDS, GOLDS, GOLDS])
+    assert scores == {"accuracy": pytest.approx(1 / 3), "webq_any_normalized": pytest.approx(2 / 3)}
+    assert strict_exact_match("Paris", []) == 0.0
+    assert first_line("\n  Paris\nLondon") == "Paris" and first_line("   ") == ""
+    with pytest.raises(ValueError):
+        webq_scores(["x"], [])

@@ -36,7 +36,7 @@ def test_full_ft_run_writes_a_complete_record(tmp_path):
     assert {"rouge1", "rouge2", "rougeL"} <= set(saved["metrics"]["final"])
     assert {"rouge1", "rouge2", "rougeL"} <= set(saved["metrics"]["before"])
     assert saved["epochs"][0]["val_loss"] > 0
-    assert saved["samples"]["final"] and "prediction" in str(saved["samples"]["final"][0])
+    assert saved["samples"]["final"] and "generation" in str(saved["samples"]["final"][0])
     assert saved["parameters"]["trainable"] == saved["parameters"]["total"] > 0
     assert saved["memory"]["bytes"] > 0 and saved["versions"]["torch"]
     assert saved["config"]["method"]["lr"] == 2e-5 and saved["data"]["train_examples"] == 8

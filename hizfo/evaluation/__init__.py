@@ -1,12 +1,14 @@
 """Evaluation: one entry point per task family, dispatched on ``task_cfg.metric``.
 
-- rouge: generate (beam search per the task's generation block) + ROUGE-1/2/L x100
-- webq_accuracy: generate + normalized-match accuracy / exact match (fractions)
-- gsm8k, math: lm-eval on the local release files (lm_eval_bridge), accuracy (fraction)
+- rouge: generate (beam search per the task's generation block) + ROUGE-1/2/L x100 (scoring.py)
+- webq_accuracy: generate + strict exact match with the first answer, and a lenient variant (fractions)
+- gsm8k, math: lm-eval on the local release files (lm_eval_bridge) with lm-eval's own scoring
+  (reasoning_scores.py), accuracies (fractions)
 - humaneval: greedy completions + sandboxed execution, pass@1 (fraction)
 
 ``evaluate_task`` returns an :class:`EvalResult`: a plain ``dict[str, float]`` of metrics whose
-``.samples`` attribute holds a few predictions for the run record (kept out of the float metrics).
+``.samples`` attribute holds a few predictions for the run record (kept out of the float metrics)
+and ``.predictions`` all of them (the record's sidecar file, hizfo.evaluation.predictions).
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ METRICS = ("rouge", "webq_accuracy", "gsm8k", "math", "humaneval")
 
 
 class EvalResult(dict):
-    """``dict[str, float]`` of metrics; ``.samples``: a few per-example records (dicts)."""
+    """``dict[str, float]`` of metrics; ``.samples``: a few per-example records (dicts);
+    ``.predictions``: every prediction with its references (hizfo.evaluation.scoring's rows), from
+    which hizfo.evaluation.rescore recomputes every metric without the model."""
 
-    def __init__(self, metrics: dict[str, float], samples: Sequence[dict[str, Any]] = ()):
+    def __init__(self, metrics: dict[str, float], samples: Sequence[dict[str, Any]] = (),
+                 predictions: Sequence[dict[str, Any]] = ()):
         super().__init__({k: float(v) for k, v in metrics.items()})
         self.samples: list[dict[str, Any]] = list(samples)
+        self.predictions: list[dict[str, Any]] = list(predictions)
 
 
 def _prompt_ids(tokenizer, examples: Sequence[Example], max_input_len: int) -> list[list[int]]:
@@ -75,27 +81,15 @@ def evaluate_task(model: nn.Module, tokenizer, task_cfg: Any, examples: Sequence
     if metric not in ("gsm8k", "math") and not examples:
         raise ValueError(f"no examples to evaluate for task {cfg_get(task_cfg, 'name', '?')!r}")
     eos = tokenizer.eos_token
-    if metric == "rouge":
-        from hizfo.evaluation.rouge import clean_prediction, rouge_corpus, rouge_example
+    if metric in ("rouge", "webq_accuracy"):
+        from hizfo.evaluation.scoring import cut_at_eos, score_rows
 
         raw, secs = _generate_for(model, tokenizer, task_cfg, examples, batch_size, device)
-        preds = [clean_prediction(p, eos) for p in raw]
-        multi = bool(cfg_get(task_cfg, "rouge_multi_reference", True))
-        scores = rouge_corpus(preds, [ex.references for ex in examples], multi_reference=multi)
-        samples = [{"id": ex.meta.get("id"), "prompt": _tail(ex.prompt), "prediction": p,
-                    "references": ex.references, **rouge_example(p, ex.references, multi)}
-                   for ex, p in zip(examples[:num_samples], preds, strict=False)]
-        return EvalResult({**scores, "gen_seconds": secs, "n_examples": len(examples)}, samples)
-    if metric == "webq_accuracy":
-        from hizfo.evaluation.webq import clean_prediction, webq_example, webq_scores
-
-        raw, secs = _generate_for(model, tokenizer, task_cfg, examples, batch_size, device)
-        preds = [clean_prediction(p, eos) for p in raw]
-        scores = webq_scores(preds, [ex.references for ex in examples])
-        samples = [{"id": ex.meta.get("id"), "prompt": _tail(ex.prompt), "prediction": p,
-                    "references": ex.references, **webq_example(p, ex.references)}
-                   for ex, p in zip(examples[:num_samples], preds, strict=False)]
-        return EvalResult({**scores, "gen_seconds": secs, "n_examples": len(examples)}, samples)
+        rows = [{"id": ex.meta.get("id"), "generation": cut_at_eos(p, eos), "references": list(ex.references)}
+                for ex, p in zip(examples, raw, strict=True)]
+        samples = [{"prompt": _tail(ex.prompt), **row} for ex, row in zip(examples[:num_samples], rows)]
+        return EvalResult({**score_rows(task_cfg, rows), "gen_seconds": secs, "n_examples": len(examples)},
+                          samples, rows)
     if metric in ("gsm8k", "math"):
         return _evaluate_lm_eval(model, tokenizer, task_cfg, examples, batch_size=batch_size,
                                  max_examples=max_examples, data_dir=data_dir, num_samples=num_samples)
@@ -109,6 +103,7 @@ def evaluate_task(model: nn.Module, tokenizer, task_cfg: Any, examples: Sequence
 def _evaluate_lm_eval(model, tokenizer, task_cfg, examples, *, batch_size, max_examples, data_dir,
                       num_samples) -> EvalResult:
     from hizfo.evaluation.lm_eval_bridge import DEFAULT_UNTIL, doc_ids_for, run_lm_eval
+    from hizfo.evaluation.scoring import reasoning_accuracy_key
 
     task_name = "gsm8k" if cfg_get(task_cfg, "metric") == "gsm8k" else "math500"
     gen = cfg_get(task_cfg, "generation", {})
@@ -121,9 +116,12 @@ def _evaluate_lm_eval(model, tokenizer, task_cfg, examples, *, batch_size, max_e
         limit=None if doc_ids is not None else max_examples, doc_ids=doc_ids,
         num_fewshot=int(cfg_get(task_cfg, "num_fewshot", 0)), max_gen_toks=max_gen, until=stops,
         # lm-eval keeps the last (max_length - max_gen_toks) prompt tokens: the protocol's input budget.
-        max_length=int(max_input_len) + (max_gen or 512) if max_input_len else None)
-    return EvalResult({"accuracy": result.accuracy, "gen_seconds": result.seconds, "n_examples": result.n},
-                      result.samples[:num_samples])
+        max_length=int(max_input_len) + (max_gen or 512) if max_input_len else None,
+        accuracy_metric=reasoning_accuracy_key(task_cfg))
+    rows = [{"id": s["doc_id"], **{k: v for k, v in s.items() if k not in ("doc_id", "prompt")}}
+            for s in result.samples]
+    return EvalResult({**result.metrics, "gen_seconds": result.seconds, "n_examples": result.n},
+                      result.samples[:num_samples], rows)
 
 
 def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, device,
@@ -155,10 +153,11 @@ def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, dev
                                 prompt_style=style, sandbox=sandbox)
     exec_secs = time.perf_counter() - t0
     samples = [{"task_id": r.task_id, "completion": r.completion, "passed": r.passed, "status": r.status,
-                "detail": r.detail} for r in results[:num_samples]]
+                "detail": r.detail} for r in results]
     return EvalResult({"pass@1": pass_at_k(results, 1), "gen_seconds": gen_secs, "exec_seconds": exec_secs,
                        "n_examples": len(examples),
-                       "sandbox_namespaces": float(sandbox.isolation == "namespaces")}, samples)
+                       "sandbox_namespaces": float(sandbox.isolation == "namespaces")},
+                      samples[:num_samples], samples)
 
 
 def validation_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:

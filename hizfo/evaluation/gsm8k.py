@@ -1,4 +1,6 @@
-"""GSM8K answer extraction and numeric comparison (used by the lm-eval task in lm_eval_tasks/).
+"""GSM8K: this project's original answer extraction and numeric comparison, now the LENIENT variant
+``accuracy_last_number`` beside lm-eval's strict-match / flexible-extract (reasoning_scores.py); kept
+so that records scored before lm-eval's scoring can be re-scored under their own definition.
 
 Extraction: the number after "####" if the generation has one (the training target's format), else
 the LAST number in the text (a zero-shot model rarely writes "####"). Numbers may carry a sign, a

@@ -1,10 +1,10 @@
 """GSM8K and MATH-500 through lm-eval (0.4.x) on an in-memory model, fully offline.
 
 lm-eval drives prompting, batching, greedy decoding and stop sequences; the tasks are this project's
-(lm_eval_tasks/*.yaml + utils.py) so that the data are the LOCAL release files and answer
-extraction is ours. The YAMLs are templates: each run renders them, with the data dir resolved at
-run time, into a temporary include dir, and a TaskManager that scans only that dir (the built-in
-task index is not needed and is slow to build).
+(lm_eval_tasks/*.yaml + utils.py) so that the data are the LOCAL release files; scoring is lm-eval's
+own gsm8k / minerva_math through hizfo.evaluation.reasoning_scores. The YAMLs are templates: each
+run renders them, with the data dir resolved at run time, into a temporary include dir, and a
+TaskManager that scans only that dir (the built-in task index is not needed and is slow to build).
 
 Offline: the model and tokenizer are passed as objects (HFLM accepts a PreTrainedModel for
 ``pretrained``), datasets are read with the packaged "json" builder, HF_HUB_OFFLINE /
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hizfo.evaluation.gsm8k import gold_gsm8k_answer
+from hizfo.evaluation.reasoning_scores import DEFAULT_ACCURACY, GSM8K_METRICS, MATH_METRICS
 from hizfo.models import eval_mode
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,15 @@ ALIASES = {"math": "math500", "math-500": "math500", "gsm8k": "gsm8k", "math500"
 @dataclass
 class LmEvalResult:
     task: str
-    accuracy: float
+    metrics: dict[str, float]  # lm-eval's means of reasoning_scores' per-item metrics, plus "accuracy"
     n: int
     seconds: float
     samples: list[dict[str, Any]] = field(default_factory=list)  # per test item: doc_id, prompt,
-    # generation, extracted (None: no answer found), gold, correct
+    # generation, references (the release's answer field), solution (MATH), and its metric values
+
+    @property
+    def accuracy(self) -> float:
+        return self.metrics["accuracy"]
 
 
 def bridge_task(name: str) -> BridgeTask:
@@ -197,14 +201,16 @@ def doc_ids_for(task_name: str, examples: Sequence[Any], data_dir: str | os.Path
 def run_lm_eval(model: nn.Module, tokenizer, task_name: str, data_dir: str | os.PathLike | None = None, *,
                 batch_size: int = 8, limit: int | None = None, doc_ids: Sequence[int] | None = None,
                 num_fewshot: int = 0, max_gen_toks: int | None = None, until: Sequence[str] | None = None,
-                max_length: int | None = None, log_samples: bool = True) -> LmEvalResult:
-    """Accuracy (fraction in [0, 1]) of ``model`` on GSM8K or MATH-500 through lm-eval.
+                max_length: int | None = None, log_samples: bool = True,
+                accuracy_metric: str | None = None) -> LmEvalResult:
+    """Accuracies (fractions in [0, 1]) of ``model`` on GSM8K or MATH-500 through lm-eval.
 
     ``limit``: the first N test items; ``doc_ids``: exactly these test rows (exclusive with limit;
     samples come back in row order).
     ``num_fewshot`` > 0 draws examples from GSM8K train (MATH-500 has no train split).
     ``until``: stop strings (default "Question:", "</s>", "<|im_end|>"; lm-eval adds the EOS).
     ``max_length``: the model's context length for lm-eval's left truncation (default: from config).
+    ``accuracy_metric``: which metric the paper column ``accuracy`` copies (default: reasoning_scores').
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -237,16 +243,19 @@ def run_lm_eval(model: nn.Module, tokenizer, task_name: str, data_dir: str | os.
     seconds = time.perf_counter() - t0
     if results is None:
         raise RuntimeError("lm-eval returned no results (non-zero rank?)")
-    metrics = results["results"][task.name]
-    acc = float(metrics["acc,extract"])
+    family = "gsm8k" if task.name == "hizfo_gsm8k" else "math"
+    names = GSM8K_METRICS if family == "gsm8k" else MATH_METRICS
+    metrics = {name: float(results["results"][task.name][f"{name},none"]) for name in names}
+    metrics["accuracy"] = metrics[accuracy_metric or DEFAULT_ACCURACY[family]]
     samples = []
     for s in sorted(results.get("samples", {}).get(task.name, []), key=lambda s: s["doc_id"]):
         doc = s["doc"]
-        gold = gold_gsm8k_answer(doc["answer"]) if task.name == "hizfo_gsm8k" else str(doc["answer"])
         args = s.get("arguments") or [()]
         prompt = args[0][0] if isinstance(args[0], (list, tuple)) and args[0] else None
-        samples.append({"doc_id": s["doc_id"], "prompt": prompt, "generation": s["resps"][0][0],
-                        "extracted": s["filtered_resps"][0] or None, "gold": gold,
-                        "correct": bool(s["acc"])})
+        row = {"doc_id": s["doc_id"], "prompt": prompt, "generation": s["resps"][0][0],
+               "references": [str(doc["answer"])], **{name: float(s[name]) for name in names}}
+        if family == "math":
+            row["solution"] = doc["solution"]
+        samples.append(row)
     n = len(samples) if samples else int(results.get("n-samples", {}).get(task.name, {}).get("effective", 0))
-    return LmEvalResult(task=task.name, accuracy=acc, n=n, seconds=seconds, samples=samples)
+    return LmEvalResult(task=task.name, metrics=metrics, n=n, seconds=seconds, samples=samples)

@@ -1,4 +1,6 @@
-"""MATH / MATH-500 final-answer extraction and normalization (used by the lm-eval task).
+"""MATH / MATH-500: this project's original extraction and string normalization, now the LENIENT
+variant ``accuracy_normalized_string`` beside lm-eval's math_verify / is_equiv (reasoning_scores.py);
+kept to re-score older records and to count where it disagrees (experiments/math_scoring_agreement.py).
 
 Extraction, first that applies: the content of the LAST ``\\boxed{...}`` / ``\\fbox{...}`` (braces
 balanced, so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``; an unclosed box is ignored); the text

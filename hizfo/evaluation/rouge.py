@@ -1,12 +1,18 @@
-"""ROUGE-1/2/L (x100) with Google's rouge-score package, as GreenTrainer reports summaries.
+"""ROUGE-1/2/L (x100) as the paper's summaries were scored, plus a lenient variant beside it.
 
-Choices (the README lists them):
-- ``use_stemmer=True`` (Porter stemmer; rouge-score's default tokenizer lowercases and keeps only
-  [a-z0-9] tokens), the setting of the reference implementation and of most summarization papers.
-- ROUGE-L is sentence-level LCS ("rougeL"), not the summary-level "rougeLsum".
-- Multi-reference test sets (SciTLDR, DialogSum): each example scores the MAX F1 over its
-  references, separately for each ROUGE variant; ``multi_reference=False`` scores against the
-  first reference only. The corpus score is the mean over examples.
+Paper-comparable (the columns ``rouge1``, ``rouge2``, ``rougeL``): GreenTrainer's evaluation code
+calls Hugging Face ``evaluate``'s rouge with its defaults, i.e. Google's rouge-score with
+``use_stemmer=False`` (its tokenizer lowercases and keeps only [a-z0-9] tokens), sentence-level LCS
+``rougeL``, and F1 averaged over examples. The references of an example are combined per task
+(``task.rouge_reference_aggregation``): ``first`` (SciTLDR: ``target[0]``, the training target),
+``mean`` (DialogSum: the hub split lists each dialogue once per reference, so the paper's score is
+the mean over references) or ``max``.
+
+``evaluate`` aggregates with rouge-score's BootstrapAggregator and reports the median of 1000
+resampled means (random, within sampling noise of the mean); we report the exact mean it estimates.
+
+Lenient (``rouge1_max_stem`` ...): Porter stemming and the max over references, separately per
+ROUGE type. Higher by construction; never put in the paper's columns.
 """
 
 from __future__ import annotations
@@ -15,40 +21,40 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+AGGREGATIONS = ("first", "mean", "max")
+LENIENT_SUFFIX = "_max_stem"
 
 
-@lru_cache(maxsize=1)
-def _scorer():
+@lru_cache(maxsize=2)
+def _scorer(stem: bool):
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=stem)
 
 
-def clean_prediction(text: str, eos_text: str | None = None) -> str:
-    """Strip and cut at the EOS text, in case the decoder kept it (it normally skips specials)."""
-    if eos_text:
-        i = text.find(eos_text)
-        if i >= 0:
-            text = text[:i]
-    return text.strip()
+def _check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown ROUGE reference aggregation {aggregation!r}; use one of {AGGREGATIONS} "
+                         "(task.rouge_reference_aggregation)")
 
 
-def rouge_example(prediction: str, references: Sequence[str],
-                  multi_reference: bool = True) -> dict[str, float]:
-    """F1 x100 per ROUGE type: max over ``references`` (or the first one only)."""
+def rouge_example(prediction: str, references: Sequence[str], aggregation: str = "first",
+                  stem: bool = False) -> dict[str, float]:
+    """F1 x100 per ROUGE type against ``references`` combined by ``aggregation`` (first|mean|max)."""
+    _check_aggregation(aggregation)
     if not references:
         raise ValueError("an example has no reference; ROUGE needs at least one")
-    refs = list(references) if multi_reference else [references[0]]
-    best = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for ref in refs:
-        scores = _scorer().score(ref, prediction)  # rouge-score's order: (target, prediction)
-        for key in ROUGE_TYPES:
-            best[key] = max(best[key], 100.0 * scores[key].fmeasure)
-    return best
+    refs = [references[0]] if aggregation == "first" else list(references)
+    per_ref = [_scorer(stem).score(ref, prediction) for ref in refs]  # rouge-score: (target, prediction)
+    out = {}
+    for key in ROUGE_TYPES:
+        values = [100.0 * s[key].fmeasure for s in per_ref]
+        out[key] = max(values) if aggregation == "max" else sum(values) / len(values)
+    return out
 
 
-def rouge_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                 multi_reference: bool = True) -> dict[str, float]:
+def rouge_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                 aggregation: str = "first", stem: bool = False) -> dict[str, float]:
     """Mean over examples of :func:`rouge_example`."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
@@ -56,6 +62,14 @@ def rouge_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]]
         raise ValueError("no predictions to score")
     total = dict.fromkeys(ROUGE_TYPES, 0.0)
     for pred, refs in zip(predictions, references, strict=True):
-        for key, value in rouge_example(pred, refs, multi_reference).items():
+        for key, value in rouge_example(pred, refs, aggregation, stem).items():
             total[key] += value
     return {key: value / len(predictions) for key, value in total.items()}
+
+
+def rouge_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                  aggregation: str) -> dict[str, float]:
+    """The paper's columns (no stemming, ``aggregation``) and the lenient ``*_max_stem`` variants."""
+    paper = rouge_scores(predictions, references, aggregation, stem=False)
+    lenient = rouge_scores(predictions, references, "max", stem=True)
+    return {**paper, **{k + LENIENT_SUFFIX: v for k, v in lenient.items()}}

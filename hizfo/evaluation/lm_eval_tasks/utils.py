@@ -1,28 +1,18 @@
-"""lm-eval hooks for the hizfo_* tasks: our answer extraction as a filter, our comparison as metric.
+"""lm-eval hooks for the hizfo_* tasks: lm-eval's own GSM8K / MATH scoring through one adapter.
 
-The filter stores the extracted answer (not the raw text) as each sample's filtered response, so
-lm-eval's per-sample log carries it; "" marks "no answer found".
+No answer filter runs here (lm-eval's default take_first keeps the raw generation), so the logged
+sample holds the generation itself; hizfo.evaluation.reasoning_scores applies lm-eval's gsm8k
+filters / minerva_math equivalence to it, exactly as a re-score from stored predictions does.
 """
 
 from __future__ import annotations
 
-from hizfo.evaluation.gsm8k import extract_gsm8k_answer, gsm8k_is_correct
-from hizfo.evaluation.math_answer import extract_math_answer, math_is_equiv
-
-
-def gsm8k_filter(resps, docs):
-    return [[extract_gsm8k_answer(r) or "" for r in rs] for rs in resps]
+from hizfo.evaluation.reasoning_scores import gsm8k_example, math_example
 
 
 def gsm8k_process_results(doc, results):
-    pred = results[0] or None
-    return {"acc": float(gsm8k_is_correct(pred, doc["answer"]))}
-
-
-def math_filter(resps, docs):
-    return [[extract_math_answer(r) or "" for r in rs] for rs in resps]
+    return gsm8k_example(results[0], doc["answer"])
 
 
 def math_process_results(doc, results):
-    pred = results[0] or None
-    return {"acc": float(math_is_equiv(pred, str(doc["answer"])))}
+    return math_example(results[0], doc["solution"], str(doc["answer"]))
