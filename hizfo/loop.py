@@ -12,10 +12,10 @@ carries every earlier segment's train / eval seconds and peak memory, so the res
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from hizfo import checkpoints
 from hizfo.methods.base import Batch, Method, TrainSetup
 from hizfo.records import max_peak_memory, peak_memory_bytes
 
@@ -41,6 +42,7 @@ class LoopConfig:
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int | None = None
     resume: bool = True
+    checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (hizfo.checkpoints)
     log_every_steps: int = 1
     num_workers: int = 0
 
@@ -115,27 +117,46 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "checkpoint.pt.tmp"
-    torch.save({"model": model.state_dict(), "method": method.state_dict(), "loop": loop_state,
-                "rng": _rng_state()}, tmp)
-    os.replace(tmp, path / "checkpoint.pt")
+    """Hashed, unique temporary file, atomic manifest update (hizfo.checkpoints)."""
+    checkpoints.save(path, {"model": model.state_dict(), "method": method.state_dict(), "loop": loop_state,
+                            "rng": _rng_state()}, step=int(loop_state["step"]))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    file = path / "checkpoint.pt"
-    if not file.exists():
-        return None
-    return torch.load(file, map_location="cpu", weights_only=False)
+def load_checkpoint(path: Path) -> checkpoints.LoadedCheckpoint | None:
+    """The newest verified checkpoint (or the previous good one, said in the log); None if none."""
+    return checkpoints.load(path)
+
+
+def _apply_checkpoint(loaded: checkpoints.LoadedCheckpoint, model: nn.Module, method: Method
+                      ) -> dict[str, Any]:
+    """Load model, method and RNG state; a mismatch (the code changed?) names the file and the way out."""
+    state = loaded.state
+    try:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"])
+        return state
+    except Exception as exc:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {loaded.file} does not fit this run ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); {checkpoints.START_OVER}") from exc
 
 
 # --------------------------------------------------------------------------- the loop
 
 def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
-          device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
-          on_step: Callable[[int, dict[str, float]], None] | None = None,
-          clock: Callable[[], float] = time.perf_counter) -> LoopResult:
+          *args: Any, **kwargs: Any) -> LoopResult:
+    """:func:`train_in_folder` while this process holds the checkpoint folder, so two identical runs
+    never share it (``cfg.checkpoint_lock``: "fail" refuses the second, "wait" queues it)."""
+    folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    with checkpoints.folder_lock(folder, cfg.checkpoint_lock) if folder else nullcontext():
+        return train_in_folder(model, method, dataset, collate, cfg, *args, **kwargs)
+
+
+def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
+                    device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
+                    on_step: Callable[[int, dict[str, float]], None] | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> LoopResult:
     """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
@@ -155,17 +176,15 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
     seed_everything(cfg.seed)
     method.setup(model, setup)
     start_step = 0
-    state = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume) else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
-        _set_rng_state(state["rng"])
+    loaded = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume) else None
+    if loaded is not None:
+        state = _apply_checkpoint(loaded, model, method)
         start_step = int(state["loop"]["step"])
         result.history = list(state["loop"]["history"])
         result.epoch_metrics = list(state["loop"]["epoch_metrics"])
         result.resumed_from_step = start_step
         result.segments = list(state["loop"].get("segments", []))
-        log.info("resumed from %s at step %d", ckpt_dir, start_step)
+        log.info("resumed from %s at step %d", loaded.file, start_step)
     segment: dict[str, Any] = {"start_step": start_step, "end_step": start_step, "train_seconds": 0.0,
                                "eval_seconds": 0.0, "peak_memory": None}
     earlier_segments = result.segments

@@ -69,7 +69,8 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     never resume from one another's checkpoints; paths, logging and eval settings are left out."""
     keep = {k: resolved[k] for k in ("model", "task", "method", "seed", "data") if k in resolved}
     keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
-                       if k not in ("resume", "checkpoint_every_steps", "log_every_steps", "num_workers")}
+                       if k not in ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
+                                    "num_workers")}
     keep["task"] = {k: v for k, v in keep.get("task", {}).items() if k != "max_eval_examples"}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -137,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 grad_accum=int(cfg.trainer.grad_accum), max_steps=cfg.trainer.max_steps, seed=int(cfg.seed),
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
+                checkpoint_lock=str(cfg.trainer.get("checkpoint_lock", "fail")),
                 log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers))
             dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
                                    int(cfg.task.max_output_len))

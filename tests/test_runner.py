@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from hizfo import checkpoints
 from hizfo.data.sources import resolve_data_dir
 from hizfo.train import run
 
@@ -85,9 +86,12 @@ def test_nan_loss_stops_with_a_clear_error_and_a_failed_record(tmp_path):
         run(cfg)
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert recs and recs[0]["status"] == "failed" and "non-finite" in recs[0]["error"]["message"]
-    ckpts = list((tmp_path / "ckpt").rglob("checkpoint.pt"))
-    assert len(ckpts) == 1  # the last good checkpoint is kept
-    assert os.listdir(ckpts[0].parent) == ["checkpoint.pt"]
+    [folder] = {p.parent for p in (tmp_path / "ckpt").rglob(checkpoints.MANIFEST)}
+    loaded = checkpoints.load(folder)  # the last good checkpoint is kept, and it verifies
+    assert loaded is not None and loaded.fell_back_because is None
+    names = (checkpoints.MANIFEST, checkpoints.LOCK_FILE, checkpoints.MANIFEST_LOCK)
+    assert all(n in names or n.endswith(".pt")
+               for n in os.listdir(folder))  # no temporary file left behind
 
 
 def test_checkpoints_of_different_configs_never_mix(tmp_path):

@@ -47,14 +47,47 @@ def hub_offline() -> bool:
 
 # --------------------------------------------------------------------------- release readers
 
+class DataFileError(ValueError):
+    """A data file that cannot be parsed; the message names the file, the line and the fix."""
+
+
+def _decode_line(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.start + 1]
+        raise DataFileError(f"{where}: byte {exc.start + 1} of the line is not UTF-8 ({bad!r}); "
+                            "re-export the file as UTF-8 or restore the original release file") from None
+
+
 def read_jsonl(path: Path) -> list[Record]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode_line(raw, f"{path} line {lineno}")
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path} line {lineno} column {exc.colno}: malformed JSON ({exc.msg}); "
+                                    "each line must hold one JSON record") from None
+    return records
 
 
 def read_json_array(path: Path) -> list[Record]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(f"{path} line {lineno}: byte {raw[exc.start:exc.start + 1]!r} is not UTF-8; "
+                            "re-export the file as UTF-8 or restore the original release file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{path} line {exc.lineno} column {exc.colno}: malformed JSON "
+                            f"({exc.msg})") from None
     if not isinstance(data, list):
         raise TypeError(f"{path} should hold a JSON array of records, found {type(data).__name__}")
     return data
@@ -71,10 +104,16 @@ def read_zip_pyrepr_lines(path: Path, member: str) -> list[Record]:
         except KeyError:
             raise FileNotFoundError(f"{path} has no member {member!r}; members: {zf.namelist()}") from None
     records = []
-    for lineno, line in enumerate(io.StringIO(raw.decode("utf-8")), 1):
+    for lineno, raw_line in enumerate(io.BytesIO(raw), 1):
+        where = f"{path}:{member} line {lineno}"
+        line = _decode_line(raw_line, where)
         if not line.strip():
             continue
-        rec = ast.literal_eval(line)
+        try:
+            rec = ast.literal_eval(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise DataFileError(f"{where}: not a Python dict literal ({type(exc).__name__}: "
+                                f"{str(exc)[:100]})") from None
         if not isinstance(rec, dict):
             raise TypeError(f"{path}:{member} line {lineno} is a {type(rec).__name__}, expected a dict")
         records.append(rec)

@@ -1,0 +1,257 @@
+"""Checkpoint files that detect damage, keep the previous good one, and cannot collide.
+
+Layout of a checkpoint folder (one per config fingerprint):
+
+    checkpoints.json             the manifest: {"latest": entry, "previous": entry | null}
+    checkpoint-<step>-<rand>.pt  torch.save payloads; entry = {"file", "sha256", "bytes", "step"}
+    .lock                        flock-ed by the run using the folder (holds its pid, for the message)
+    .manifest.lock               flock-ed while one save renames, updates the manifest and cleans up
+
+Why: a truncated or garbled file used to surface as torch's internal error without the path, and a
+few flipped bytes (say in a weight's exponent) resumed silently with different numbers. Now every
+file is hashed when written and verified before it is loaded; when the newest fails, the previous
+one is used and the log says so; when none is usable the error names each file, what is wrong
+with it, and how to start over. Writes go to a unique temporary file in the folder (mkstemp) and
+only an atomic rename of the manifest makes a new checkpoint current, so a crash at any point
+leaves a consistent manifest and two writers never share a temporary name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "checkpoints.json"
+LEGACY_FILE = "checkpoint.pt"  # written by earlier versions, without a hash
+LOCK_FILE = ".lock"
+MANIFEST_LOCK = ".manifest.lock"
+LOCK_MODES = ("fail", "wait")
+START_OVER = "start over with trainer.resume=false (or delete the folder)"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: the message names the files, what is wrong, and how to start over."""
+
+
+class CheckpointLockedError(RuntimeError):
+    """Another run holds the checkpoint folder."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    state: dict[str, Any]
+    file: Path
+    fell_back_because: str | None = None  # why the newest was skipped, None when it was used
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("latest"), dict):
+            raise ValueError("no 'latest' entry")
+        return manifest
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"checkpoint manifest {path} is damaged ({type(exc).__name__}: {exc}); "
+                              f"{START_OVER}") from exc
+
+
+def save(folder: Path, payload: dict[str, Any], step: int) -> Path:
+    """Write ``payload`` as the newest checkpoint; the old newest becomes the previous one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".checkpoint-{step:08d}-", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        entry = {"file": tmp.name[1:].replace(".tmp", ".pt"),  # unique: mkstemp's random part stays
+                 "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "step": int(step)}
+        with _exclusive(folder / MANIFEST_LOCK):  # rename, manifest and clean-up as one step
+            final = folder / entry["file"]
+            os.replace(tmp, final)
+            try:
+                old = read_manifest(folder)
+            except CheckpointError as exc:
+                log.warning("%s; replacing it with a fresh manifest", exc)
+                old = None
+            previous = old["latest"] if old else None
+            _write_json_atomic(folder / MANIFEST, {"latest": entry, "previous": previous,
+                                                   "saved_at": time.time()})
+            _fsync_dir(folder)
+            keep = {entry["file"]} | ({previous["file"]} if previous else set())
+            for stale in [*folder.glob("checkpoint-*.pt"), *folder.glob("checkpoint-*.damaged")]:
+                if stale.name not in keep:
+                    stale.unlink(missing_ok=True)
+            (folder / LEGACY_FILE).unlink(missing_ok=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """A short blocking flock (one manifest update at a time, even without the folder lock)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _verify(folder: Path, entry: dict[str, Any]) -> str | None:
+    """None when the file matches its manifest entry, else what is wrong."""
+    path = folder / str(entry.get("file", ""))
+    if not entry.get("file") or not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        return f"{path} has {size} bytes, {entry.get('bytes')} were written (truncated or overwritten)"
+    if _sha256(path) != entry.get("sha256"):
+        return f"{path} does not match its sha256 (damaged since it was written)"
+    return None
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch's errors do not name the file
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {START_OVER}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict; {START_OVER}")
+    return state
+
+
+def _retire_latest(folder: Path, manifest: dict[str, Any]) -> None:
+    """After a fallback: the previous checkpoint becomes the newest, so the damaged one never rotates
+    into "previous"; the damaged file is renamed *.damaged (the next save deletes it)."""
+    damaged = folder / str(manifest["latest"].get("file", ""))
+    if damaged.is_file():
+        os.replace(damaged, damaged.with_name(damaged.name + ".damaged"))
+    _write_json_atomic(folder / MANIFEST, {"latest": manifest["previous"], "previous": None,
+                                           "saved_at": time.time()})
+
+
+def load(folder: Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint that verifies (falling back to the previous one, saying so); None when
+    the folder holds none; CheckpointError when it holds only damaged ones."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        legacy = folder / LEGACY_FILE
+        if not legacy.is_file():
+            return None
+        log.warning("checkpoint %s has no content hash (written by an earlier version); loading it "
+                    "unverified", legacy)
+        return LoadedCheckpoint(_torch_load(legacy), legacy)
+    problems: list[str] = []
+    for role in ("latest", "previous"):
+        entry = manifest.get(role)
+        if not entry:
+            continue
+        why = _verify(folder, entry)
+        if why is None:
+            path = folder / entry["file"]
+            try:
+                state = _torch_load(path)
+            except CheckpointError as exc:
+                why = str(exc).split("; " + START_OVER)[0]
+            else:
+                fallback = "; ".join(problems) or None
+                if fallback:
+                    log.warning("the newest checkpoint failed verification (%s); resuming from the previous "
+                                "good one, %s (step %s)", fallback, path, entry.get("step"))
+                    _retire_latest(folder, manifest)
+                return LoadedCheckpoint(state, path, fallback)
+        problems.append(why)
+    raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems) + f". To {START_OVER}")
+
+
+@contextmanager
+def folder_lock(folder: Path, mode: str = "fail", poll_s: float = 0.5) -> Iterator[None]:
+    """Hold ``folder`` for one run. mode "fail": a second run using it is refused at once with a
+    message naming the holder; "wait": it waits until the first run ends (then resumes from it)."""
+    if mode not in LOCK_MODES:
+        raise ValueError(f"trainer.checkpoint_lock={mode!r}: use one of {LOCK_MODES}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                holder = path.read_text(errors="replace").strip() or "unknown"
+                if mode == "fail":
+                    raise CheckpointLockedError(
+                        f"checkpoint folder {folder} is in use by another run ({holder}), probably the same "
+                        "config started twice. Wait for it, set trainer.checkpoint_lock=wait to queue behind "
+                        "it, or give this run its own paths.checkpoint_dir") from None
+                if not announced:
+                    log.warning("checkpoint folder %s is in use by %s; waiting for it "
+                                "(trainer.checkpoint_lock=wait)", folder, holder)
+                    announced = True
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {time.ctime()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
