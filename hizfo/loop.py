@@ -122,9 +122,10 @@ def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: di
                             "rng": _rng_state()}, step=int(loop_state["step"]))
 
 
-def load_checkpoint(path: Path) -> checkpoints.LoadedCheckpoint | None:
-    """The newest verified checkpoint (or the previous good one, said in the log); None if none."""
-    return checkpoints.load(path)
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The newest verified checkpoint's state (or the previous good one's, said in the log); None if none."""
+    loaded = checkpoints.load(path)
+    return None if loaded is None else loaded.state
 
 
 def _apply_checkpoint(loaded: checkpoints.LoadedCheckpoint, model: nn.Module, method: Method
@@ -176,7 +177,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     seed_everything(cfg.seed)
     method.setup(model, setup)
     start_step = 0
-    loaded = load_checkpoint(ckpt_dir) if (ckpt_dir and cfg.resume) else None
+    loaded = checkpoints.load(ckpt_dir) if (ckpt_dir and cfg.resume) else None
     if loaded is not None:
         state = _apply_checkpoint(loaded, model, method)
         start_step = int(state["loop"]["step"])

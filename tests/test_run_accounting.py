@@ -116,7 +116,7 @@ def test_runner_records_cumulative_time_and_never_completes_short_runs(tmp_path,
         run(make_cfg(tmp_path, "method=full_ft", "trainer.checkpoint_every_steps=1"))
     monkeypatch.setattr(full_ft.FullFT, "step", real_step)
     record = run(make_cfg(tmp_path, "method=full_ft", "trainer.checkpoint_every_steps=1"))
-    ckpt = load_checkpoint(next((tmp_path / "ckpt").rglob("checkpoint.pt")).parent)["loop"]
+    ckpt = load_checkpoint(next((tmp_path / "ckpt").rglob("checkpoints.json")).parent)["loop"]
     assert record["status"] == "completed" and record["time"]["steps"] == 2
     assert record["time"]["segments"] == 2 and record["resumed_from_step"] == 1
     segments = record["segments"]
