@@ -1,10 +1,34 @@
 """The seeded zeroth-order engine shared by MeZO, Hi-ZFO and Bilevel-ZOFO.
 
-A ZO step never stores its noise: the direction z is a pure function of (seed, tensor order,
-shapes, device), so it is regenerated for every perturb, restore and update from a dedicated
-``torch.Generator`` per device (never the global RNG, which would shift dropout masks and data
-order and break reproducibility). Only one tensor's noise exists at a time, so the memory cost
-is one tensor, not one model.
+Public API (stable; other methods build on it):
+  ``ZONoise(params, seed, keep=False, kind="gaussian", threads=1)``: the direction z of one step.
+      ``.add(scale)`` (p += scale*z), ``.restore()``, ``.offset`` (accumulated scale),
+      ``.update(g, lr, weight_decay=0.0, decay_mask=None, restore=False)`` (ZO-SGD),
+      ``.pairs()`` ((param, z) per tensor, z materialised: for callers that need whole tensors),
+      ``.params`` (the de-duplicated tensors), ``.run(fn)`` (a custom in-place update, block by
+      block: ``fn(i, p_slice, z_slice, start, stop)``).
+  ``ZOAdamW(names).step(noise, g, lr, weight_decay=0.0, decay_mask=None, restore=False)``,
+      ``.retain(names)``, ``.state_dict()``, ``.load_state_dict()``.
+  ``perturb``, ``zo_update`` (one-shot helpers), ``seed_generator``, ``draw_seed``, ``lr_factor``,
+  ``noise_dtype``, ``block_seeds``, ``NOISE_KINDS``, ``BLOCK_ELEMS``.
+``restore=True`` folds the restoration of a perturbed point into the update pass: each element runs
+exactly the operations of ``restore()`` followed by ``update()``, so the result is bit-identical to
+the two separate passes while z is generated once instead of twice.
+
+The noise stream. A ZO step never stores its noise: z is a pure function of (seed, the tensors'
+shapes and order, device type, kind), regenerated for every perturb, restore and update from
+dedicated ``torch.Generator`` objects (never the global RNG, which would shift dropout masks and
+data order). Every tensor is cut into consecutive blocks of ``BLOCK_ELEMS`` elements on CPU (one
+block per tensor on other devices), numbered k = 0, 1, ... across the tensors in order, and block k
+is drawn from a generator seeded with ``fmix32((low32(splitmix64(seed)) + k) mod 2**32)``: a
+bijection of k, so blocks of one step never share a seed (torch's CPU generator keeps only the low
+32 bits of a seed). Blocks are therefore independent of each other and of the order in which they
+are generated: they can be drawn by parallel threads (``threads``), and a sharded tensor could draw
+only its own blocks. Gaussian blocks are ``normal_``; Rademacher blocks (+-1, the classic SPSA
+direction) take one bit each from ``ceil(n/32)`` full-range int32 draws (little-endian bytes, bit b
+of byte j -> element 8j+b). Only one block of noise per thread exists at a time (a reused buffer),
+so the memory cost is a few MB whatever the model. This stream replaced (2026-11) an earlier one
+that drew whole tensors in order from a single generator: same distribution, different numbers.
 
 Precision. z is always drawn in fp32 (fp64 for fp64 tensors) whatever the parameter dtype, so a
 bf16 and an fp32 run with the same seed see the same directions; ``p.add_(z, alpha=scale)``
@@ -24,12 +48,22 @@ plus fp32 noise for every tensor; use it for bf16 runs that can afford it and in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 _SEED_HIGH = 2**62  # torch seeds are 64-bit; stay well inside int64 for torch.randint
+_M32, _M64 = 2**32 - 1, 2**64 - 1
+BLOCK_ELEMS = 1 << 18  # elements per independently seeded CPU block (1 MiB of fp32: stays in cache)
+NOISE_KINDS = ("gaussian", "rademacher")
+
+#: (tensor index, start, stop, block seed): one independently seeded slice of a flattened tensor
+Block = tuple[int, int, int, int]
+#: fn(tensor index, flat parameter slice, noise slice, start, stop), run once per block
+BlockFn = Callable[[int, torch.Tensor, torch.Tensor, int, int], None]
 
 
 def noise_dtype(param: torch.Tensor) -> torch.dtype:
@@ -61,6 +95,35 @@ def lr_factor(step: int, total_steps: int, schedule: str = "constant") -> float:
     return max(0.0, 1.0 - step / max(1, int(total_steps)))
 
 
+def check_noise_kind(kind: str) -> str:
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown ZO noise {kind!r}; use one of {', '.join(NOISE_KINDS)} "
+                         f"(method.noise)")
+    return kind
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _fmix32(h: int) -> int:
+    """MurmurHash3's finaliser: a bijection of 32-bit integers that scrambles neighbours."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def block_seeds(seed: int, count: int) -> list[int]:
+    """The generator seeds of blocks 0..count-1 of the step seeded ``seed`` (pairwise distinct)."""
+    base = _splitmix64(int(seed) & _M64) & _M32
+    return [_fmix32((base + k) & _M32) for k in range(count)]
+
+
 def _unique(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Drop repeated tensors (a tied weight listed twice must be perturbed once)."""
     seen: set[int] = set()
@@ -72,42 +135,141 @@ def _unique(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+_LOCAL = threading.local()  # per-thread generators and CPU scratch buffers (reused across steps)
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    gens = _LOCAL.__dict__.setdefault("gens", {})
+    gen = gens.get(device)
+    if gen is None:
+        gen = gens[device] = torch.Generator(device=device)
+    return gen
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused per-thread CPU buffer (a fresh tensor on accelerators, whose allocator caches)."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    bufs = _LOCAL.__dict__.setdefault("scratch", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[dtype] = torch.empty(max(numel, BLOCK_ELEMS), dtype=dtype)
+    return buf[:numel]
+
+
+def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[256, 8]: row b holds +1/-1 for bits 0..7 of byte b (bit set -> +1)."""
+    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    return (bits * 2 - 1).to(dtype=dtype, device=device)
+
+
+_SIGNS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def draw_block(numel: int, seed: int, kind: str, dtype: torch.dtype, device: torch.device
+               ) -> torch.Tensor:
+    """One block of noise, valid until this thread draws the next one (a view of a reused buffer)."""
+    gen = _generator(device)
+    gen.manual_seed(seed)
+    if kind == "gaussian":
+        return _scratch(numel, dtype, device).normal_(generator=gen)
+    words = torch.empty((numel + 31) // 32, dtype=torch.int32, device=device)
+    words.random_(-2**31, 2**31, generator=gen)  # full range: every bit uniform
+    signs = _SIGNS.get((dtype, device))
+    if signs is None:
+        signs = _SIGNS[(dtype, device)] = _sign_table(dtype, device)
+    out = _scratch(words.numel() * 32, dtype, device)
+    torch.index_select(signs, 0, words.view(torch.uint8).long(), out=out.view(-1, 8))
+    return out[:numel]
+
+
 class ZONoise:
-    """The Gaussian direction z for one ZO step over an ordered list of tensors.
+    """The direction z for one ZO step over an ordered list of tensors (see the module docstring).
 
     ``add(scale)`` moves the tensors by ``scale * z``; ``update(g, lr)`` applies the ZO-SGD step
     ``p -= lr * (g * z + wd * p)``. The accumulated offset is tracked, so ``update`` refuses to run
-    while the tensors are still perturbed and ``offset`` tells an error handler what to undo.
+    while the tensors are still perturbed (unless told to ``restore`` in the same pass) and
+    ``offset`` tells an error handler what to undo.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], seed: int, keep: bool = False) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], seed: int, keep: bool = False,
+                 kind: str = "gaussian", threads: int = 1) -> None:
         self.params = _unique(list(params))
         self.seed = int(seed)
         self.keep = keep
+        self.kind = check_noise_kind(kind)
+        if int(threads) < 1:
+            raise ValueError(f"ZONoise threads must be >= 1 (got {threads}); 1 = no extra threads")
+        self.threads = int(threads)
         self.offset = 0.0
         self._max_scale = 0.0
         self._z: list[torch.Tensor] | None = None
         self._snapshot: list[torch.Tensor] | None = None
+        self.blocks = self._layout()
 
     # ------------------------------------------------------------------ noise
-    def _generate(self) -> Iterator[torch.Tensor]:
-        gens: dict[torch.device, torch.Generator] = {}
-        for p in self.params:
-            gen = gens.get(p.device)
-            if gen is None:
-                gen = torch.Generator(device=p.device)
-                gen.manual_seed(self.seed)
-                gens[p.device] = gen
-            yield torch.randn(p.shape, generator=gen, device=p.device, dtype=noise_dtype(p))
+    def _layout(self) -> list[Block]:
+        spans = []
+        for i, p in enumerate(self.params):
+            n = p.numel()
+            size = BLOCK_ELEMS if p.device.type == "cpu" else max(n, 1)
+            spans.extend((i, start, min(n, start + size)) for start in range(0, n, size))
+        return [(i, a, b, s) for (i, a, b), s in zip(spans, block_seeds(self.seed, len(spans)))]
+
+    def _draw(self, block: Block) -> torch.Tensor:
+        i, a, b, seed = block
+        p = self.params[i]
+        if self._z is not None:
+            return self._z[i].view(-1)[a:b]
+        return draw_block(b - a, seed, self.kind, noise_dtype(p), p.device)
+
+    def _materialise(self) -> list[torch.Tensor]:
+        zs = [torch.empty(p.shape, dtype=noise_dtype(p), device=p.device) for p in self.params]
+        for block in self.blocks:
+            i, a, b, _ = block
+            zs[i].view(-1)[a:b].copy_(self._draw(block))
+        return zs
 
     def pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(param, z) one tensor at a time; the same z on every call."""
+        """(param, z) one tensor at a time, z materialised whole; the same z on every call."""
         if self.keep:
             if self._z is None:
-                self._z = list(self._generate())
+                self._z = self._materialise()
             yield from zip(self.params, self._z)
-        else:
-            yield from zip(self.params, self._generate())
+            return
+        for i, p in enumerate(self.params):
+            z = torch.empty(p.shape, dtype=noise_dtype(p), device=p.device)
+            for block in self.blocks:
+                if block[0] == i:
+                    z.view(-1)[block[1]:block[2]].copy_(self._draw(block))
+            yield p, z
+
+    def run(self, fn: BlockFn) -> None:
+        """Call ``fn(i, p_slice, z_slice, start, stop)`` once per block, in place on flat views of
+        the parameters, under no_grad, on ``threads`` threads (blocks are independent)."""
+        if self.keep and self._z is None:
+            self._z = self._materialise()
+        flats = [p.detach().view(-1) if p.is_contiguous() else p.detach().contiguous().view(-1)
+                 for p in self.params]
+
+        def task(block: Block) -> None:
+            i, a, b, _ = block
+            fn(i, flats[i][a:b], self._draw(block), a, b)
+
+        def threaded(block: Block) -> None:
+            with torch.no_grad():  # grad mode is thread-local
+                task(block)
+
+        with torch.no_grad():
+            if self.threads > 1 and len(self.blocks) > 1:
+                with ThreadPoolExecutor(self.threads) as pool:
+                    list(pool.map(threaded, self.blocks))
+            else:
+                for block in self.blocks:
+                    task(block)
+            for p, flat in zip(self.params, flats):
+                if not p.is_contiguous():
+                    p.copy_(flat.view(p.shape))
 
     # ------------------------------------------------------------------ perturb / restore
     def add(self, scale: float) -> None:
@@ -117,20 +279,19 @@ class ZONoise:
         new_offset = self.offset + scale
         if abs(new_offset) <= 1e-12 * self._max_scale:
             new_offset = 0.0
-        with torch.no_grad():
-            if not self.keep:
-                for p, z in self.pairs():
-                    p.add_(z, alpha=scale)
-            else:
-                if self._snapshot is None:
-                    self._snapshot = [p.detach().clone() for p in self.params]
-                for (p, z), base in zip(self.pairs(), self._snapshot):
-                    if new_offset == 0.0:
-                        p.copy_(base)
-                    else:
-                        p.copy_(base.add(z, alpha=new_offset))
-                if new_offset == 0.0:
-                    self._snapshot = None
+        if not self.keep:
+            self.run(lambda i, p, z, a, b: p.add_(z, alpha=scale))
+        else:
+            if self._snapshot is None:
+                self._snapshot = [p.detach().clone() for p in self.params]
+            base = [s.view(-1) for s in self._snapshot]
+
+            def move(i: int, p: torch.Tensor, z: torch.Tensor, a: int, b: int) -> None:
+                p.copy_(base[i][a:b] if new_offset == 0.0 else base[i][a:b].add(z, alpha=new_offset))
+
+            self.run(move)
+            if new_offset == 0.0:
+                self._snapshot = None
         self.offset = new_offset
 
     def restore(self) -> None:
@@ -138,23 +299,48 @@ class ZONoise:
         if self.offset != 0.0:
             self.add(-self.offset)
 
+    def _restore_fn(self, restore: bool, what: str) -> Callable[[int, torch.Tensor, torch.Tensor, int, int],
+                                                              None]:
+        """The per-block restoration an update folds in (exactly what ``restore()`` does to it)."""
+        if not restore or self.offset == 0.0:
+            self._check_restored(what)
+            return lambda i, p, z, a, b: None
+        undo = -self.offset
+        if self.keep:
+            base = [s.view(-1) for s in self._snapshot or []]
+            return lambda i, p, z, a, b: p.copy_(base[i][a:b])
+        return lambda i, p, z, a, b: p.add_(z, alpha=undo)
+
+    def _restored(self) -> None:
+        self.offset = 0.0
+        self._snapshot = None
+
     # ------------------------------------------------------------------ update
     def update(self, projected_grad: float, lr: float, weight_decay: float = 0.0,
-               decay_mask: Sequence[bool] | None = None) -> None:
-        """ZO-SGD: ``p -= lr * (projected_grad * z + weight_decay * p)``, decay where mask is True."""
-        self._check_restored("update")
+               decay_mask: Sequence[bool] | None = None, restore: bool = False) -> None:
+        """ZO-SGD: ``p -= lr * (projected_grad * z + weight_decay * p)``, decay where mask is True.
+
+        ``restore=True`` first undoes the current perturbation in the same pass over z.
+        """
+        undo = self._restore_fn(restore, "update")
         mask = _mask(decay_mask, len(self.params))
         g, lr = float(projected_grad), float(lr)
-        with torch.no_grad():
-            for (p, z), decay in zip(self.pairs(), mask):
-                if weight_decay and decay:
-                    p.mul_(1.0 - lr * weight_decay)
-                p.add_(z, alpha=-lr * g)
+        shrink = 1.0 - lr * float(weight_decay)
+
+        def step(i: int, p: torch.Tensor, z: torch.Tensor, a: int, b: int) -> None:
+            undo(i, p, z, a, b)
+            if weight_decay and mask[i]:
+                p.mul_(shrink)
+            p.add_(z, alpha=-lr * g)
+
+        self.run(step)
+        self._restored()
 
     def _check_restored(self, what: str) -> None:
         if self.offset != 0.0:
             raise RuntimeError(f"ZONoise.{what} called while the tensors are still perturbed by "
-                               f"{self.offset:g}*z; call add({-self.offset:g}) (restore) first")
+                               f"{self.offset:g}*z; call add({-self.offset:g}) (restore) first, or "
+                               f"pass restore=True to fold the restoration into the update")
 
 
 def _mask(decay_mask: Sequence[bool] | None, n: int) -> list[bool]:
@@ -166,19 +352,20 @@ def _mask(decay_mask: Sequence[bool] | None, n: int) -> list[bool]:
     return mask
 
 
-def perturb(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
+def perturb(params: Sequence[torch.Tensor], seed: int, scale: float, kind: str = "gaussian") -> None:
     """In place ``p += scale * z(seed)``; call again with ``-scale`` to restore (up to rounding)."""
-    ZONoise(params, seed).add(scale)
+    ZONoise(params, seed, kind=kind).add(scale)
 
 
 def zo_update(params: Sequence[torch.Tensor], seed: int, projected_grad: float, lr: float,
-              weight_decay: float = 0.0, decay_mask: Sequence[bool] | None = None) -> None:
+              weight_decay: float = 0.0, decay_mask: Sequence[bool] | None = None,
+              kind: str = "gaussian") -> None:
     """ZO-SGD step with the regenerated z of ``seed``."""
-    ZONoise(params, seed).update(projected_grad, lr, weight_decay, decay_mask)
+    ZONoise(params, seed, kind=kind).update(projected_grad, lr, weight_decay, decay_mask)
 
 
 class ZOAdamW:
-    """AdamW fed the ZO estimate ``g*z`` one tensor at a time (no full-model gradient buffer).
+    """AdamW fed the ZO estimate ``g*z`` one block at a time (no full-model gradient buffer).
 
     Matches ``torch.optim.AdamW`` given ``p.grad = g*z`` (decoupled decay, bias correction).
     Moments are fp32 and keyed by tensor name with a per-tensor step count (bias correction), so a
@@ -195,29 +382,37 @@ class ZOAdamW:
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
 
     def step(self, noise: ZONoise, projected_grad: float, lr: float, weight_decay: float = 0.0,
-             decay_mask: Sequence[bool] | None = None) -> None:
-        noise._check_restored("ZOAdamW.step")
+             decay_mask: Sequence[bool] | None = None, restore: bool = False) -> None:
+        """One AdamW step with gradient ``g*z``; ``restore=True`` folds in undoing the perturbation."""
         if len(noise.params) != len(self.names):
             raise ValueError(f"ZOAdamW has {len(self.names)} tensors, the noise {len(noise.params)}")
+        undo = noise._restore_fn(restore, "ZOAdamW.step")
         mask = _mask(decay_mask, len(self.names))
         b1, b2 = self.betas
-        g = float(projected_grad)
-        with torch.no_grad():
-            for name, (p, z), decay in zip(self.names, noise.pairs(), mask):
-                grad = z.mul_(g) if not noise.keep else z * g
-                m = self.exp_avg.get(name)
-                if m is None:
-                    m = self.exp_avg[name] = torch.zeros_like(p, dtype=grad.dtype)
-                    self.exp_avg_sq[name] = torch.zeros_like(p, dtype=grad.dtype)
-                v = self.exp_avg_sq[name]
-                t = self.steps[name] = self.steps.get(name, 0) + 1
-                bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-                m.lerp_(grad, 1.0 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-                if weight_decay and decay:
-                    p.mul_(1.0 - lr * weight_decay)
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-                p.addcdiv_(m, denom, value=-lr / bc1)
+        g, lr = float(projected_grad), float(lr)
+        moments, factors = [], []
+        for name, p in zip(self.names, noise.params):
+            if name not in self.exp_avg:
+                self.exp_avg[name] = torch.zeros(p.shape, dtype=noise_dtype(p), device=p.device)
+                self.exp_avg_sq[name] = torch.zeros_like(self.exp_avg[name])
+            t = self.steps[name] = self.steps.get(name, 0) + 1
+            moments.append((self.exp_avg[name].view(-1), self.exp_avg_sq[name].view(-1)))
+            factors.append((1.0 - b1 ** t, 1.0 - b2 ** t))
+
+        def step(i: int, p: torch.Tensor, z: torch.Tensor, a: int, b: int) -> None:
+            undo(i, p, z, a, b)
+            grad = z.mul_(g) if not noise.keep else z * g
+            m, v = moments[i][0][a:b], moments[i][1][a:b]
+            bc1, bc2 = factors[i]
+            m.lerp_(grad, 1.0 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+            if weight_decay and mask[i]:
+                p.mul_(1.0 - lr * weight_decay)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-lr / bc1)
+
+        noise.run(step)
+        noise._restored()
 
     def retain(self, names: Sequence[str]) -> None:
         """Keep moments only for ``names`` (the new ZO set after a re-partition)."""

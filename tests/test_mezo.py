@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_batch
+from helpers import make_batch, reference_noise
 from omegaconf import OmegaConf
 
 import hizfo.methods.mezo as mezo_mod
@@ -27,10 +27,10 @@ def make_mezo(model, total_steps: int = 10, seed: int = 0, **overrides):
     return method
 
 
-def noise_for(model, seed: int) -> dict[str, torch.Tensor]:
-    """z reconstructed independently: one CPU generator, fp32, named_parameters order."""
-    g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+def noise_for(model, seed: int, kind: str = "gaussian") -> dict[str, torch.Tensor]:
+    """z reconstructed independently from the stream's spec, named_parameters order."""
+    named = list(model.named_parameters())
+    return dict(zip([n for n, _ in named], reference_noise([p.shape for _, p in named], seed, kind)))
 
 
 def step_seed(run_seed: int, index: int = 0) -> int:
@@ -88,6 +88,8 @@ def test_eval_mode_during_forwards_and_modes_and_global_rng_restored():
     model = tiny_model("opt").train()
     model.model.decoder.layers[0].eval()  # a mixed mode must come back as it was
     modes = {name: m.training for name, m in model.named_modules()}
+    with torch.no_grad():  # the clean loss is taken at theta before the update
+        clean = float(causal_lm_loss(copy.deepcopy(model).eval(), make_batch(3)))
     seen = []
     model.register_forward_pre_hook(lambda mod, args: seen.append(mod.training))
     rng = torch.get_rng_state()
@@ -96,8 +98,6 @@ def test_eval_mode_during_forwards_and_modes_and_global_rng_restored():
     assert seen == [False, False, False]  # L+, L-, clean: dropout off
     assert modes == {name: m.training for name, m in model.named_modules()}
     assert torch.equal(rng, torch.get_rng_state())  # eval forwards draw no dropout masks
-    with torch.no_grad():
-        clean = float(causal_lm_loss(copy.deepcopy(model).eval(), make_batch(3)))
     assert metrics["loss"] == pytest.approx(clean, rel=1e-6)
 
 

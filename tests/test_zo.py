@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import reference_noise as stream
 
-from hizfo.zo import ZOAdamW, ZONoise, draw_seed, perturb, seed_generator, zo_update
+from hizfo import zo
+from hizfo.zo import ZOAdamW, ZONoise, block_seeds, draw_seed, perturb, seed_generator, zo_update
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -18,10 +20,9 @@ def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
             (torch.randn(300, generator=g) * 0.5).to(dtype)]
 
 
-def reference_noise(params: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """z drawn independently of the engine: one CPU generator, fp32, tensors in order."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=g, dtype=torch.float32) for p in params]
+def reference_noise(params: list[torch.Tensor], seed: int, kind: str = "gaussian") -> list[torch.Tensor]:
+    """z rebuilt independently of the engine from the stream's spec (tests/helpers.py)."""
+    return stream([p.shape for p in params], seed, kind)
 
 
 def restore_bound(p0: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -209,3 +210,81 @@ def test_cuda_generator_per_device_regenerates_and_leaves_cuda_rng_alone():
     a = [z.clone() for _, z in ZONoise(params, 4).pairs()]
     assert all(torch.equal(x, y) for x, (_, y) in zip(a, ZONoise(params, 4).pairs()))
     assert torch.equal(state, torch.cuda.get_rng_state())
+
+
+# ----------------------------------------------------------------------------- block stream
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """64-element blocks so that the small test tensors span many independently seeded blocks."""
+    monkeypatch.setattr(zo, "BLOCK_ELEMS", 64)
+    return 64
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_block_stream_matches_spec_in_any_order_and_with_threads(small_blocks, kind):
+    params = make_params(torch.float32)
+    ref = stream([p.shape for p in params], 21, kind, block=small_blocks)
+    noise = ZONoise(params, 21, kind=kind)
+    assert len(noise.blocks) == sum(-(-p.numel() // 64) for p in params)
+    assert all(torch.equal(z, r) for (_, z), r in zip(noise.pairs(), ref))
+    # each block is a function of its own seed only: drawing them backwards changes nothing
+    for i, a, b, seed in reversed(noise.blocks):
+        block = zo.draw_block(b - a, seed, kind, torch.float32, torch.device("cpu"))
+        assert torch.equal(block, ref[i].view(-1)[a:b])
+    # two threads give the same parameters as one
+    one, two = make_params(torch.float32), make_params(torch.float32)
+    ZONoise(one, 21, kind=kind).update(0.5, 1e-2, weight_decay=0.1)
+    ZONoise(two, 21, kind=kind, threads=2).update(0.5, 1e-2, weight_decay=0.1)
+    assert all(torch.equal(x, y) for x, y in zip(one, two))
+
+
+def test_rademacher_is_plus_minus_one_and_balanced():
+    z = next(ZONoise([torch.zeros(100_003)], 3, kind="rademacher").pairs())[1]
+    assert set(z.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(z.mean())) < 0.02  # 5 sigma for 1e5 fair signs
+    with pytest.raises(ValueError, match="method.noise"):
+        ZONoise([torch.zeros(3)], 0, kind="uniform")
+
+
+def test_block_seeds_are_distinct_within_a_step_and_fixed():
+    seeds = block_seeds(123, 50_000)
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**32 for s in seeds)
+    assert block_seeds(123, 3) == seeds[:3] != block_seeds(124, 3)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("adam", [False, True])
+def test_update_with_restore_folded_is_bit_identical_to_two_passes(small_blocks, keep, adam):
+    """One pass (restore + update per block) == restore pass then update pass, SGD and AdamW."""
+    mask = [True, False, False, True]
+    results = []
+    for fold in (False, True):
+        params = make_params(torch.float32)
+        opt = ZOAdamW([f"t{i}" for i in range(4)]) if adam else None
+        for seed, g in ((1, 0.5), (2, -2.0)):
+            noise = ZONoise(params, seed, keep=keep)
+            noise.add(1e-3)
+            noise.add(-2e-3)
+            if not fold:
+                noise.add(1e-3)
+            if opt is None:
+                noise.update(g, 1e-2, weight_decay=0.1, decay_mask=mask, restore=fold)
+            else:
+                opt.step(noise, g, 1e-2, weight_decay=0.1, decay_mask=mask, restore=fold)
+            assert noise.offset == 0.0
+        results.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_folded_mezo_cycle_stays_within_restoration_bound(dtype):
+    """+eps, -2eps, then restore folded into an update with lr 0: the same drift bound as before."""
+    params = make_params(dtype)
+    before = [p.clone() for p in params]
+    noise = ZONoise(params, seed=77)
+    noise.add(1e-3)
+    noise.add(-2e-3)
+    noise.update(5.0, 0.0, restore=True)
+    for p, p0, z in zip(params, before, reference_noise(before, 77)):
+        assert ((p.float() - p0.float()).abs() <= restore_bound(p0, z, 1e-3)).all()

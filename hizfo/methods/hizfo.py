@@ -2,16 +2,21 @@
 one-sided zeroth-order updates on every other trainable tensor Theta_ZO.
 
 One step on micro-batches b_1..b_n (one seed s, hence one direction u, per step):
-  for each b_i: save the RNG state; Theta_ZO += eps*u; L_ZO,i = loss; backward(alpha/n * L_ZO,i)
-  Theta_ZO -= eps*u (restore)
-  for each b_i: restore b_i's RNG state (same dropout masks); L_FO,i = loss; backward(1/n * L_FO,i)
+  for each b_i: save the RNG state R_i; L_FO,i = loss; backward(1/n * L_FO,i)       (clean pass)
+  Theta_ZO += eps*u
+  for each b_i: restore R_i (same dropout masks); L_ZO,i = loss; backward(alpha/n * L_ZO,i)
+  g = mean_i (L_ZO,i - L_FO,i) / eps
+  one pass over u: Theta_ZO -= eps*u (restore), then Theta_ZO -= eta_ZO * g * u (u regenerated)
   AdamW step on Theta_FO   (its gradient is exactly grad[L_FO + alpha*L_ZO], each at its own point)
-  Theta_ZO -= eta_ZO * g * u,  g = mean_i (L_ZO,i - L_FO,i) / eps   (u regenerated from s)
 Theta_ZO has requires_grad=False, so backward stops at the deepest FO tensor and only one graph is
-alive at a time. The paper computes L_FO first; the order above gives the same numbers (the RNG is
-replayed) while never holding two graphs. eta_ZO = zo_lr_ratio * eta_FO * schedule factor, so the
-ZO rate decays with the FO rate. alpha = 0 is the paper's "w/o ZO-Loss" ablation: the perturbed
-forward still runs (under no_grad) for the ZO estimate.
+alive at a time. u is generated twice per step (perturb; restore + update in one pass), where an
+earlier version ran the perturbed pass first and generated u three times (perturb, restore,
+update): the two orders give the same losses, dropout masks and Theta_ZO update, and Theta_FO's
+gradient up to the order of the fp32 sums (exactly equal for one micro-batch). The paper also
+computes L_FO first. eta_ZO = zo_lr_ratio * eta_FO * schedule factor, so the ZO rate decays with
+the FO rate. alpha = 0 is the paper's "w/o ZO-Loss" ablation: the perturbed forward still runs
+(under no_grad) for the ZO estimate. ``noise`` / ``noise_threads``: u's distribution and CPU
+generation threads (as MeZO's; see hizfo.zo).
 
 Degenerate partitions: an empty Theta_ZO trains like GreenTrainer on the selection (the perturbed
 pass is skipped: it would equal the clean one); an empty Theta_FO is an error, because Hi-ZFO's ZO
@@ -30,7 +35,7 @@ from torch import nn
 
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.methods.mezo import positive
+from hizfo.methods.mezo import noise_options, positive
 from hizfo.optim import is_no_decay, make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
@@ -68,6 +73,7 @@ class HiZFO(Method):
         self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
         self.refine = bool(cfg.get("refine", True))
         self.keep_noise = bool(cfg.get("keep_noise", False))
+        self.noise = noise_options(cfg)
         clip = cfg.get("max_grad_norm")
         self.max_grad_norm = float(clip) if clip else None  # FO gradient only (as full_ft / GT)
         every = cfg.get("repartition_every")
@@ -175,36 +181,35 @@ class HiZFO(Method):
         n = len(micro_batches)
         lr_fo = self.lr * lr_factor(self.t, self.total_steps, self.schedule)
         lr_zo = self.zo_lr_ratio * lr_fo
-        noise = ZONoise(self.zo_params, draw_seed(self.seed_gen), keep=self.keep_noise)
+        noise = ZONoise(self.zo_params, draw_seed(self.seed_gen), keep=self.keep_noise, **self.noise)
         self.opt.zero_grad(set_to_none=True)
         try:
-            loss_zo, rng = self.perturbed_pass(model, micro_batches, noise) if self.zo_params \
-                else ([], [])
-            loss_fo = []
-            for i, mb in enumerate(micro_batches):
-                if rng:
-                    set_rng_state(rng[i])  # same dropout masks as the perturbed forward
+            loss_fo, rng = [], []
+            for mb in micro_batches:
+                rng.append(get_rng_state())
                 with torch.enable_grad():
                     loss = causal_lm_loss(model, mb)
                     loss_fo.append(check_finite(loss.detach(), "Hi-ZFO clean forward (L_FO)"))
                     (loss / n).backward()
                 del loss
+            loss_zo = self.perturbed_pass(model, micro_batches, noise, rng) if self.zo_params else []
         except BaseException:
             self.opt.zero_grad(set_to_none=True)
             raise
+        projected_grad = 0.0
+        if self.zo_params:  # restore Theta_ZO and update it in one pass over u
+            projected_grad = sum((z - f) / self.eps for z, f in zip(loss_zo, loss_fo)) / n
+            if self.zo_adam is not None:
+                self.zo_adam.step(noise, projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask,
+                                  restore=True)
+            else:
+                noise.update(projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask, restore=True)
         if self.max_grad_norm:
             nn.utils.clip_grad_norm_(self.fo_params, self.max_grad_norm)
         for group in self.opt.param_groups:
             group["lr"] = lr_fo
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        projected_grad = 0.0
-        if self.zo_params:
-            projected_grad = sum((z - f) / self.eps for z, f in zip(loss_zo, loss_fo)) / n
-            if self.zo_adam is not None:
-                self.zo_adam.step(noise, projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask)
-            else:
-                noise.update(projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask)
         self.t += 1
         mean_fo = sum(loss_fo) / n
         return {"loss": mean_fo, "loss_zo": sum(loss_zo) / n if loss_zo else mean_fo,
@@ -212,24 +217,27 @@ class HiZFO(Method):
                 "fo_params": float(self.count(self.fo_params)),
                 "zo_params": float(self.count(self.zo_params))}
 
-    def perturbed_pass(self, model: nn.Module, micro_batches: list[Batch], noise: ZONoise
-                       ) -> tuple[list[float], list[Any]]:
-        """Forward (and alpha-weighted backward) at Theta_ZO + eps*u; always restores Theta_ZO."""
+    def perturbed_pass(self, model: nn.Module, micro_batches: list[Batch], noise: ZONoise,
+                       rng: list[RngState]) -> list[float]:
+        """Forward (and alpha-weighted backward) at Theta_ZO + eps*u, replaying the clean pass's
+        RNG states. Leaves Theta_ZO perturbed on success (the update restores it in the same pass
+        over u) and restores it if anything raises."""
         n = len(micro_batches)
-        losses, states = [], []
+        losses = []
         noise.add(self.eps)
         try:
-            for mb in micro_batches:
-                states.append(get_rng_state())
+            for mb, state in zip(micro_batches, rng):
+                set_rng_state(state)  # same dropout masks as the clean forward
                 with torch.set_grad_enabled(self.alpha != 0):
                     loss = causal_lm_loss(model, mb)
                     losses.append(check_finite(loss.detach(), "Hi-ZFO perturbed forward (L_ZO)"))
                     if self.alpha != 0:
                         (loss * (self.alpha / n)).backward()
                 del loss
-        finally:
+        except BaseException:
             noise.restore()
-        return losses, states
+            raise
+        return losses
 
     # ------------------------------------------------------------------ records / resume
     @staticmethod
@@ -244,7 +252,8 @@ class HiZFO(Method):
                 "degenerate": self.degenerate, "empty_fo": "error", "alpha": self.alpha,
                 "eps": self.eps, "rho": self.rho, "zo_lr_ratio": self.zo_lr_ratio,
                 "zo_lr_schedule": "zo_lr_ratio * FO lr (same schedule factor)",
-                "repartition_every": self.repartition_every}
+                "repartition_every": self.repartition_every, "noise": self.noise["kind"],
+                "noise_threads": self.noise["threads"]}
 
     def state_dict(self) -> dict[str, Any]:
         self.ensure_partition()
