@@ -26,6 +26,7 @@ from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.loop import LoopConfig, seed_everything, train
+from hizfo.losses import configure_loss
 from hizfo.methods import build_method
 from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
 from hizfo.protocols import protocol_of
@@ -80,6 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started_at = records.now_iso()
     t_start = time.perf_counter()
     seed_everything(int(cfg.seed))
+    configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
     method = build_method(cfg.method.name, cfg.method)
     device = resolve_device(cfg.trainer.device)
     memory_scope = records.reset_peak_memory(device)
