@@ -53,7 +53,9 @@ BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "full_ft": ("full_ft", {}),
     "greentrainer": ("greentrainer", {"rho": 0.7}),
     "mezo": ("mezo", {}),
+    "mezo_rademacher": ("mezo", {"noise": "rademacher"}),
     "hizfo": ("hizfo", {"rho": 0.6}),
+    "hizfo_rademacher": ("hizfo", {"rho": 0.6, "noise": "rademacher"}),
     "hizfo_alpha0": ("hizfo", {"rho": 0.6, "alpha": 0.0}),  # the "w/o ZO-Loss" ablation (opt-in)
     "ft_topk": ("ft_topk", {"k": 2}),
     "lora": ("lora", {}),
@@ -64,8 +66,8 @@ BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "bilevel_zofo": ("bilevel_zofo", {}),
     "bilevel_zofo_k1": ("bilevel_zofo", {"outer_every": 1}),
 }
-DEFAULT_METHODS = ["full_ft", "greentrainer", "mezo", "hizfo", "ft_topk", "lora", "prefix", "bilevel_zofo",
-                   "bilevel_zofo_k1"]
+DEFAULT_METHODS = ["full_ft", "greentrainer", "mezo", "mezo_rademacher", "hizfo", "hizfo_rademacher",
+                   "ft_topk", "lora", "prefix", "bilevel_zofo", "bilevel_zofo_k1"]
 #: facebook/opt-350m's config.json (OPTConfig()'s defaults are OPT-125M's shape, not these)
 OPT_350M = dict(vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096,
                 num_attention_heads=16, word_embed_proj_dim=512, max_position_embeddings=2048,
@@ -178,14 +180,33 @@ def method_config(registered: str, overrides: dict[str, Any]):
     return OmegaConf.merge(base, overrides)
 
 
+def calibration_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-unit costs of this machine at this shape (experiments/step_cost.py), in its own process."""
+    from step_cost import calibrate
+
+    from hizfo.losses import configure_loss
+    from hizfo.models import resolve_device
+    from hizfo.selection.costs import cost_table
+
+    configure_loss(chunked=not args.plain_loss)
+    device = resolve_device(args.device)
+    model = build_model(args.model, args.dtype, device)
+    batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, device)
+    table = cost_table(model, args.batch_size, args.seq_len)
+    return calibrate(model, batch, table.t_fp, table.t_bp, device.type == "cuda")
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from step_cost import PhaseTimer
 
+    from hizfo.losses import configure_loss
     from hizfo.methods import TrainSetup, build_method
     from hizfo.models import resolve_device
     from hizfo.selection.costs import cost_table
 
     registered, overrides = BENCH_METHODS[args.worker]
+    configure_loss(chunked=not args.plain_loss)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     model = build_model(args.model, args.dtype, device)
@@ -214,7 +235,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     else:
         peak_note = "VmHWM reset after setup" if _reset_cpu_peak() else "ru_maxrss (includes loading)"
     times, losses = [], []
+    timer = PhaseTimer(cuda).install()
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            timer.reset()
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -224,6 +248,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
         losses.append(float(metrics["loss"]))
+    timer.remove()
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     elif peak_note.startswith("VmHWM"):
@@ -237,6 +262,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     trainable = method.trainable_parameters(model)
     return {"method": args.worker, "registered": registered, "overrides": overrides,
             "step_s_median": statistics.median(times), "step_s": times, "setup_s": setup_s,
+            "phases_s": {k: v / args.steps for k, v in timer.totals.items()},
+            "phase_calls": {k: v / args.steps for k, v in timer.calls.items()}, "cfg": facts["cfg"],
             "loaded_mb": loaded_mb, "setup_peak_mb": setup_peak_mb, "after_setup_mb": after_setup_mb,
             "peak_mb": peak_mb,
             "delta_mb": peak_mb - loaded_mb, "peak_source": peak_note, "losses": losses,
@@ -249,27 +276,49 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- parent
 
+def run_worker(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """One worker process (a bench method, or "calibrate"); its JSON result or an error row."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = Path(fh.name)
+    cmd = [sys.executable, __file__, "--worker", name, "--json", str(out), "--model", args.model,
+           "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
+           "--device", args.device] + (["--plain-loss"] if args.plain_loss else [])
+    print(f"[bench] {name} ...", flush=True)
+    # a fixed mmap threshold stops glibc from keeping freed multi-MB tensors in the heap, so
+    # RSS (and its peak) tracks live memory; harmless elsewhere
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    try:
+        if proc.returncode != 0 or out.stat().st_size == 0:
+            return {"method": name, "error": f"worker exited with {proc.returncode}"}
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def add_predictions(rows: list[dict[str, Any]], calibration: dict[str, Any] | None) -> None:
+    """Predicted step seconds (experiments/step_cost.py) and the measured/predicted error."""
+    from step_cost import predict_step_s
+
+    for r in rows:
+        if "error" in r or calibration is None or "error" in calibration:
+            continue
+        predicted = predict_step_s(r["registered"], r, calibration)
+        r["predicted_step_s"] = predicted
+        r["prediction_error"] = None if not predicted else r["step_s_median"] / predicted - 1.0
+        forwards = r["phase_calls"]["forward"]
+        r["zo_over_forward"] = (r["phases_s"]["zo"] / (r["phases_s"]["forward"] / forwards)
+                                if forwards and r["phases_s"]["zo"] else None)
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    rows = []
     for name in args.methods:
         if name not in BENCH_METHODS:
             raise SystemExit(f"unknown bench method {name!r}; known: {', '.join(BENCH_METHODS)}")
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-            out = Path(fh.name)
-        cmd = [sys.executable, __file__, "--worker", name, "--json", str(out), "--model", args.model,
-               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
-               "--device", args.device]
-        print(f"[bench] {name} ...", flush=True)
-        # a fixed mmap threshold stops glibc from keeping freed multi-MB tensors in the heap, so
-        # RSS (and its peak) tracks live memory; harmless elsewhere
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env)
-        if proc.returncode != 0 or out.stat().st_size == 0:
-            rows.append({"method": name, "error": f"worker exited with {proc.returncode}"})
-        else:
-            rows.append(json.loads(out.read_text()))
-        out.unlink(missing_ok=True)
+    calibration = run_worker(args, "calibrate") if args.calibrate else None
+    rows = [run_worker(args, name) for name in args.methods]
+    add_predictions(rows, calibration)
     base = next((r for r in rows if r["method"] == "full_ft" and "error" not in r), None)
     for r in rows:
         if base is not None and "error" not in r:
@@ -280,10 +329,20 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
             "steps": args.steps, "warmup": args.warmup, "dtype": args.dtype, "device": args.device,
+            "chunked_loss": not args.plain_loss, "calibration": calibration,
+            "loadavg_before": args.loadavg_before, "loadavg_after": _loadavg(),
+            "command": " ".join(["python", "experiments/bench_methods.py", *args.argv]),
             "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
             "flops_model": "see experiments/bench_methods.py docstring", "methods": rows}
+
+
+def _loadavg() -> str | None:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return None
 
 
 def fmt(v: Any, spec: str) -> str:
@@ -308,6 +367,37 @@ def print_table(result: dict[str, Any]) -> None:
               f"{r['setup_s']:>8.2f} {r['trainable_params']:>12,}")
 
 
+def pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def print_breakdown(result: dict[str, Any]) -> None:
+    """Seconds per step by phase (experiments/step_cost.py), the cost model's prediction, and the
+    ZO engine's time relative to one forward."""
+    cal = result.get("calibration")
+    if cal and "error" not in cal:
+        print(f"\ncalibration: forward {cal['forward_s']:.3f} s, "
+              f"forward+backward {cal['forward_backward_s']:.3f} s, "
+              f"ZO pass {cal['zo_gaussian_s_per_param'] * 1e9:.2f} ns/param (gaussian) "
+              f"{cal['zo_rademacher_s_per_param'] * 1e9:.2f} (rademacher), "
+              f"AdamW {cal['adam_s_per_param'] * 1e9:.2f} ns/param")
+    head = (f"{'method':<17} {'step s':>7} {'spread':>7} {'forward':>8} {'backward':>8} {'optim':>7} "
+            f"{'ZO eng':>7} {'other':>7} {'ZO/fwd':>7} {'pred s':>7} {'err':>6}")
+    print("\n" + head)
+    print("-" * len(head))
+    for r in result["methods"]:
+        if "error" in r:
+            continue
+        ph = r["phases_s"]
+        other = r["step_s_median"] - sum(ph.values())
+        spread = max(r["step_s"]) - min(r["step_s"])
+        print(f"{r['method']:<17} {r['step_s_median']:>7.3f} {spread:>7.3f} {ph['forward']:>8.3f} "
+              f"{ph['backward']:>8.3f} {ph['optimizer']:>7.3f} {ph['zo']:>7.3f} {other:>7.3f} "
+              f"{fmt(r.get('zo_over_forward'), '.2f'):>7} {fmt(r.get('predicted_step_s'), '.3f'):>7} "
+              f"{fmt(pct(r.get('prediction_error')), '+.0f'):>5}%")
+    print(f"load average before / after: {result.get('loadavg_before')} / {result.get('loadavg_after')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="opt-350m-shape", choices=sorted(MODELS))
@@ -320,17 +410,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="JSON path (default results/bench/<model>.json)")
+    p.add_argument("--plain-loss", action="store_true", help="the plain loss over full logits "
+                   "(trainer.chunked_loss=false) instead of the chunked one")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="skip the cost-model calibration process")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.loadavg_before = _loadavg()
     if args.worker:
-        Path(args.json).write_text(json.dumps(worker(args)))
+        result = calibration_worker(args) if args.worker == "calibrate" else worker(args)
+        Path(args.json).write_text(json.dumps(result))
         return
     if args.model == "smollm2" and not MODELS["smollm2"].is_dir():
         raise SystemExit(f"{MODELS['smollm2']} does not exist; run `make model` first")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = run_all(args)
     print_table(result)
+    print_breakdown(result)
     out = Path(args.out) if args.out else ROOT / "results" / "bench" / f"{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
