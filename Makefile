@@ -47,6 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check hizfo tests experiments
 
 bench: setup model
+	$(PY) experiments/bench_methods.py --model smollm2 --seq-len 48 --steps 5 --out results/bench/smollm2-48.json
 	$(PY) experiments/bench_methods.py --model smollm2
 	$(PY) experiments/bench_methods.py --model opt-350m-shape --seq-len 128 --steps 2
 

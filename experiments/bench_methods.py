@@ -20,12 +20,18 @@ of a selection, all from ``hizfo.selection.costs``), as fractions of Full FT's t
   hizfo         (2 t_fp + (1 + [alpha > 0]) c) / (t_fp + t_bp)   (clean and perturbed forwards; the
                 FO backward runs after both passes when alpha > 0, only after the clean one at alpha = 0;
                 with alpha > 0 this is twice GT's fraction at the same rho: 1.2 at rho = 0.6)
-Noise generation and parameter updates (O(#params), not O(B*N*#params)) are not counted.
+Noise generation and parameter updates (O(#params), not O(B*N*#params)) are not counted there; the
+step-cost model (experiments/step_cost.py) adds them: a calibration process measures this machine's
+seconds per forward/backward MAC, per ZO engine pass and per AdamW parameter, and predicts each
+method's step time ("pred s", "err" = measured / predicted - 1). Every method row also gets a per-step
+breakdown (forward, backward, optimizer, ZO engine, other) and "ZO/fwd", the ZO engine's time over
+one forward's. Timings on a shared machine move with its load: the load average is recorded.
 
 Add a method: one entry in BENCH_METHODS (bench name -> registered method name + config overrides),
 and a rule in PREDICT (keyed by registered name) if the FLOPs model knows it (else "-").
 
   python experiments/bench_methods.py --model opt-350m-shape --seq-len 128 --steps 2
+  python experiments/bench_methods.py --model smollm2 --seq-len 48 --steps 5 --methods full_ft,mezo,hizfo
 """
 
 from __future__ import annotations
