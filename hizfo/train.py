@@ -80,22 +80,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
     t_start = time.perf_counter()
-    seed_everything(int(cfg.seed))
-    configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
-    method = build_method(cfg.method.name, cfg.method)
-    device = resolve_device(cfg.trainer.device)
-    memory_scope = records.reset_peak_memory(device)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    fingerprint = config_fingerprint(resolved)
-    checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
-    results_dir = _abs(cfg.paths.results_dir)
     record: dict[str, Any] = {
-        "run_name": cfg.run_name, "config_fingerprint": fingerprint, "protocol": protocol_of(resolved),
-        "status": "running",
-        "started_at": started_at, "config": resolved, "hardware": records.hardware_info(device),
-        "versions": records.package_versions(), "git": _source_info(), "metrics": {}}
+        "run_name": _or_none(lambda: str(cfg.run_name)) or "unnamed-run", "config_fingerprint": None,
+        "protocol": None, "status": "running", "started_at": started_at, "config": _config_as_given(cfg),
+        "hardware": None, "versions": None, "git": None, "metrics": {}}
+    results_dir = _or_none(lambda: _abs(cfg.paths.results_dir))  # None: the record goes to a fallback
+    method = device = memory_scope = None
     model = logger = loop_result = None
-    try:  # from here on, any failure still writes a record (status "failed") before it propagates
+    try:  # from here on, config parsing included, any failure still writes a record ("failed")
+        seed_everything(int(cfg.seed))
+        configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
+        method = build_method(cfg.method.name, cfg.method)
+        device = resolve_device(cfg.trainer.device)
+        memory_scope = records.reset_peak_memory(device)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        fingerprint = config_fingerprint(resolved)
+        checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
+        record.update({"config_fingerprint": fingerprint, "protocol": protocol_of(resolved),
+                       "config": resolved, "hardware": records.hardware_info(device),
+                       "versions": records.package_versions(), "git": _source_info()})
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if model_cfg.get("source") == "local":
             model_cfg["path"] = _abs(model_cfg["path"])
@@ -175,22 +178,50 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         record["finished_at"] = records.now_iso()
         record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
-        segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
-        record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
-                            "scope": memory_scope}
+        completed = record["status"] == "completed"
+        if device is not None:
+            segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
+            record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
+                                "scope": memory_scope}
         if model is not None:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}
-        record["method"] = _safe(method.describe) if record["status"] == "completed" else {}
-        path = records.write_record(record, results_dir)
-        record["_path"] = str(path)
-        if hasattr(method, "save_artifacts") and record["status"] == "completed":
-            method.save_artifacts(Path(checkpoint_dir) / "artifacts")
-        if logger is not None:
-            logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
-            logger.finish(0 if record["status"] == "completed" else 1)
+        record["method"] = _safe(method.describe) if completed else {}
+        path = records.write_record_or_fallback(record, results_dir)  # never raises
+        record["_path"] = str(path) if path else None
+        try:
+            if hasattr(method, "save_artifacts") and completed:
+                method.save_artifacts(Path(checkpoint_dir) / "artifacts")
+            if logger is not None:
+                logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
+                logger.finish(0 if completed else 1)
+        except Exception:
+            if completed:
+                raise
+            log.exception("closing the failed run failed as well (the run's own error follows)")
         log.info("run record: %s", path)
+    if path is None:
+        raise RuntimeError("the run completed but its record could not be written anywhere; its metrics "
+                           "are printed above")
     return record
+
+
+def _or_none(fn):
+    """``fn()``, or None when it fails (the failure is met again, and recorded, inside the run)."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _config_as_given(cfg: DictConfig) -> Any:
+    """The config for a record made before validation: resolved if possible, else as written."""
+    for resolve in (True, False):
+        try:
+            return OmegaConf.to_container(cfg, resolve=resolve)
+        except Exception:  # noqa: BLE001
+            continue
+    return repr(cfg)
 
 
 def _source_info() -> dict[str, Any]:
