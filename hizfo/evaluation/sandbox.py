@@ -332,12 +332,14 @@ class Sandbox:
             if mode == "namespaces" and self.unshare is None:
                 errors.append("namespaces: util-linux `unshare` not found")
                 continue
+            tried = len(errors)
             for python in pythons:
                 why = self._probe(python)
                 if why is None:
-                    if mode == "rlimit" and errors:
+                    if mode == "rlimit" and isolation == "auto":
                         log.warning("sandbox: namespaces unavailable, falling back to resource limits "
-                                    "only (shared /tmp, /dev/shm and network); why: %s", "; ".join(errors))
+                                    "only (shared /tmp, /dev/shm and network); why: %s",
+                                    "; ".join(errors[:tried]))
                     return
                 errors.append(why)
         who = f"uid {self._uids[0]}" if self._uids[0] is not None else "the current user"
