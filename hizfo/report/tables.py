@@ -2,18 +2,24 @@
 
     python -m hizfo.report tables [--results results/runs] [--out results/tables]
 
-Each cell reads "ours / paper"; "–" marks a run that does not exist yet. Ours comes only from
-completed run records (the newest matching one), never from anywhere else.
+Each cell reads "ours / paper". Ours comes only from completed run records of the protocol the table
+renders (``paper`` by default, see hizfo/protocols.py): the newest record per seed, as mean ± std over
+seeds with n (hizfo/report/aggregate.py). "–" marks a run that does not exist yet; "*" a cell whose
+records exist but cannot stand beside the paper's number (another protocol, or CPU memory against the
+paper's GPU memory), with a footnote saying why.
 """
 
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hizfo.protocols import PAPER, paper_mismatches, record_protocol
 from hizfo.records import read_records
+from hizfo.report.aggregate import aggregate, newest_per_seed
 from hizfo.resources import paper_numbers_csv
 
 PAPER_CSV = paper_numbers_csv()
@@ -25,6 +31,8 @@ TABLE_TITLES = {
     "table5": "Table 5: Hi-ZFO with and without the ZO loss (alpha = 0)",
 }
 METRIC_ORDER = ("peak_mem_gb", "train_hours", "rouge1", "rouge2", "rougeL", "accuracy", "pass@1")
+PAPER_MEMORY_KIND = "cuda_max_allocated"  # the paper reports GPU memory
+CellKey = tuple[str, str, str]  # (model, table row name, task)
 
 
 def load_paper_numbers(path: Path = PAPER_CSV) -> list[dict[str, Any]]:
@@ -54,18 +62,20 @@ def our_metrics(record: dict[str, Any], task: str) -> dict[str, float]:
     out = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
     if task == "webquestions" and "accuracy" in out:
         out["accuracy"] *= 100.0
-    out["peak_mem_gb"] = record.get("memory", {}).get("bytes", 0) / 1e9
-    out["train_hours"] = record.get("time", {}).get("train_seconds", 0.0) / 3600.0
+    if "bytes" in record.get("memory", {}):
+        out["peak_mem_gb"] = record["memory"]["bytes"] / 1e9
+    if "train_seconds" in record.get("time", {}):
+        out["train_hours"] = record["time"]["train_seconds"] / 3600.0
     return out
 
 
-def index_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(model, row name, task) -> metrics of the newest completed record."""
-    out: dict[tuple[str, str, str], dict[str, float]] = {}
-    for rec in sorted(records, key=lambda r: r.get("finished_at", "")):
+def group_records(records: list[dict[str, Any]]) -> dict[CellKey, list[dict[str, Any]]]:
+    """(model, row name, task) -> every record that could fill that row (all protocols, all seeds)."""
+    out: dict[CellKey, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
         cfg = rec["config"]
         for name in variant(rec):
-            out[(cfg["model"]["name"], name, cfg["task"]["name"])] = our_metrics(rec, cfg["task"]["name"])
+            out[(cfg["model"]["name"], name, cfg["task"]["name"])].append(rec)
     return out
 
 
@@ -75,37 +85,119 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3f}" if abs(x) < 1 else f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
 
 
-def render_table(table: str, paper: list[dict[str, Any]], ours: dict[tuple[str, str, str], dict[str, float]]
-                 ) -> str:
-    rows = [r for r in paper if r["table"] == table]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    metrics = {t: [m for m in METRIC_ORDER if any(r["task"] == t and r["metric"] == m for r in rows)]
-               for t in tasks}
-    cells: dict[tuple[str, str], dict[tuple[str, str], float]] = defaultdict(dict)
-    for r in rows:
-        cells[(r["model"], r["method"])][(r["task"], r["metric"])] = r["value"]
-    header = ["model", "method"] + [f"{t} {m}" for t in tasks for m in metrics[t]]
-    lines = [f"### {TABLE_TITLES[table]}", "", "Each cell: ours / paper.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (model, method), paper_vals in cells.items():
-        row = [model, method]
-        for t in tasks:
-            mine = ours.get((model, method, t), {})
-            for m in metrics[t]:
-                row.append(f"{_fmt(mine.get(m))} / {_fmt(paper_vals.get((t, m)))}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+def _rid(record: dict[str, Any]) -> str:
+    return record.get("_path") or str(id(record))
+
+
+def _not_protocol_note(recs: list[dict[str, Any]], protocol: str) -> str:
+    kinds = Counter(record_protocol(r) for r in recs)
+    found = ", ".join(f"{n} of protocol `{p}`" for p, n in sorted(kinds.items()))
+    why = ""
+    if protocol == PAPER:
+        diffs = list(dict.fromkeys(d for r in recs for d in paper_mismatches(r["config"])))
+        why = f" (differs from the paper in: {'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})"
+    return f"{found}{why}; this table shows `{protocol}` records only"
+
+
+class TableBuild:
+    """One table's cells, footnotes and the count of records it used and skipped."""
+
+    def __init__(self, table: str, paper: list[dict[str, Any]], records: list[dict[str, Any]],
+                 protocol: str = PAPER):
+        self.table, self.protocol = table, protocol
+        self.rows = [r for r in paper if r["table"] == table]
+        self.groups = group_records(records)
+        self.notes: list[str] = []
+        self.used: set[str] = set()
+        self.candidates: dict[str, dict[str, Any]] = {}
+
+    def cell(self, model: str, method: str, task: str, metric: str) -> str:
+        recs = self.groups.get((model, method, task), [])
+        for r in recs:
+            self.candidates[_rid(r)] = r
+        mine = [r for r in recs if record_protocol(r) == self.protocol]
+        if recs and not mine:
+            return self._star(f"{model} / {method} / {task}: {len(recs)} record(s), "
+                              + _not_protocol_note(recs, self.protocol))
+        if metric == "peak_mem_gb" and self.protocol == PAPER:
+            kinds = {(r.get("memory") or {}).get("kind") for r in newest_per_seed(mine)}
+            if kinds - {PAPER_MEMORY_KIND}:
+                return self._star(f"{model} / {method} / {task} peak memory: measured as "
+                                  f"{', '.join(sorted(map(str, kinds)))}; the paper reports GPU memory "
+                                  f"({PAPER_MEMORY_KIND})")
+        stats = aggregate(mine, lambda r: our_metrics(r, task).get(metric))
+        if stats is None:
+            return _fmt(None)
+        self.used.update(_rid(r) for r in newest_per_seed(mine))
+        return stats.format(_fmt)
+
+    def _star(self, note: str) -> str:
+        if note not in self.notes:
+            self.notes.append(note)
+        return "*"
+
+    def skipped(self) -> Counter:
+        """Why each record that matched a cell of this table was not used."""
+        reasons: Counter = Counter()
+        for path, rec in self.candidates.items():
+            if path in self.used:
+                continue
+            proto = record_protocol(rec)
+            reasons[f"protocol `{proto}`" if proto != self.protocol else "older record of the same seed"] += 1
+        return reasons
+
+    def render(self) -> str:
+        tasks = list(dict.fromkeys(r["task"] for r in self.rows))
+        metrics = {t: [m for m in METRIC_ORDER if any(r["task"] == t and r["metric"] == m for r in self.rows)]
+                   for t in tasks}
+        paper_cells: dict[tuple[str, str], dict[tuple[str, str], float]] = defaultdict(dict)
+        for r in self.rows:
+            paper_cells[(r["model"], r["method"])][(r["task"], r["metric"])] = r["value"]
+        header = ["model", "method"] + [f"{t} {m}" for t in tasks for m in metrics[t]]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for (model, method), paper_vals in paper_cells.items():
+            row = [model, method]
+            for t in tasks:
+                row += [f"{self.cell(model, method, t, m)} / {_fmt(paper_vals.get((t, m)))}"
+                        for m in metrics[t]]
+            lines.append("| " + " | ".join(row) + " |")
+        intro = [f"### {TABLE_TITLES[self.table]}", "",
+                 f"Each cell: ours / paper. Ours: `{self.protocol}`-protocol records, newest per seed, "
+                 "mean ± std over seeds (n = seeds); – no run yet; * see the notes.", "",
+                 self.summary(), ""]
+        notes = ["", "Notes:", *[f"- * {n}" for n in self.notes]] if self.notes else []
+        return "\n".join(intro + lines + notes) + "\n"
+
+    def summary(self) -> str:
+        skipped = self.skipped()
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+        counts = f"Records: {len(self.used)} used, {sum(skipped.values())} skipped"
+        return counts + (f" ({why})." if why else ".")
+
+
+def render_table(table: str, paper: list[dict[str, Any]], records: list[dict[str, Any]],
+                 protocol: str = PAPER) -> str:
+    return TableBuild(table, paper, records, protocol).render()
 
 
 def build_tables(results_dir: str | Path = "results/runs", out_dir: str | Path = "results/tables",
-                 tables: tuple[str, ...] = tuple(TABLE_TITLES)) -> list[Path]:
+                 tables: tuple[str, ...] = tuple(TABLE_TITLES), protocol: str = PAPER,
+                 log: Callable[[str], None] = print) -> list[Path]:
+    """Write one markdown file per table; ``log`` gets what was read, used and skipped."""
     paper = load_paper_numbers()
-    ours = index_records(read_records(results_dir))
+    unreadable: list[str] = []
+    records = read_records(results_dir, unreadable=unreadable)
+    log(f"read {len(records)} completed run records from {Path(results_dir).resolve()}"
+        + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
+    if not records:
+        log(f"WARNING: no completed run records under {Path(results_dir).resolve()}: every cell will be –")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for table in tables:
+        build = TableBuild(table, paper, records, protocol)
         path = out / f"{table}.md"
-        path.write_text(render_table(table, paper, ours))
+        path.write_text(build.render())
+        log(f"{path}: {build.summary()}")
         written.append(path)
     return written
