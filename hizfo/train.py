@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import __version__, records
+from hizfo import __version__, records, run_context
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
@@ -71,7 +71,7 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     keep = {k: resolved[k] for k in ("model", "task", "method", "seed", "data") if k in resolved}
     keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
                        if k not in ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
-                                    "num_workers")}
+                                    "num_workers", "cpu_threads")}
     keep["task"] = {k: v for k, v in keep.get("task", {}).items() if k != "max_eval_examples"}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_name": _or_none(lambda: str(cfg.run_name)) or "unnamed-run", "config_fingerprint": None,
         "protocol": None, "status": "running", "started_at": started_at, "config": _config_as_given(cfg),
-        "hardware": None, "versions": None, "git": None, "metrics": {}}
+        "hardware": None, "versions": None, "git": None, "hydra": run_context.hydra_context(), "metrics": {}}
     results_dir = _or_none(lambda: _abs(cfg.paths.results_dir))  # None: the record goes to a fallback
     method = device = memory_scope = None
     model = logger = loop_result = None
@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
         method = build_method(cfg.method.name, cfg.method)
         device = resolve_device(cfg.trainer.device)
+        run_context.set_cpu_threads(cfg.trainer.get("cpu_threads", "auto"), device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         fingerprint = config_fingerprint(resolved)
@@ -112,7 +113,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           "test_examples": len(test_examples)}
         eval_bs = int(cfg.eval.batch_size)
         logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name,
-                             resolved)
+                             resolved, **run_context.wandb_identity(cfg, fingerprint, record["protocol"],
+                                                                    record["hydra"]))
+        record["wandb"] = logger.info or None
 
         def evaluate(split_examples) -> dict[str, Any]:
             return evaluate_task(method.eval_model(model), tokenizer, cfg.task, split_examples,
@@ -193,7 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if hasattr(method, "save_artifacts") and completed:
                 method.save_artifacts(Path(checkpoint_dir) / "artifacts")
             if logger is not None:
-                logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"]["bytes"]})
+                logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"].get("bytes")})
                 logger.finish(0 if completed else 1)
         except Exception:
             if completed:

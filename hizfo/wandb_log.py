@@ -31,16 +31,25 @@ def resolve_mode(mode: str) -> str:
 class WandbLogger:
     """Thin wrapper: a no-op when disabled, so the runner never branches on it."""
 
-    def __init__(self, enabled: bool, project: str, mode: str, run_name: str, config: dict[str, Any]):
+    def __init__(self, enabled: bool, project: str, mode: str, run_name: str, config: dict[str, Any],
+                 **identity: Any):
+        """``identity``: W&B's id / group / job_type / tags / dir (hizfo.run_context.wandb_identity);
+        with an id the run resumes (resume="allow"), so a resumed training run continues its W&B run."""
         self.run = None
+        self.info: dict[str, Any] = {}
         mode = resolve_mode(mode) if enabled else "disabled"
         if mode == "disabled":
             return
         try:
             import wandb
 
-            self.run = wandb.init(project=project, name=run_name, config=config, mode=mode,
-                                  reinit="finish_previous")
+            if identity.get("dir"):
+                Path(identity["dir"]).mkdir(parents=True, exist_ok=True)
+            identity = {"name": run_name, **identity}
+            self.run = wandb.init(project=project, config=config, mode=mode, reinit="finish_previous",
+                                  resume="allow" if identity.get("id") else None, **identity)
+            self.info = {"id": self.run.id, "project": project, "name": self.run.name,
+                         "group": identity.get("group"), "mode": mode, "dir": identity.get("dir")}
         except Exception as exc:  # logging must never kill a training run
             log.warning("W&B init failed (%s); continuing without W&B", exc)
             self.run = None
