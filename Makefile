@@ -22,6 +22,7 @@ help:
 	@echo "make test    - set up, then run the test suite"
 	@echo "make bench   - step time / peak memory of each method (one process each)"
 	@echo "make lint    - ruff"
+	@echo "make notebook - execute notebooks/analysis.ipynb headless on the committed records"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +77,15 @@ tables: setup
 
 plots: setup
 	$(PY) -m hizfo.report plots
+
+# ---- notebooks/analysis.ipynb: executed headless on the committed records, outputs saved in place
+.PHONY: notebook
+$(VENV)/.notebook: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[notebook]"
+	touch $@
+
+notebook: $(VENV)/.notebook
+	$(PY) experiments/execute_notebook.py notebooks/analysis.ipynb
 
 .PHONY: demo-methods
 demo-methods: setup model

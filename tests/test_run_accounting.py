@@ -137,3 +137,22 @@ def test_runner_records_cumulative_time_and_never_completes_short_runs(tmp_path,
     monkeypatch.setattr(runner, "train", short_train)
     with pytest.raises(RuntimeError, match="did 1 of its 2 planned optimizer steps"):
         run(make_cfg(tmp_path, "method=full_ft", "trainer.resume=false"))
+
+
+def test_a_run_that_fails_before_training_starts_still_writes_a_failed_record(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        run(make_cfg(tmp_path, "method.name=nope"))
+    [rec] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert rec["status"] == "failed" and rec["error"]["type"] == "ValueError" and rec["protocol"] == "custom"
+
+
+def test_fo_grad_norm_is_the_l2_norm_before_clipping():
+    from hizfo.methods.full_ft import fo_grad_norm
+
+    a, b, frozen = (torch.nn.Parameter(torch.zeros(n)) for n in (2, 1, 3))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    assert fo_grad_norm([a, b, frozen], None) == pytest.approx(5.0)  # sqrt(9 + 16); no grad counts 0
+    assert fo_grad_norm([a, b], 1.0) == pytest.approx(5.0)  # the norm before clipping is logged
+    assert torch.allclose(torch.cat([a.grad, b.grad]), torch.tensor([0.6, 0.0, 0.8]), atol=1e-6)
+    result = train_toy(None, StepClock(), epochs=1)
+    assert all(h["grad_norm"] > 0 for h in result.history)

@@ -23,6 +23,15 @@ def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> flo
     return total
 
 
+def fo_grad_norm(params: list[nn.Parameter], max_grad_norm: float | None) -> float:
+    """The L2 norm of the first-order gradient (logged), clipped to max_grad_norm when set: the one
+    place every first-order step (Full FT, FT-TopK, PEFT, GreenTrainer, Hi-ZFO's Theta_FO) clips."""
+    if max_grad_norm:
+        return float(nn.utils.clip_grad_norm_(params, float(max_grad_norm)))
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def adamw_step(model: nn.Module, micro_batches: list[Batch], params: list[nn.Parameter],
                optimizer: torch.optim.Optimizer, scheduler, max_grad_norm: float | None,
                where: str) -> dict[str, float]:
@@ -35,12 +44,11 @@ def adamw_step(model: nn.Module, micro_batches: list[Batch], params: list[nn.Par
     except BaseException:
         optimizer.zero_grad(set_to_none=True)
         raise
-    if max_grad_norm:
-        nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+    grad_norm = fo_grad_norm(params, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss, "lr": scheduler.get_last_lr()[0]}
+    return {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
 
 
 @register_method("full_ft")

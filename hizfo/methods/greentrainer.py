@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.methods.full_ft import fo_backward
+from hizfo.methods.full_ft import fo_backward, fo_grad_norm
 from hizfo.optim import make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION, select_tensors
 from hizfo.zo import lr_factor
@@ -128,15 +128,15 @@ class GreenTrainer(Method):
         except BaseException:
             self.opt.zero_grad(set_to_none=True)
             raise
-        if self.max_grad_norm:
-            nn.utils.clip_grad_norm_([self.candidates[n] for n in self.selected], float(self.max_grad_norm))
+        grad_norm = fo_grad_norm([self.candidates[n] for n in self.selected], self.max_grad_norm)
         lr = self.lr * lr_factor(self.t, self.total_steps, self.schedule)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.t += 1
-        return {"loss": loss, "lr": lr, "selected_params": float(self.history[-1]["params"])}
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "selected_params": float(self.history[-1]["params"])}
 
     # ------------------------------------------------------------------ records / resume
     def describe(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from torch import nn
 
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
+from hizfo.methods.full_ft import fo_grad_norm
 from hizfo.methods.mezo import noise_options, positive
 from hizfo.optim import is_no_decay, make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION
@@ -204,15 +205,14 @@ class HiZFO(Method):
                                   restore=True)
             else:
                 noise.update(projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask, restore=True)
-        if self.max_grad_norm:
-            nn.utils.clip_grad_norm_(self.fo_params, self.max_grad_norm)
+        grad_norm = fo_grad_norm(self.fo_params, self.max_grad_norm)
         for group in self.opt.param_groups:
             group["lr"] = lr_fo
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.t += 1
         mean_fo = sum(loss_fo) / n
-        return {"loss": mean_fo, "loss_zo": sum(loss_zo) / n if loss_zo else mean_fo,
+        return {"loss": mean_fo, "grad_norm": grad_norm, "loss_zo": sum(loss_zo) / n if loss_zo else mean_fo,
                 "projected_grad": projected_grad, "lr": lr_fo, "zo_lr": lr_zo,
                 "fo_params": float(self.count(self.fo_params)),
                 "zo_params": float(self.count(self.zo_params))}
