@@ -25,6 +25,7 @@ from hizfo import __version__, records, run_context
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
+from hizfo.evaluation.predictions import attach_predictions
 from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.losses import configure_loss
 from hizfo.methods import build_method
@@ -72,7 +73,8 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
                        if k not in ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
                                     "num_workers", "cpu_threads")}
-    keep["task"] = {k: v for k, v in keep.get("task", {}).items() if k != "max_eval_examples"}
+    keep["task"] = {k: v for k, v in keep.get("task", {}).items()
+                    if k not in ("max_eval_examples", "rouge_reference_aggregation", "accuracy_metric")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -87,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results_dir = _or_none(lambda: _abs(cfg.paths.results_dir))  # None: the record goes to a fallback
     method = device = memory_scope = None
     model = logger = loop_result = None
+    predictions: dict[str, list[dict[str, Any]]] = {}  # phase -> every prediction (the record's sidecar)
     try:  # from here on, config parsing included, any failure still writes a record ("failed")
         seed_everything(int(cfg.seed))
         configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
@@ -126,6 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             before = evaluate(test_examples)
             record["metrics"]["before"] = before
             record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
+            predictions["before"] = getattr(before, "predictions", [])
             logger.summary({f"before/{k}": v for k, v in before.items()})
             log.info("before training: %s", _fmt(before))
         loop_result = None
@@ -165,6 +169,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         final = evaluate(test_examples) if test_examples else {}
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
+        predictions["final"] = getattr(final, "predictions", [])
         record["status"] = "completed"
         logger.summary({f"final/{k}": v for k, v in final.items()})
         log.info("final (%s): %s", cfg.eval.final_split, _fmt(final))
@@ -192,6 +197,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["method"] = _safe(method.describe) if completed else {}
         path = records.write_record_or_fallback(record, results_dir)  # never raises
         record["_path"] = str(path) if path else None
+        if path and any(predictions.values()):  # every prediction + references beside the record (rescore)
+            record["predictions"] = _safe(lambda: attach_predictions(path, predictions))
         try:
             if hasattr(method, "save_artifacts") and completed:
                 method.save_artifacts(Path(checkpoint_dir) / "artifacts")

@@ -4,7 +4,8 @@
         --max-examples 100 --batch-size 8 --out results/zero_shot_gsm8k.json
 
 Reads conf/task/<task>.yaml and the task's test split (first --max-examples examples), prints the
-metrics and writes them with the sample predictions to --out.
+metrics and writes them with the sample predictions to --out, and every prediction beside it
+(<out>.predictions.jsonl.gz, for python -m hizfo.evaluation.rescore).
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def main(argv: list[str] | None = None) -> dict:
                            max_examples=args.max_examples, data_dir=args.data_dir)
     record = {"task": args.task, "model": args.model, "max_examples": args.max_examples,
               "batch_size": args.batch_size, "device": str(resolve_device(args.device)),
-              "load_seconds": load_s, "metrics": dict(result), "samples": result.samples}
+              "load_seconds": load_s, "metrics": dict(result), "samples": result.samples,
+              "task_config": OmegaConf.to_container(task_cfg, resolve=True)}
     print(json.dumps(record["metrics"], indent=2))
     if args.out:
+        from hizfo.evaluation.predictions import store_predictions
+
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        record["predictions"] = store_predictions(args.out, {"final": result.predictions})
         Path(args.out).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     return record
 
