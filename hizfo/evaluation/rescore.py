@@ -100,6 +100,11 @@ def rescore_details(record: dict[str, Any], path: str | Path | None = None,
         out[phase] = {"metrics": score_rows(cfg, rows), "stored": stored[phase], "rows": len(rows),
                       "of": n_eval, "source": source,
                       "comparable": has_sidecar and definitions == "record" and len(rows) == n_eval}
+        if not has_sidecar:  # old samples carry their own per-example scores (old definitions)
+            samples = record["samples"][phase]
+            keys = [k for k, v in samples[0].items()
+                    if type(v) in (int, float) and all(k in s for s in samples)]
+            out[phase]["sample_means_stored"] = {k: sum(s[k] for s in samples) / len(samples) for k in keys}
     return out
 
 
@@ -145,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {phase}: {d['rows']} of {d['of']} examples from {d['source']}; {tag}")
             for key, value in d["metrics"].items():
                 old = d["stored"].get(key)
-                same = "" if old is None else ("  ==" if old == value else f"  != {old:.6g}")
-                if d["comparable"] and old is not None and old != value:
-                    mismatches += 1
-                print(f"     {key:28s} {value:10.4f}{same}")
+                if old is None:
+                    note = ""
+                elif d["comparable"]:
+                    note = "  == stored" if old == value else f"  != stored {old:.6g}"
+                    mismatches += old != value
+                else:
+                    note = f"  (stored, {d['of']} examples, its own definitions: {old:.4f})"
+                print(f"     {key:28s} {value:10.4f}{note}")
+            for key, value in d.get("sample_means_stored", {}).items():
+                print(f"     stored per-sample {key:17s} {value:10.4f}  "
+                      f"(mean over these {d['rows']} samples)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     if args.check and mismatches:
