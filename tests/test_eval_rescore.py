@@ -139,3 +139,17 @@ def test_runner_writes_the_sidecar_and_rescore_reproduces_it(tmp_path):
     assert set(rescored) == {"before", "final"}
     for phase, metrics in rescored.items():
         assert metrics == {k: saved["metrics"][phase][k] for k in metrics}
+
+
+def test_eval_cli_record_format_is_rescored(tmp_path, monkeypatch):
+    """`python -m hizfo.evaluation --out x.json` writes flat metrics, task_config and the sidecar."""
+    cfg = _gen_task("webq_accuracy")
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: ["cats", "Cats", "no"])
+    result = ev.evaluate_task(tiny_model("llama"), byte_level_tokenizer(), cfg, _examples(3, ["cats"]))
+    path = tmp_path / "zero_shot.json"
+    record = {"task": "webquestions", "metrics": dict(result), "samples": result.samples,
+              "task_config": OmegaConf.to_container(cfg),
+              "predictions": store_predictions(path, {"final": result.predictions})}
+    path.write_text(json.dumps(record))
+    assert rescore_record(record, path) == {"final": {"accuracy": 1 / 3, "webq_any_normalized": 2 / 3}}
+    assert result["accuracy"] == 1 / 3
