@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hizfo import checkpoints
+from hizfo.checkpoint_select import CheckpointSelector
 from hizfo.methods.base import Batch, Method, TrainSetup
 from hizfo.records import max_peak_memory, peak_memory_bytes
 
@@ -45,6 +46,8 @@ class LoopConfig:
     checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (hizfo.checkpoints)
     log_every_steps: int = 1
     num_workers: int = 0
+    eval_every_steps: int | None = None  # validation loss every N steps (hizfo.checkpoint_select)
+    select: str = "last"                 # which checkpoint is scored: last | best_val_loss
 
 
 @dataclass
@@ -58,6 +61,8 @@ class LoopResult:
     resumed_from_step: int | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
     peak_memory: dict[str, Any] | None = None  # max over segments (up to each one's last checkpoint)
+    val_evaluations: list[dict[str, float]] = field(default_factory=list)  # every eval_every_steps
+    scored_checkpoint: dict[str, Any] = field(default_factory=dict)  # which step the weights are from
 
 
 def seed_everything(seed: int) -> None:
@@ -157,8 +162,13 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
 def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
                     device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
                     on_step: Callable[[int, dict[str, float]], None] | None = None,
-                    clock: Callable[[], float] = time.perf_counter) -> LoopResult:
-    """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics."""
+                    clock: Callable[[], float] = time.perf_counter,
+                    validate: Callable[[], float] | None = None) -> LoopResult:
+    """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics.
+
+    ``validate`` returns the validation loss of the current weights; with ``cfg.eval_every_steps``
+    it runs every that many steps, and ``cfg.select="best_val_loss"`` leaves the model holding the
+    best-scoring weights at the end (see hizfo.checkpoint_select)."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
     per_epoch = steps_per_epoch(len(dataset), cfg.batch_size)
@@ -173,6 +183,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                        extra={"profile_batch_fn": first_batch})
     result = LoopResult(planned_steps=total)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    selector = CheckpointSelector(cfg.select, cfg.eval_every_steps, validate, ckpt_dir)
 
     seed_everything(cfg.seed)
     method.setup(model, setup)
@@ -183,6 +194,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
         start_step = int(state["loop"]["step"])
         result.history = list(state["loop"]["history"])
         result.epoch_metrics = list(state["loop"]["epoch_metrics"])
+        selector.load_state_dict(state["loop"].get("selector"))
         result.resumed_from_step = start_step
         result.segments = list(state["loop"].get("segments", []))
         log.info("resumed from %s at step %d", loaded.file, start_step)
@@ -199,7 +211,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     def loop_state(step: int) -> dict[str, Any]:
         close_segment(step)
         return {"step": step, "history": result.history, "epoch_metrics": result.epoch_metrics,
-                "segments": result.segments}
+                "segments": result.segments, "selector": selector.state_dict()}
 
     step = start_step
     t0 = clock()
@@ -220,6 +232,10 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
             step += 1
             tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             metrics = {"step": step, "epoch": epoch + (i + 1) / per_epoch, **metrics}
+            if selector.due(step, total):
+                t_eval = clock()
+                metrics["val_loss"] = selector.evaluate(step, model, method)
+                segment["eval_seconds"] += clock() - t_eval
             result.history.append(metrics)  # deterministic: a resumed run's history equals the whole run's
             if on_step is not None:  # the logger also gets the step's speed
                 on_step(step, {**metrics, "step_seconds": seconds,
@@ -244,6 +260,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     result.train_seconds = sum(s["train_seconds"] for s in result.segments)  # training only
     result.eval_seconds = sum(s["eval_seconds"] for s in result.segments)
     result.peak_memory = max_peak_memory([s["peak_memory"] for s in result.segments])
+    result.val_evaluations = list(selector.evaluations)
+    result.scored_checkpoint = selector.finish(model, method, step)
     return result
 
 

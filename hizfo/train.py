@@ -151,16 +151,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
                 checkpoint_lock=str(cfg.trainer.get("checkpoint_lock", "fail")),
-                log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers))
+                log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers),
+                eval_every_steps=cfg.trainer.get("eval_every_steps"),
+                select=str(cfg.trainer.get("select") or "last"))
             dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
                                    int(cfg.task.max_output_len))
             loop_result = train(model, method, dataset, collate_train(tokenizer.pad_token_id), loop_cfg,
                                 device, on_epoch_end=on_epoch_end,
-                                on_step=lambda step, m: logger.log(m, step=step))
+                                on_step=lambda step, m: logger.log(m, step=step),
+                                validate=(lambda: validation_loss(method.eval_model(model), val_batches))
+                                if val_batches else None)
             record["history"] = loop_result.history
             record["epochs"] = loop_result.epoch_metrics
             record["resumed_from_step"] = loop_result.resumed_from_step
             record["segments"] = loop_result.segments  # each process that worked on the run
+            record["val_evaluations"] = loop_result.val_evaluations
+            record["scored_checkpoint"] = loop_result.scored_checkpoint  # which step "final" scores
             record["truncation"] = dataset.stats.summary()
             if loop_result.steps_done < loop_result.planned_steps:  # never a short run as "completed"
                 raise RuntimeError(f"the run did {loop_result.steps_done} of its "

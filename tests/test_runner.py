@@ -105,3 +105,16 @@ def test_checkpoints_of_different_configs_never_mix(tmp_path):
 
     assert fp("method.rho=0.5") != fp("method.rho=0.6")
     assert fp("trainer.resume=false") == fp() == fp("task.max_eval_examples=9")
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
+def test_record_says_which_checkpoint_was_scored(tmp_path):
+    """MeZO defaults to its authors' best-on-validation checkpoint; Full FT to the last one."""
+    mezo = run(make_cfg(tmp_path, "method=mezo", "trainer.eval_every_steps=1"))
+    scored = mezo["scored_checkpoint"]
+    assert scored["select"] == "best_val_loss" and scored["eval_every_steps"] == 1
+    assert [e["step"] for e in mezo["val_evaluations"]] == [1, 2]
+    best = min(mezo["val_evaluations"], key=lambda e: e["val_loss"])
+    assert (scored["step"], scored["val_loss"]) == (best["step"], best["val_loss"])
+    full = run(make_cfg(tmp_path, "method=full_ft"))
+    assert full["scored_checkpoint"]["select"] == "last" and full["scored_checkpoint"]["step"] == 2

@@ -58,6 +58,11 @@ class Method(ABC):
         """Tensors this method changes (FO and ZO alike). Default: requires_grad ones."""
         return [p for p in model.parameters() if p.requires_grad]
 
+    def changed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Every tensor training may have changed so far (what a best checkpoint must keep).
+        Default: the trainable ones; GreenTrainer adds the tensors it froze at a re-selection."""
+        return self.trainable_parameters(model)
+
     def eval_model(self, model: nn.Module) -> nn.Module:
         """The model to evaluate (Bilevel-ZOFO evaluates with its upper PEFT copy)."""
         return model
