@@ -171,6 +171,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     best-scoring weights at the end (see hizfo.checkpoint_select)."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
+    dataset = method.split_training_data(dataset, cfg.seed)
     per_epoch = steps_per_epoch(len(dataset), cfg.batch_size)
     total = planned_steps(len(dataset), cfg)
     def first_batch(epoch: int) -> Batch:
@@ -180,7 +181,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     setup = TrainSetup(total_steps=total, steps_per_epoch=per_epoch, num_epochs=cfg.num_epochs,
                        device=device, seed=cfg.seed, profile_batch=first_batch(0),
-                       extra={"profile_batch_fn": first_batch})
+                       extra={"profile_batch_fn": first_batch, "collate": collate,
+                              "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum})
     result = LoopResult(planned_steps=total)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     selector = CheckpointSelector(cfg.select, cfg.eval_every_steps, validate, ckpt_dir)

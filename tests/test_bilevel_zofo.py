@@ -1,4 +1,5 @@
-"""Bilevel-ZOFO: the exact outer update (ZO on theta, FO on p), inner steps, split, errors, resume.
+"""Bilevel-ZOFO: the exact outer update (Adam or ZO-SGD on theta from the ZO estimate, FO on p),
+inner steps, the fixed train/dev split, errors, resume.
 
 Llama tiny models have no dropout and the copies use LoRA dropout 0, so train-mode and eval-mode
 losses agree and every update can be recomputed exactly by hand.
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from hizfo import peft_utils
 from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.methods.bilevel_zofo import LOWER, UPPER, split_levels
+from hizfo.methods.bilevel_zofo import LOWER, UPPER, dev_indices, split_examples
 from hizfo.models import tiny_model
 from hizfo.zo import ZONoise
 
@@ -30,6 +31,11 @@ def make_batch(n: int, length: int = 10, seed: int = 0) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def dev_stream(j: int) -> list[dict[str, torch.Tensor]]:
+    """Dev batch j of the upper level (supplied directly: no loop, no dataset)."""
+    return [make_batch(2, seed=1000 + j)]
+
+
 def make_method(model, profile_n: int = 6, total_steps: int = 20, **overrides):
     cfg = OmegaConf.load("conf/method/bilevel_zofo.yaml")
     cfg.update({"lam": LAM, "eps": EPS, "zo_lr": ZO_LR, "upper_lr": UPPER_LR, "lower_lr": 1e-2,
@@ -37,7 +43,7 @@ def make_method(model, profile_n: int = 6, total_steps: int = 20, **overrides):
     method = build_method("bilevel_zofo", cfg)
     method.setup(model, TrainSetup(total_steps=total_steps, steps_per_epoch=total_steps, num_epochs=1,
                                    device=torch.device("cpu"), seed=0,
-                                   profile_batch=make_batch(profile_n)))
+                                   profile_batch=make_batch(profile_n), extra={"dev_batches": dev_stream}))
     return method
 
 
@@ -61,24 +67,29 @@ def mean_loss(model, parts) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the split
 
-def test_split_is_two_to_one_across_micro_batches():
-    mbs = [make_batch(3, seed=1), make_batch(3, seed=2)]
-    train, dev = split_levels(mbs, 1 / 3)
-    # 6 examples: the last floor(6/3) = 2 are dev; the split crosses the second micro-batch.
-    assert [b["input_ids"].size(0) for b in train] == [3, 1]
-    assert [b["input_ids"].size(0) for b in dev] == [2]
-    assert torch.equal(train[1]["input_ids"], mbs[1]["input_ids"][:1])
-    assert torch.equal(dev[0]["input_ids"], mbs[1]["input_ids"][1:])
-    assert [b["input_ids"].size(0) for b in split_levels([make_batch(4)], 1 / 3)[1]] == [1]
-    assert split_levels([make_batch(2)], 1 / 3)[1] == []
+def test_examples_split_once_two_to_one_with_a_seed():
+    train, dev = split_examples(12, 1 / 3, seed=0)
+    assert len(train) == 8 and len(dev) == 4 and sorted(train + dev) == list(range(12))
+    assert split_examples(12, 1 / 3, seed=0) == (train, dev)  # fixed for a seed
+    assert split_examples(12, 1 / 3, seed=1)[1] != dev
+    assert dev != list(range(8, 12))  # shuffled, not the tail
+
+
+def test_dev_batches_cycle_through_seeded_shuffles_of_the_dev_part():
+    first_pass = [dev_indices(j, 5, 2, seed=0) for j in range(3)]  # 5 dev examples, batch 2: 3 batches
+    assert [len(b) for b in first_pass] == [2, 2, 1]
+    assert sorted(sum(first_pass, [])) == list(range(5))
+    second_pass = [dev_indices(j, 5, 2, seed=0) for j in range(3, 6)]
+    assert sorted(sum(second_pass, [])) == list(range(5)) and second_pass != first_pass
+    assert dev_indices(4, 5, 2, seed=0) == second_pass[1]  # a pure function of j (exact resume)
 
 
 # --------------------------------------------------------------------------- exact updates
 
-@pytest.mark.parametrize("kind", ["lora", "prefix"])
-def test_outer_step_is_exact(kind):
+@pytest.mark.parametrize("kind, theta_optimizer", [("lora", "adam"), ("prefix", "adam"), ("lora", "sgd")])
+def test_outer_step_is_exact(kind, theta_optimizer):
     model = tiny_model("llama")
-    method = make_method(model, peft=kind, outer_every=3)
+    method = make_method(model, peft=kind, outer_every=3, theta_optimizer=theta_optimizer)
     theta = method.theta
     upper, lower = params_of(method, UPPER), params_of(method, LOWER)
     pm = method.peft_model
@@ -103,17 +114,29 @@ def test_outer_step_is_exact(kind):
     out = method.step(model, mbs, 2)
     assert out["outer"] == 1.0
     theta1, p1, z1 = clones(theta), clones(upper), clones(lower)
-    train, dev = split_levels(mbs, 1 / 3)
+    train, dev = mbs, dev_stream(0)  # the first outer step reads dev batch 0
 
-    # theta moved by exactly -lr * g_hat * u, u regenerated from the logged seed (independent
-    # tensors of the same shapes, in the base model's parameter order)
+    # u regenerated from the logged seed (independent tensors of the same shapes, in the base
+    # model's parameter order)
     seed, g_hat = int(out["zo_seed"]), out["projected_grad"]
     assert seed == out["zo_seed"]
     u = [z for _, z in ZONoise(list(tiny_model("llama").parameters()), seed).pairs()]
     assert len(u) == len(theta)
-    for t0, t1, ui in zip(theta0, theta1, u):  # exact in fp64, then one fp32 rounding (<= 1 ulp)
-        want = t0.double() - ZO_LR * g_hat * ui.double()
-        torch.testing.assert_close(t1.double(), want, rtol=2**-23, atol=0)
+    if theta_optimizer == "adam":
+        # theta took exactly torch's Adam step (its first, at the upper lr) with grad = g_hat * u
+        ref_theta = [t.clone().requires_grad_(True) for t in theta0]
+        ref_opt = torch.optim.Adam(ref_theta, lr=UPPER_LR)
+        for r, ui in zip(ref_theta, u):
+            r.grad = g_hat * ui
+        ref_opt.step()
+        for t1, r in zip(theta1, ref_theta):
+            torch.testing.assert_close(t1, r.detach(), rtol=0, atol=1e-7)
+        assert out["lr_theta"] == UPPER_LR
+    else:
+        for t0, t1, ui in zip(theta0, theta1, u):  # exact in fp64, then one fp32 rounding (<= 1 ulp)
+            want = t0.double() - ZO_LR * g_hat * ui.double()
+            torch.testing.assert_close(t1.double(), want, rtol=2**-23, atol=0)
+        assert out["lr_theta"] == ZO_LR
     assert any(not torch.equal(t0, t1) for t0, t1 in zip(theta0, theta1))
 
     # the lower gradient: d g(theta0, z) / dz at z0
@@ -192,14 +215,14 @@ def test_outer_update_every_K_steps():
     assert flags == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
 
 
-def test_a_short_trailing_batch_postpones_the_outer_update():
+def test_outer_step_j_reads_dev_batch_j():
     model = tiny_model("llama")
     method = make_method(model, outer_every=1)
-    theta0 = clones(method.theta)
-    out = method.step(model, [make_batch(2)], 0)  # 2 examples: no dev part
-    assert out["outer"] == 0.0 and out["outer_postponed"] == 1.0
-    assert all(torch.equal(a, b) for a, b in zip(theta0, method.theta))
-    assert method.step(model, [make_batch(6, seed=1)], 1)["outer"] == 1.0
+    read = []
+    method.dev_batches = lambda j: read.append(j) or dev_stream(j)
+    for s in range(3):
+        method.step(model, [make_batch(1, seed=s)], s)  # any batch size trains both levels
+    assert read == [0, 1, 2]
 
 
 def test_eval_model_is_the_upper_copy():
@@ -217,6 +240,22 @@ def test_eval_model_is_the_upper_copy():
         em.set_adapter(UPPER)
         upper = em(input_ids=batch["input_ids"]).logits
     assert torch.equal(got, upper) and not torch.allclose(got, lower)
+
+
+def test_prefix_copies_start_from_real_activations_of_random_words():
+    """The reference's prefix_init_by_real_act: both copies hold the key/values of seeded random
+    vocabulary tokens (peft's random init only with prefix_init=random)."""
+    model = tiny_model("llama")
+    method = make_method(model, peft="prefix")
+    tables = [method.peft_model.prompt_encoder[a].embedding.weight for a in (LOWER, UPPER)]
+    assert torch.equal(tables[0], tables[1])
+    words = method._prefix_tokens(model, {}, 0)
+    assert words.shape == (5,) and torch.equal(words, method._prefix_tokens(model, {}, 0))
+    ref = peft_utils.wrap_prefix(tiny_model("llama"), num_virtual_tokens=5)
+    peft_utils.init_prefix_from_tokens(ref, words)
+    torch.testing.assert_close(tables[0], ref.prompt_encoder["default"].embedding.weight)
+    rand = make_method(tiny_model("llama"), peft="prefix", prefix_init="random")
+    assert not torch.allclose(rand.peft_model.prompt_encoder[LOWER].embedding.weight, tables[0])
 
 
 def test_describe_counts():
@@ -245,9 +284,23 @@ def test_dev_fraction_leaving_a_level_empty(frac):
 
 
 @pytest.mark.parametrize("n", [1, 2])
-def test_batch_too_small_to_split(n):
-    with pytest.raises(ValueError, match=r"no data.*batch size >= 3"):
-        make_method(tiny_model("opt"), profile_n=n)
+def test_too_few_examples_to_split(n):
+    with pytest.raises(ValueError, match=r"no data.*task.max_train_examples"):
+        split_examples(n, 1 / 3, seed=0)
+
+
+def test_without_a_dev_split_setup_says_how_to_get_one():
+    cfg = OmegaConf.load("conf/method/bilevel_zofo.yaml")
+    with pytest.raises(ValueError, match="split_training_data"):
+        build_method("bilevel_zofo", cfg).setup(tiny_model("llama"), TrainSetup(
+            total_steps=2, steps_per_epoch=2, num_epochs=1, device=torch.device("cpu"), seed=0,
+            profile_batch=make_batch(4)))
+
+
+@pytest.mark.parametrize("key, value", [("theta_optimizer", "adamw2"), ("prefix_init", "zeros")])
+def test_bad_choices(key, value):
+    with pytest.raises(ValueError, match=f"method.{key}"):
+        make_method(tiny_model("llama"), **{key: value})
 
 
 def test_nonexistent_target_module():
@@ -297,13 +350,24 @@ def test_saved_artifacts_rebuild_the_evaluated_model(tmp_path):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-def test_loop_resume_matches_uninterrupted(tmp_path):
-    """10 examples, batch 4: each epoch ends with a 2-example batch. With K = 3 the outer update
-    due at step 3 (that short batch) is postponed to step 4, across the checkpoint at step 3."""
-    from test_peft import assert_resume_matches, loop_run
+def test_loop_iterates_only_the_lower_levels_examples():
+    """15 examples: 10 lower-level (3 batches of 4 per epoch), 5 dev; outer updates every 2 steps
+    read dev batches 0, 1, 2 (the dev part's first pass, then a new shuffle)."""
+    from test_peft import loop_run
 
-    _, result = loop_run("bilevel_zofo", n_examples=10, outer_every=3)
-    assert [h["outer"] for h in result.history] == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-    assert [h.get("outer_postponed", 0.0) for h in result.history] == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
-    assert_resume_matches("bilevel_zofo", tmp_path, stop_at=3, n_examples=10, outer_every=3,
-                          zo_lr=1e-3, upper_lr=1e-3)
+    method, result = loop_run("bilevel_zofo", n_examples=15, outer_every=2)
+    assert len(result.history) == 6
+    assert [h["outer"] for h in result.history] == [0.0, 1.0] * 3
+    split = method.describe()["split"]
+    assert split == {"train_examples": 10, "dev_examples": 5, "seed": 0}
+    train_ids, dev_ids = split_examples(15, 1 / 3, seed=0)
+    assert list(method.dev_set.indices) == dev_ids and not set(train_ids) & set(dev_ids)
+
+
+def test_loop_resume_matches_uninterrupted(tmp_path):
+    """Resume mid-epoch across an outer update (K = 3): theta's Adam moments and the dev stream
+    position come back exactly."""
+    from test_peft import assert_resume_matches
+
+    assert_resume_matches("bilevel_zofo", tmp_path, stop_at=3, n_examples=15, outer_every=3,
+                          upper_lr=1e-3)

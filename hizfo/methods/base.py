@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 Batch = dict[str, torch.Tensor]
 
@@ -50,6 +51,11 @@ class Method(ABC):
     @abstractmethod
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         """Run one optimisation step on one logical batch; return metrics including "loss"."""
+
+    def split_training_data(self, dataset: Dataset, seed: int) -> Dataset:
+        """The part of the training set the loop iterates; Bilevel-ZOFO holds out its upper level's
+        dev part here (called once, before ``setup``). Default: all of it."""
+        return dataset
 
     def on_epoch_start(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
         """Hook for per-epoch work (GreenTrainer re-selects tensors every 2 epochs)."""
