@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases and norm weights (1-D tensors) get no weight decay, as in MeZO and HF Trainer."""
+    """Biases and norm weights (1-D tensors) get no weight decay, as in MeZO and HF Trainer (unless
+    ``decay_all``: GreenTrainer's reference decays every tensor with torch AdamW's default 0.01)."""
     return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
 
 
-def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 decay_all: bool = False) -> list[dict]:
     decay, no_decay = [], []
     for name, p in named:
-        (no_decay if is_no_decay(name, p) else decay).append(p)
+        (no_decay if is_no_decay(name, p) and not decay_all else decay).append(p)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
@@ -37,10 +40,17 @@ def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def make_adamw(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-               total_steps: int, schedule: str = "linear", betas=(0.9, 0.999), eps: float = 1e-8
-               ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    groups = param_groups(named, weight_decay)
+               total_steps: int, schedule: str = "linear", betas=(0.9, 0.999), eps: float = 1e-8,
+               decay_all: bool = False) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    groups = param_groups(named, weight_decay, decay_all)
     if not groups:
         raise ValueError("no trainable tensors were given to the optimizer")
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     return opt, linear_decay(opt, total_steps, schedule)
+
+
+def decay_settings(cfg: Any) -> dict[str, Any]:
+    """``weight_decay`` and ``decay_biases_and_norms`` of a method config, as make_adamw keywords
+    (the GreenTrainer protocol's default: 0.01 on every tensor, torch AdamW's default)."""
+    return {"weight_decay": float(cfg.get("weight_decay", 0.0)),
+            "decay_all": bool(cfg.get("decay_biases_and_norms", False))}

@@ -14,7 +14,7 @@ from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import adamw_step
-from hizfo.optim import make_adamw
+from hizfo.optim import decay_settings, make_adamw
 from hizfo.selection.costs import module_kind
 from hizfo.selection.tensors import ordered_tensors, transformer_blocks
 
@@ -59,9 +59,8 @@ class FTTopK(Method):
         self.blocks = list(range(len(blocks) - k, len(blocks)))
         self.total_params = sum(p.numel() for p in model.parameters())
         self.optimizer, self.scheduler = make_adamw(
-            self.named, lr=float(self.cfg.get("lr", 2e-5)),
-            weight_decay=float(self.cfg.get("weight_decay", 0.0)), total_steps=setup.total_steps,
-            schedule=self.cfg.get("schedule", "linear"))
+            self.named, lr=float(self.cfg.get("lr", 2e-5)), total_steps=setup.total_steps,
+            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()

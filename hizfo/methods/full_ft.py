@@ -9,7 +9,7 @@ from torch import nn
 
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.optim import make_adamw
+from hizfo.optim import decay_settings, make_adamw
 
 
 def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> float:
@@ -58,8 +58,8 @@ class FullFT(Method):
             p.requires_grad_(True)
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_adamw(
-            self.named, lr=float(self.cfg.lr), weight_decay=float(self.cfg.get("weight_decay", 0.0)),
-            total_steps=setup.total_steps, schedule=self.cfg.get("schedule", "linear"))
+            self.named, lr=float(self.cfg.lr), total_steps=setup.total_steps,
+            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()

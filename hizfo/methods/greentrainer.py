@@ -11,9 +11,11 @@ that were training and tensors that were frozen are compared on equal terms
 (``importance_optimizer_state: true`` continues the moments of the training optimizer instead).
 Selection is lazy (first epoch start / step / describe) so a resume reuses the saved selection.
 
-Re-selection rebuilds AdamW over the new set: tensors that stay selected keep their Adam moments
-and step count; newly selected tensors start fresh; dropped tensors lose theirs (a tensor dropped
-and selected again later restarts its moments). The LR follows one schedule over the whole run
+One AdamW spans every candidate tensor for the whole run, as the reference's: a frozen tensor has
+no gradient, so AdamW skips it (no step, no weight decay) and it keeps its moments and step count,
+which it resumes with if selected again; a tensor never selected never gets optimizer state. Weight
+decay is torch AdamW's default 0.01 on every tensor, biases and norms included (the reference's
+``torch.optim.AdamW(model.parameters(), lr)``). The LR follows one schedule over the whole run
 (linear decay to 0 by default), whatever the selection.
 """
 
@@ -27,7 +29,7 @@ from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward, fo_grad_norm
-from hizfo.optim import make_adamw
+from hizfo.optim import decay_settings, make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION, select_tensors
 from hizfo.zo import lr_factor
 
@@ -45,7 +47,7 @@ class GreenTrainer(Method):
         self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
         self.every = int(cfg.get("reselect_every_epochs", 2) or 0)  # 0: select once
         self.lr = float(cfg.get("lr", 2e-5))
-        self.weight_decay = float(cfg.get("weight_decay", 0.0))
+        self.decay = decay_settings(cfg)
         self.schedule = str(cfg.get("schedule", "linear"))
         self.importance_lr = float(cfg.get("importance_lr", self.lr))
         self.importance_optimizer_state = bool(cfg.get("importance_optimizer_state", False))
@@ -97,12 +99,10 @@ class GreenTrainer(Method):
             if name not in chosen:
                 p.grad = None
         named = [(n, p) for n, p in self.candidates.items() if n in chosen]
-        old, old_names = self.opt, set(self.selected)
-        self.opt, _ = make_adamw(named, self.lr, self.weight_decay, self.total_steps, "constant")
-        if old is not None:  # tensors that stay selected keep their Adam moments
-            for _, p in named:
-                if p in old.state:
-                    self.opt.state[p] = old.state[p]
+        old_names = set(self.selected)
+        if self.opt is None:  # one AdamW over every candidate for the whole run (module docstring)
+            self.opt, _ = make_adamw(list(self.candidates.items()), self.lr, total_steps=self.total_steps,
+                                     schedule="constant", **self.decay)
         self.selected = [n for n, _ in named]
         self.info = info
         self.selected_epoch = epoch

@@ -15,7 +15,7 @@ from torch import nn
 from hizfo import peft_utils
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import adamw_step
-from hizfo.optim import make_adamw
+from hizfo.optim import decay_settings, make_adamw
 
 
 class PeftFineTune(Method):
@@ -30,9 +30,8 @@ class PeftFineTune(Method):
             model, self.kind, **peft_utils.peft_kwargs(self.kind, self.cfg, self.defaults))
         self.named = [(n, p) for n, p in peft_utils.adapter_parameters(self.peft_model) if p.requires_grad]
         self.optimizer, self.scheduler = make_adamw(
-            self.named, lr=float(self.cfg.get("lr", 2e-5)),
-            weight_decay=float(self.cfg.get("weight_decay", 0.0)),
-            total_steps=setup.total_steps, schedule=self.cfg.get("schedule", "linear"))
+            self.named, lr=float(self.cfg.get("lr", 2e-5)), total_steps=setup.total_steps,
+            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
 
     def _check_model(self, model: nn.Module) -> None:
         if model is not self.base_model and model is not self.peft_model:
