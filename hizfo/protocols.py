@@ -43,6 +43,9 @@ TRAINER_FREE_KEYS = {"device", "checkpoint_every_steps", "resume", "log_every_st
                      "eval_every_epoch", "grad_accum", "cpu_threads"}
 PAPER_TRAINER = {"batch_size": 4, "dtype": "fp32", "max_steps": None}
 PAPER_EVAL = {"final_split": "test", "max_examples": None}
+# The training protocol each table follows (conf/training_protocol/): Table 2's reasoning and code
+# tasks follow Bilevel-ZOFO's, every other table GreenTrainer's.
+TABLE2_FAMILIES = {"reasoning", "code"}
 
 
 def protocol_of(resolved: dict[str, Any], conf_dir: Path = CONF_DIR) -> str:
@@ -66,16 +69,24 @@ def paper_mismatches(resolved: dict[str, Any], conf_dir: Path = CONF_DIR) -> lis
     out: list[str] = []
     models, tasks, methods = _paper_grid()
     model, task, method = (resolved.get(k) or {} for k in ("model", "task", "method"))
+    want = "bilevel_zofo" if task.get("family") in TABLE2_FAMILIES else "greentrainer"
+    used = resolved.get("training_protocol", "greentrainer")
+    if used != want and method.get("name") != "zero_shot":
+        out.append(f"training_protocol={used!r} (the paper's table for {task.get('name')!r}: {want!r})")
+    training = _defaults(conf_dir, "training_protocol", used)
     for kind, section, allowed in (("model", model, models), ("task", task, tasks),
                                    ("method", method, methods)):
         if section.get("name") not in allowed:
             out.append(f"{kind}.name={section.get('name')!r} is not in the paper's tables")
             continue
         free = PAPER_SWEEP_KNOBS.get(section["name"], set()) if kind == "method" else set()
-        out += [f"{kind}.{key}" for key in _differing(section, _defaults(conf_dir, kind, section["name"]))
+        defaults = _defaults(conf_dir, kind, section["name"])
+        if kind == "method":
+            defaults = {**defaults, **training.get("method", {})}
+        out += [f"{kind}.{key}" for key in _differing(section, defaults)
                 if key.split(".")[0] not in free]
     trainer = resolved.get("trainer") or {}
-    expected = {**PAPER_TRAINER, "num_epochs": method.get("num_epochs", 5)}
+    expected = {**PAPER_TRAINER, "num_epochs": method.get("num_epochs", 5), **training.get("trainer", {})}
     if trainer.get("max_steps") == -1:
         trainer = {**trainer, "max_steps": None}
     out += [f"trainer.{k}={trainer.get(k)!r} (paper: {v!r})" for k, v in expected.items()

@@ -21,7 +21,10 @@ def resolved(*overrides: str) -> dict:
     ("model=opt-2.7b", "task=dialogsum", "method=hizfo"),
     ("model=opt-1.3b", "task=dialogsum", "method=hizfo", "method.rho=0.3"),  # Table 4 varies rho
     ("model=opt-2.7b", "task=webquestions", "method=hizfo", "method.alpha=0.0"),  # Table 5
-    ("model=qwen2-7b", "task=gsm8k", "method=mezo", "seed=3", "trainer.grad_accum=2", "trainer.device=cpu"),
+    ("model=qwen2-7b", "task=gsm8k", "method=mezo", "seed=3", "trainer.grad_accum=2", "trainer.device=cpu",
+     "training_protocol=bilevel_zofo"),  # Table 2 follows Bilevel-ZOFO's training protocol
+    ("model=qwen2-7b", "task=humaneval", "method=greentrainer", "training_protocol=bilevel_zofo"),
+    ("model=qwen2-7b", "task=math500", "method=zero_shot"),  # nothing trains: either protocol
 ])
 def test_paper_settings_are_the_paper_protocol(overrides):
     cfg = resolved(*overrides)
@@ -43,6 +46,14 @@ def test_any_reduced_setting_is_custom_and_named(override, reason):
     cfg = resolved("model=opt-2.7b", "task=dialogsum", "method=hizfo", override)
     assert protocol_of(cfg) == "custom"
     assert any(m.startswith(reason) for m in paper_mismatches(cfg))
+
+
+@pytest.mark.parametrize("task, used", [("gsm8k", "greentrainer"), ("dialogsum", "bilevel_zofo")])
+def test_each_table_needs_its_training_protocol(task, used):
+    model = "qwen2-7b" if task == "gsm8k" else "opt-2.7b"
+    cfg = resolved(f"model={model}", f"task={task}", "method=lora", f"training_protocol={used}")
+    assert protocol_of(cfg) == "custom"
+    assert any(m.startswith(f"training_protocol='{used}'") for m in paper_mismatches(cfg))
 
 
 def test_named_protocol_files_match_dotted_keys(tmp_path: Path):
