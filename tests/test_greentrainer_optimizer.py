@@ -87,6 +87,9 @@ def test_a_frozen_tensor_keeps_its_moments_and_step_count_until_selected_again()
     method.step(model, [make_batch(seed=4)], 4)
     assert float(method.opt.state[params[name]]["step"]) == 3
     assert method.history[-1]["added"] == len(plan[4])
+    # a best checkpoint must keep the tensors trained before (frozen now), not just the selection
+    assert {id(p) for p in method.changed_parameters(model)} == {id(p) for p in model.parameters()}
+    assert len(method.trainable_parameters(model)) < len(params)
 
 
 def test_weight_decay_reaches_biases_and_norms_only_when_asked():

@@ -118,6 +118,10 @@ class GreenTrainer(Method):
         self.ensure_selection()
         return [self.candidates[n] for n in self.selected]
 
+    def changed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Every candidate: a tensor trained in an earlier selection may be frozen now."""
+        return list(self.candidates.values())
+
     # ------------------------------------------------------------------ training
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         self.ensure_selection()
