@@ -59,17 +59,23 @@ clean:
 	rm -rf outputs multirun wandb .pytest_cache
 
 # ---- the paper's tables (GPU machines): run the grid, then rebuild the table beside the paper's numbers.
-# Sweeps use the joblib launcher (conf/hydra/launcher/local.yaml): JOBS members at a time, each in its
-# own worker process when JOBS >= 2 (1 torch thread each on CPU). One GPU: keep JOBS=1 (also keeps the
-# timings undisturbed; each run's peak memory is its own either way).
+# LAUNCHER picks the Hydra launcher (conf/hydra/launcher/). local (default): the joblib launcher, JOBS
+# members at a time, each in its own worker process when JOBS >= 2 (1 torch thread each on CPU). One
+# GPU: keep JOBS=1 (also keeps the timings undisturbed; each run's peak memory is its own either way).
+# slurm: each member is its own SLURM job, one task per GPU (conf/hydra/launcher/slurm.yaml, README
+# "Clusters"), e.g.
+#   make table3 LAUNCHER=slurm ARGS="hydra.launcher.gpus_per_node=8 hydra.launcher.partition=gpu"
+# make waits for the jobs (run it in tmux/screen), then renders the table from the records.
+LAUNCHER    ?= local
 JOBS        ?= 1
+LAUNCH      := hydra/launcher=$(LAUNCHER) $(if $(filter local,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS))
 .PHONY: table1 table2 table3 table4 table5 fig-alpha fig-ratio tables plots
 table1 table2 table3 table4 table5: setup
-	$(PY) -m hizfo.train sweep=$@ hydra.launcher.n_jobs=$(JOBS) $(ARGS)
+	$(PY) -m hizfo.train sweep=$@ $(LAUNCH) $(ARGS)
 	$(PY) -m hizfo.report tables
 
 fig-alpha fig-ratio: setup
-	$(PY) -m hizfo.train sweep=$(subst fig-,,$@) hydra.launcher.n_jobs=$(JOBS) $(ARGS)
+	$(PY) -m hizfo.train sweep=$(subst fig-,,$@) $(LAUNCH) $(ARGS)
 	$(PY) -m hizfo.report plots
 
 tables: setup
