@@ -3,7 +3,7 @@
 Layout of a checkpoint folder (one per config fingerprint):
 
     checkpoints.json             the manifest: {"latest": entry, "previous": entry | null}
-    checkpoint-<step>-<rand>.pt  torch.save payloads; entry = {"file", "sha256", "bytes", "step"}
+    checkpoint-<step>-<rand>.pt  torch.save payloads; entry = {"file", "sha256", "bytes", "step", "code"}
     .lock                        flock-ed by the run using the folder (holds its pid, for the message)
     .manifest.lock               flock-ed while one save renames, updates the manifest and cleans up
 
@@ -14,6 +14,11 @@ one is used and the log says so; when none is usable the error names each file, 
 with it, and how to start over. Writes go to a unique temporary file in the folder (mkstemp) and
 only an atomic rename of the manifest makes a new checkpoint current, so a crash at any point
 leaves a consistent manifest and two writers never share a temporary name.
+
+Each entry records the code that wrote it (``code``: hizfo's version and the checkout's git commit).
+Resuming from a checkpoint of another code version would make one run of two programs, so ``load``
+refuses it unless ``allow_version_mismatch`` (``trainer.allow_version_mismatch=true``), which warns.
+``delete_folder`` removes a finished run's checkpoints (``trainer.keep_checkpoints=none``).
 """
 
 from __future__ import annotations
@@ -24,15 +29,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hizfo import __version__
+from hizfo.records import git_info
+from hizfo.resources import CHECKOUT_ROOT, in_checkout
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +53,16 @@ LOCK_FILE = ".lock"
 MANIFEST_LOCK = ".manifest.lock"
 LOCK_MODES = ("fail", "wait")
 START_OVER = "start over with trainer.resume=false (or delete the folder)"
+ALLOW_MISMATCH = "trainer.allow_version_mismatch=true"
+KEEP_CHECKPOINTS = ("last", "none")
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint: the message names the files, what is wrong, and how to start over."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """The checkpoint was written by another code version (and no override allows it)."""
 
 
 class CheckpointLockedError(RuntimeError):
@@ -57,6 +74,24 @@ class LoadedCheckpoint:
     state: dict[str, Any]
     file: Path
     fell_back_because: str | None = None  # why the newest was skipped, None when it was used
+    version_mismatch: str | None = None  # how its code differs from this one's (allowed), None when equal
+
+
+@cache
+def code_version() -> dict[str, str | None]:
+    """The code writing or reading checkpoints: hizfo's version and, in a checkout, its git commit."""
+    commit = git_info(CHECKOUT_ROOT)["commit"] if in_checkout() else None
+    return {"hizfo": __version__, "commit": commit}
+
+
+def version_difference(written: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """How the code that wrote a checkpoint differs from ``current``; None when it is the same (or
+    unknown: entries written before versions were recorded, or a commit missing on one side)."""
+    if not written:
+        return None
+    diffs = [f"{key} {written.get(key)} -> {current.get(key)}" for key in ("hizfo", "commit")
+             if written.get(key) and current.get(key) and written.get(key) != current.get(key)]
+    return ", ".join(diffs) or None
 
 
 def _sha256(path: Path) -> str:
@@ -118,7 +153,8 @@ def save(folder: Path, payload: dict[str, Any], step: int) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         entry = {"file": tmp.name[1:].replace(".tmp", ".pt"),  # unique: mkstemp's random part stays
-                 "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "step": int(step)}
+                 "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "step": int(step),
+                 "code": code_version()}
         with _exclusive(folder / MANIFEST_LOCK):  # rename, manifest and clean-up as one step
             final = folder / entry["file"]
             os.replace(tmp, final)
@@ -187,9 +223,24 @@ def _retire_latest(folder: Path, manifest: dict[str, Any]) -> None:
                                            "saved_at": time.time()})
 
 
-def load(folder: Path) -> LoadedCheckpoint | None:
+def _check_version(entry: dict[str, Any], path: Path, allow_mismatch: bool) -> str | None:
+    """Refuse (or, allowed, warn about) a checkpoint written by another code version."""
+    diff = version_difference(entry.get("code"), code_version())
+    if diff is None:
+        return None
+    if not allow_mismatch:
+        raise CheckpointVersionError(
+            f"checkpoint {path} was written by another code version ({diff}): resuming would make one "
+            f"run of two programs. Resume anyway with {ALLOW_MISMATCH} (a warning, and the record says "
+            f"so), or {START_OVER}")
+    log.warning("resuming from %s, written by another code version (%s; %s)", path, diff, ALLOW_MISMATCH)
+    return diff
+
+
+def load(folder: Path, allow_version_mismatch: bool = False) -> LoadedCheckpoint | None:
     """The newest checkpoint that verifies (falling back to the previous one, saying so); None when
-    the folder holds none; CheckpointError when it holds only damaged ones."""
+    the folder holds none; CheckpointError when it holds only damaged ones; CheckpointVersionError
+    when it was written by another code version and ``allow_version_mismatch`` is off."""
     manifest = read_manifest(folder)
     if manifest is None:
         legacy = folder / LEGACY_FILE
@@ -206,6 +257,7 @@ def load(folder: Path) -> LoadedCheckpoint | None:
         why = _verify(folder, entry)
         if why is None:
             path = folder / entry["file"]
+            mismatch = _check_version(entry, path, allow_version_mismatch)
             try:
                 state = _torch_load(path)
             except CheckpointError as exc:
@@ -216,7 +268,7 @@ def load(folder: Path) -> LoadedCheckpoint | None:
                     log.warning("the newest checkpoint failed verification (%s); resuming from the previous "
                                 "good one, %s (step %s)", fallback, path, entry.get("step"))
                     _retire_latest(folder, manifest)
-                return LoadedCheckpoint(state, path, fallback)
+                return LoadedCheckpoint(state, path, fallback, mismatch)
         problems.append(why)
     raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems) + f". To {START_OVER}")
 
@@ -255,3 +307,18 @@ def folder_lock(folder: Path, mode: str = "fail", poll_s: float = 0.5) -> Iterat
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def delete_folder(folder: Path, keep: tuple[str, ...] = ("artifacts",)) -> None:
+    """Delete a finished run's checkpoints (trainer.keep_checkpoints=none): every file and folder in
+    ``folder`` but ``keep`` (a method's saved artifacts), and the folder itself when nothing is left."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()

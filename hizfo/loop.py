@@ -44,6 +44,7 @@ class LoopConfig:
     checkpoint_every_steps: int | None = None
     resume: bool = True
     checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (hizfo.checkpoints)
+    allow_version_mismatch: bool = False  # resume a checkpoint of other code (warns) instead of refusing
     log_every_steps: int = 1
     num_workers: int = 0
     eval_every_steps: int | None = None  # validation loss every N steps (hizfo.checkpoint_select)
@@ -190,7 +191,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     seed_everything(cfg.seed)
     method.setup(model, setup)
     start_step = 0
-    loaded = checkpoints.load(ckpt_dir) if (ckpt_dir and cfg.resume) else None
+    loaded = checkpoints.load(ckpt_dir, cfg.allow_version_mismatch) if (ckpt_dir and cfg.resume) else None
     if loaded is not None:
         state = _apply_checkpoint(loaded, model, method)
         start_step = int(state["loop"]["step"])
@@ -202,6 +203,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
         log.info("resumed from %s at step %d", loaded.file, start_step)
     segment: dict[str, Any] = {"start_step": start_step, "end_step": start_step, "train_seconds": 0.0,
                                "eval_seconds": 0.0, "peak_memory": None}
+    if loaded is not None and loaded.version_mismatch:  # allowed by the override; the record says so
+        segment["resumed_across_code_versions"] = loaded.version_mismatch
     earlier_segments = result.segments
 
     def close_segment(step: int) -> None:

@@ -21,11 +21,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import __version__, records, run_context
+from hizfo import __version__, checkpoints, records, run_context
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.evaluation.predictions import attach_predictions
+from hizfo.export import export_final, final_model_dir
 from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.losses import configure_loss
 from hizfo.methods import build_method
@@ -72,7 +73,8 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     keep = {k: resolved[k] for k in ("model", "task", "method", "seed", "data") if k in resolved}
     keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
                        if k not in ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
-                                    "num_workers", "cpu_threads")}
+                                    "num_workers", "cpu_threads", "save_final", "keep_checkpoints",
+                                    "allow_version_mismatch")}
     keep["task"] = {k: v for k, v in keep.get("task", {}).items()
                     if k not in ("max_eval_examples", "rouge_reference_aggregation", "accuracy_metric")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -94,6 +96,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(int(cfg.seed))
         configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
         method = build_method(cfg.method.name, cfg.method)
+        if cfg.trainer.keep_checkpoints not in checkpoints.KEEP_CHECKPOINTS:
+            raise ValueError(f"trainer.keep_checkpoints={cfg.trainer.keep_checkpoints!r}: use one of "
+                             f"{checkpoints.KEEP_CHECKPOINTS} (none deletes them once the record is written)")
         device = resolve_device(cfg.trainer.device)
         run_context.set_cpu_threads(cfg.trainer.get("cpu_threads", "auto"), device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
@@ -151,6 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
                 checkpoint_lock=str(cfg.trainer.get("checkpoint_lock", "fail")),
+                allow_version_mismatch=bool(cfg.trainer.allow_version_mismatch),
                 log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers),
                 eval_every_steps=cfg.trainer.get("eval_every_steps"),
                 select=str(cfg.trainer.get("select") or "last"))
@@ -176,6 +182,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
+        if cfg.trainer.save_final and method.trains:  # the record names the exported model's folder
+            record["final_model"] = export_final(method, model, tokenizer, final_model_dir(
+                record["hydra"].get("output_dir"), checkpoint_dir))
         record["status"] = "completed"
         logger.summary({f"final/{k}": v for k, v in final.items()})
         log.info("final (%s): %s", cfg.eval.final_split, _fmt(final))
@@ -208,6 +217,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             if hasattr(method, "save_artifacts") and completed:
                 method.save_artifacts(Path(checkpoint_dir) / "artifacts")
+            if completed and cfg.trainer.keep_checkpoints == "none":
+                checkpoints.delete_folder(Path(checkpoint_dir))
             if logger is not None:
                 logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"].get("bytes")})
                 logger.finish(0 if completed else 1)

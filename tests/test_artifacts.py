@@ -1,0 +1,127 @@
+"""Run artifacts: trainer.save_final exports the trained model (or adapter) that the record names and
+that loads back with the trained weights; trainer.keep_checkpoints=none deletes a completed run's
+checkpoints (a failed run keeps them); a checkpoint from another code version is refused unless
+trainer.allow_version_mismatch=true (then it resumes with a warning)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from test_runner import HAS_DATA, make_cfg
+
+import hizfo.checkpoints as ckpt
+from hizfo.models import load_model_and_tokenizer
+from hizfo.train import run
+
+needs_data = pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
+
+
+def _last_checkpoint_state(tmp_path: Path, record: dict) -> dict:
+    folder = tmp_path / "ckpt" / record["config_fingerprint"]
+    return ckpt.load(folder).state
+
+
+@needs_data
+def test_save_final_full_model_loads_back_with_the_trained_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    record = run(make_cfg(tmp_path, "method=full_ft", "trainer.save_final=true", "eval.final_split=null",
+                          "eval.split=null"))
+    final = record["final_model"]
+    assert final["kind"] == "model" and "model.safetensors" in final["files"]
+    assert Path(final["path"]) == tmp_path / "ckpt" / f"{record['config_fingerprint']}-final"
+    trained = _last_checkpoint_state(tmp_path, record)["model"]
+    reloaded = AutoModelForCausalLM.from_pretrained(final["path"]).state_dict()
+    assert set(reloaded) <= set(trained)
+    for name, tensor in reloaded.items():
+        assert torch.equal(tensor, trained[name]), name
+
+
+@needs_data
+def test_save_final_lora_exports_the_adapter(tmp_path):
+    from peft import PeftModel
+
+    record = run(make_cfg(tmp_path, "method=lora", "trainer.save_final=true", "eval.final_split=null",
+                          "eval.split=null", "method.lr=1e-2"))
+    final = record["final_model"]
+    assert final["kind"] == "adapter" and "adapter/adapter_model.safetensors" in final["files"]
+    assert not any(f.endswith("model.safetensors") and "/" not in f for f in final["files"])  # no full copy
+    trained = {n: t for n, t in _last_checkpoint_state(tmp_path, record)["method"]["adapters"].items()
+               if "lora_B" in n}
+    assert trained and all(t.abs().sum() > 0 for t in trained.values())  # trained away from B = 0
+    base, _ = load_model_and_tokenizer(make_cfg(tmp_path).model, torch.device("cpu"), "fp32")
+    reloaded = {n: p for n, p in PeftModel.from_pretrained(base, Path(final["path"]) / "adapter")
+                .named_parameters() if "lora_B" in n}
+    assert len(reloaded) == len(trained)
+    for (_, a), (_, b) in zip(sorted(trained.items()), sorted(reloaded.items())):
+        assert torch.equal(a, b)
+
+
+@needs_data
+def test_keep_checkpoints_none_deletes_them_after_the_record_and_bad_value_is_refused(tmp_path):
+    record = run(make_cfg(tmp_path, "method=full_ft", "trainer.keep_checkpoints=none",
+                          "eval.final_split=null", "eval.split=null"))
+    assert Path(record["_path"]).is_file() and record["status"] == "completed"
+    assert not (tmp_path / "ckpt" / record["config_fingerprint"]).exists()
+    kept = run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null", "seed=1"))
+    assert list((tmp_path / "ckpt" / kept["config_fingerprint"]).glob("checkpoint-*.pt"))
+    with pytest.raises(ValueError, match="trainer.keep_checkpoints='all'.*last"):
+        run(make_cfg(tmp_path, "method=full_ft", "trainer.keep_checkpoints=all"))
+
+
+def test_delete_folder_keeps_method_artifacts(tmp_path):
+    folder = tmp_path / "run"
+    ckpt.save(folder, {"x": torch.zeros(2)}, step=1)
+    (folder / "artifacts").mkdir()
+    (folder / "artifacts" / "adapter.bin").write_text("a")
+    ckpt.delete_folder(folder)
+    assert [p.name for p in folder.iterdir()] == ["artifacts"]
+    ckpt.delete_folder(folder, keep=())
+    assert not folder.exists()
+
+
+def _other_code(monkeypatch, commit: str, version: str = "0.1.0") -> None:
+    monkeypatch.setattr(ckpt, "code_version", lambda: {"hizfo": version, "commit": commit})
+
+
+def test_checkpoint_from_another_code_version_is_refused_naming_the_override(tmp_path, monkeypatch, caplog):
+    _other_code(monkeypatch, "a" * 40)
+    ckpt.save(tmp_path, {"x": torch.ones(3)}, step=4)
+    assert ckpt.read_manifest(tmp_path)["latest"]["code"]["commit"] == "a" * 40
+    assert ckpt.load(tmp_path).version_mismatch is None  # same code: loads
+    _other_code(monkeypatch, "b" * 40)
+    with pytest.raises(ckpt.CheckpointVersionError, match="trainer.allow_version_mismatch=true") as err:
+        ckpt.load(tmp_path)
+    assert "commit " + "a" * 40 + " -> " + "b" * 40 in str(err.value)
+    assert "trainer.resume=false" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="hizfo.checkpoints"):
+        loaded = ckpt.load(tmp_path, allow_version_mismatch=True)
+    assert torch.equal(loaded.state["x"], torch.ones(3)) and "commit" in loaded.version_mismatch
+    assert "another code version" in caplog.text
+    _other_code(monkeypatch, "b" * 40, version="0.2.0")  # another release, too
+    with pytest.raises(ckpt.CheckpointVersionError, match="hizfo 0.1.0 -> 0.2.0"):
+        ckpt.load(tmp_path)
+
+
+def test_unknown_versions_do_not_count_as_a_mismatch():
+    current = {"hizfo": "0.1.0", "commit": "c" * 40}
+    assert ckpt.version_difference(None, current) is None  # written before versions were recorded
+    assert ckpt.version_difference({"hizfo": "0.1.0", "commit": None}, current) is None  # installed package
+    assert ckpt.version_difference({"hizfo": "0.1.0", "commit": "c" * 40}, current) is None
+    assert ckpt.version_difference({"hizfo": "0.0.9", "commit": None}, current) == "hizfo 0.0.9 -> 0.1.0"
+
+
+@needs_data
+def test_resume_across_versions_in_a_run_refuses_then_resumes_with_the_override(tmp_path, monkeypatch):
+    _other_code(monkeypatch, "a" * 40)
+    first = run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null"))
+    _other_code(monkeypatch, "b" * 40)
+    with pytest.raises(ckpt.CheckpointVersionError):
+        run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null"))
+    again = run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null",
+                         "trainer.allow_version_mismatch=true"))
+    assert again["resumed_from_step"] == first["time"]["steps"]
+    assert "commit" in again["segments"][-1]["resumed_across_code_versions"]
