@@ -125,3 +125,53 @@ def test_resume_across_versions_in_a_run_refuses_then_resumes_with_the_override(
                          "trainer.allow_version_mismatch=true"))
     assert again["resumed_from_step"] == first["time"]["steps"]
     assert "commit" in again["segments"][-1]["resumed_across_code_versions"]
+
+
+class _Tokenizer:
+    def save_pretrained(self, out_dir) -> None:
+        (Path(out_dir) / "tokenizer.json").write_text("{}")
+
+
+class _FullModelMethod:  # Full FT, MeZO, GT, Hi-ZFO: the model itself changed
+    pass
+
+
+class _AdapterAndBaseMethod:  # Bilevel-ZOFO's shape: adapters plus zeroth-order-updated base weights
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def save_artifacts(self, out_dir: Path) -> None:
+        from hizfo.peft_utils import save_adapters
+
+        save_adapters(self.peft_model, Path(out_dir) / "adapters")
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.peft_model.named_parameters() if "lora_" not in n}
+
+
+def test_export_final_writes_the_model_or_the_adapter_with_the_base_weights(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from hizfo.export import export_final, final_model_dir
+    from hizfo.models import tiny_model
+    from hizfo.peft_utils import wrap_lora
+
+    assert final_model_dir("/x/out", "/c/abc") == Path("/x/out/final_model")
+    assert final_model_dir(None, "/c/abc") == Path("/c/abc-final")
+    model = tiny_model("llama", seed=3)
+    whole = export_final(_FullModelMethod(), model, _Tokenizer(), tmp_path / "whole")
+    assert whole["kind"] == "model" and {"model.safetensors", "tokenizer.json"} <= set(whole["files"])
+    reloaded = AutoModelForCausalLM.from_pretrained(whole["path"]).state_dict()
+    assert all(torch.equal(t, model.state_dict()[n]) for n, t in reloaded.items())
+
+    peft_model = wrap_lora(tiny_model("llama", seed=3), r=2)
+    with torch.no_grad():
+        next(p for n, p in peft_model.named_parameters() if "q_proj.base_layer" in n).add_(1.0)  # a ZO step
+    method = _AdapterAndBaseMethod(peft_model)
+    both = export_final(method, peft_model, _Tokenizer(), tmp_path / "both")
+    assert both["kind"] == "adapter+base_weights"
+    assert "adapters/adapter_model.safetensors" in both["files"]
+    saved = load_file(str(tmp_path / "both" / "base_weights.safetensors"))
+    assert saved.keys() == method.base_state_dict().keys()
+    assert all(torch.equal(saved[n], t) for n, t in method.base_state_dict().items())
