@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hizfo import distributed
 from hizfo.methods.base import Method
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,13 @@ class CheckpointSelector:
 
     def _save(self, step: int, loss: float, model: nn.Module, method: Method) -> None:
         assert self.dir is not None
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"{BEST_FILE}.tmp"
-        tensors = {n: p.detach() for n, p in changed_tensors(method, model).items()}
-        torch.save({"step": step, "val_loss": loss, "tensors": tensors}, tmp)
-        os.replace(tmp, self.dir / BEST_FILE)
+        if distributed.context().is_main:  # data parallel: identical replicas, rank 0 writes
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f"{BEST_FILE}.tmp"
+            tensors = {n: p.detach() for n, p in changed_tensors(method, model).items()}
+            torch.save({"step": step, "val_loss": loss, "tensors": tensors}, tmp)
+            os.replace(tmp, self.dir / BEST_FILE)
+        distributed.barrier()
 
     # ------------------------------------------------------------------ end of training
     def finish(self, model: nn.Module, method: Method, last_step: int) -> dict[str, Any]:

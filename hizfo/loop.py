@@ -25,9 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hizfo import checkpoints
+from hizfo import checkpoints, distributed
 from hizfo.checkpoint_select import CheckpointSelector
 from hizfo.methods.base import Batch, Method, TrainSetup
+from hizfo.precision import autocast
 from hizfo.records import max_peak_memory, peak_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class LoopConfig:
     num_workers: int = 0
     eval_every_steps: int | None = None  # validation loss every N steps (hizfo.checkpoint_select)
     select: str = "last"                 # which checkpoint is scored: last | best_val_loss
+    precision: str = "fp32"  # hizfo.precision: bf16-mixed runs each step under bf16 autocast
 
 
 @dataclass
@@ -123,9 +125,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
-    """Hashed, unique temporary file, atomic manifest update (hizfo.checkpoints)."""
-    checkpoints.save(path, {"model": model.state_dict(), "method": method.state_dict(), "loop": loop_state,
-                            "rng": _rng_state()}, step=int(loop_state["step"]))
+    """Hashed, unique temporary file, atomic manifest update (hizfo.checkpoints). Under data
+    parallel the replicas are identical: rank 0 writes, with every rank's RNG state."""
+    rng_by_rank = distributed.gather_objects(_rng_state())
+    if distributed.context().is_main:
+        checkpoints.save(path, {"model": model.state_dict(), "method": method.state_dict(),
+                                "loop": loop_state, "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank},
+                         step=int(loop_state["step"]))
+    distributed.barrier()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -141,7 +148,12 @@ def _apply_checkpoint(loaded: checkpoints.LoadedCheckpoint, model: nn.Module, me
     try:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
-        _set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank") or [state["rng"]]
+        ctx = distributed.context()
+        if len(by_rank) != ctx.world_size:
+            raise ValueError(f"it was written by {len(by_rank)} process(es) and this run has "
+                             f"{ctx.world_size}: resume with the same number of processes")
+        _set_rng_state(by_rank[ctx.rank])
         return state
     except Exception as exc:
         raise checkpoints.CheckpointError(
@@ -156,7 +168,8 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
     """:func:`train_in_folder` while this process holds the checkpoint folder, so two identical runs
     never share it (``cfg.checkpoint_lock``: "fail" refuses the second, "wait" queues it)."""
     folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    with checkpoints.folder_lock(folder, cfg.checkpoint_lock) if folder else nullcontext():
+    lock = folder and distributed.context().is_main  # under data parallel, rank 0 holds it for all
+    with checkpoints.folder_lock(folder, cfg.checkpoint_lock) if lock else nullcontext():
         return train_in_folder(model, method, dataset, collate, cfg, *args, **kwargs)
 
 
@@ -190,6 +203,11 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     seed_everything(cfg.seed)
     method.setup(model, setup)
+    ctx = distributed.context()
+    if ctx.active:
+        distributed.check_same_on_all_ranks(
+            "the trainable tensors", sorted(n for n, p in model.named_parameters() if p.requires_grad))
+        seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # each rank its own dropout masks
     start_step = 0
     loaded = checkpoints.load(ckpt_dir, cfg.allow_version_mismatch) if (ckpt_dir and cfg.resume) else None
     if loaded is not None:
@@ -232,7 +250,11 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
             if step >= total:
                 break
             t_step = clock()
-            metrics = method.step(model, split_micro_batches(batch, cfg.grad_accum, device), step)
+            with autocast(cfg.precision, device):
+                micro = distributed.local_micro_batches(batch, cfg.grad_accum, device, split_micro_batches)
+                metrics = method.step(model, micro, step)
+            if ctx.active:  # every rank records the global mean, as one process would
+                metrics["loss"] = distributed.mean_scalar(metrics["loss"])
             seconds = clock() - t_step
             step += 1
             tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0

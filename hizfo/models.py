@@ -106,8 +106,9 @@ def tiny_model(family: str, seed: int = 0, **kw) -> nn.Module:
 # --------------------------------------------------------------------------- real models
 
 def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
-                             dtype: str = "fp32"):
-    """Build (model, tokenizer) from a conf/model entry.
+                             precision: str = "fp32"):
+    """Build (model, tokenizer) from a conf/model entry, stored in ``precision``'s dtype
+    (hizfo.precision: float32 for fp32 and bf16-mixed, bfloat16 for bf16).
 
     model_cfg.source: "hub" (hub id in ``path``), "local" (a folder saved by save_pretrained),
     "gguf" (``path`` folder + ``gguf_file``) or "tiny" (``family``).
@@ -115,7 +116,9 @@ def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
-    torch_dtype = resolve_dtype(dtype)
+    from hizfo.precision import storage_dtype
+
+    torch_dtype = storage_dtype(precision)
     source = model_cfg.source
     if source == "tiny":
         model = tiny_model(model_cfg.family, seed=int(model_cfg.get("init_seed", 0)))

@@ -40,8 +40,8 @@ CUSTOM = "custom"
 PAPER_SWEEP_KNOBS = {"hizfo": {"rho", "alpha", "zo_lr_ratio"}, "greentrainer": {"rho"}}
 # Trainer settings that change how a run is executed or logged, not what it trains.
 TRAINER_FREE_KEYS = {"device", "checkpoint_every_steps", "resume", "log_every_steps", "num_workers",
-                     "eval_every_epoch", "grad_accum", "cpu_threads"}
-PAPER_TRAINER = {"batch_size": 4, "dtype": "fp32", "max_steps": None}
+                     "eval_every_epoch", "grad_accum", "cpu_threads", "gradient_checkpointing"}
+PAPER_TRAINER = {"batch_size": 4, "precision": "fp32", "max_steps": None}
 PAPER_EVAL = {"final_split": "test", "max_examples": None}
 # The training protocol each table follows (conf/training_protocol/): Table 2's reasoning and code
 # tasks follow Bilevel-ZOFO's, every other table GreenTrainer's.

@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import __version__, checkpoints, records, run_context
+from hizfo import __version__, checkpoints, distributed, records, run_context
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
@@ -31,6 +31,7 @@ from hizfo.loop import LoopConfig, seed_everything, train
 from hizfo.losses import configure_loss
 from hizfo.methods import build_method
 from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
+from hizfo.precision import check_precision
 from hizfo.protocols import protocol_of
 from hizfo.resources import CHECKOUT_ROOT, hydra_config_path, in_checkout, project_path
 from hizfo.wandb_log import WandbLogger
@@ -100,6 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"trainer.keep_checkpoints={cfg.trainer.keep_checkpoints!r}: use one of "
                              f"{checkpoints.KEEP_CHECKPOINTS} (none deletes them once the record is written)")
         device = resolve_device(cfg.trainer.device)
+        dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type)  # torchrun / SLURM ranks
+        device = distributed.device_for(device)
         run_context.set_cpu_threads(cfg.trainer.get("cpu_threads", "auto"), device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -111,7 +114,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if model_cfg.get("source") == "local":
             model_cfg["path"] = _abs(model_cfg["path"])
-        model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device, cfg.trainer.dtype)
+        model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device,
+                                                    check_precision(cfg.trainer.precision))
+        if cfg.trainer.gradient_checkpointing:  # non-reentrant: restores the RNG, so dropout replays
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
         eos = tokenizer.eos_token
         train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
@@ -120,9 +126,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["data"] = {"train_examples": len(train_examples), "validation_examples": len(val_examples),
                           "test_examples": len(test_examples)}
         eval_bs = int(cfg.eval.batch_size)
-        logger = WandbLogger(bool(cfg.logger.wandb), cfg.logger.project, cfg.logger.mode, cfg.run_name,
-                             resolved, **run_context.wandb_identity(cfg, fingerprint, record["protocol"],
-                                                                    record["hydra"]))
+        logger = WandbLogger(bool(cfg.logger.wandb) and dist_ctx.is_main, cfg.logger.project,
+                             cfg.logger.mode, cfg.run_name, resolved,
+                             **run_context.wandb_identity(cfg, fingerprint, record["protocol"],
+                                                          record["hydra"]))
         record["wandb"] = logger.info or None
 
         def evaluate(split_examples) -> dict[str, Any]:
@@ -130,7 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                  batch_size=eval_bs, max_examples=cfg.eval.max_examples, data_dir=data_dir,
                                  device=device)
 
-        if cfg.eval.before_training and test_examples:
+        if cfg.eval.before_training and test_examples and dist_ctx.is_main:
             before = evaluate(test_examples)
             record["metrics"]["before"] = before
             record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
@@ -159,7 +166,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 allow_version_mismatch=bool(cfg.trainer.allow_version_mismatch),
                 log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers),
                 eval_every_steps=cfg.trainer.get("eval_every_steps"),
-                select=str(cfg.trainer.get("select") or "last"))
+                select=str(cfg.trainer.get("select") or "last"),
+                precision=str(cfg.trainer.precision))
             dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
                                    int(cfg.task.max_output_len))
             loop_result = train(model, method, dataset, collate_train(tokenizer.pad_token_id), loop_cfg,
@@ -174,11 +182,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             record["val_evaluations"] = loop_result.val_evaluations
             record["scored_checkpoint"] = loop_result.scored_checkpoint  # which step "final" scores
             record["truncation"] = dataset.stats.summary()
+            if dist_ctx.active:  # what each rank held: the record's memory is rank 0's
+                peaks = distributed.gather_objects(records.peak_memory_bytes(device).get("bytes"))
+                record["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend,
+                                         "peak_bytes_per_rank": peaks, "peak_bytes_max": max(peaks),
+                                         "peak_bytes_sum": sum(peaks)}
             if loop_result.steps_done < loop_result.planned_steps:  # never a short run as "completed"
                 raise RuntimeError(f"the run did {loop_result.steps_done} of its "
                                    f"{loop_result.planned_steps} planned optimizer steps")
         t_eval = time.perf_counter()
-        final = evaluate(test_examples) if test_examples else {}
+        final = evaluate(test_examples) if test_examples and dist_ctx.is_main else {}
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
@@ -210,7 +223,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}
         record["method"] = _safe(method.describe) if completed else {}
-        path = records.write_record_or_fallback(record, results_dir)  # never raises
+        main_rank = distributed.context().is_main  # under data parallel only rank 0 writes
+        path = records.write_record_or_fallback(record, results_dir) if main_rank else None  # never raises
         record["_path"] = str(path) if path else None
         if path and any(predictions.values()):  # every prediction + references beside the record (rescore)
             record["predictions"] = _safe(lambda: attach_predictions(path, predictions))
@@ -227,7 +241,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise
             log.exception("closing the failed run failed as well (the run's own error follows)")
         log.info("run record: %s", path)
-    if path is None:
+    distributed.teardown()
+    if path is None and main_rank:
         raise RuntimeError("the run completed but its record could not be written anywhere; its metrics "
                            "are printed above")
     return record

@@ -26,11 +26,11 @@ def test_missing_local_model_folder_names_the_fix(tmp_path):
         load_model_and_tokenizer(cfg)
 
 
-def test_unknown_source_and_dtype():
+def test_unknown_source_and_precision():
     with pytest.raises(ValueError, match="unknown model source"):
         load_model_and_tokenizer(OmegaConf.create({"source": "ftp", "path": "x"}))
-    with pytest.raises(ValueError, match="unknown dtype"):
-        load_model_and_tokenizer(OmegaConf.create({"source": "tiny", "family": "opt"}), dtype="fp8")
+    with pytest.raises(ValueError, match="unknown trainer.precision"):
+        load_model_and_tokenizer(OmegaConf.create({"source": "tiny", "family": "opt"}), precision="fp8")
 
 
 def test_pad_token_falls_back_to_eos_and_errors_without_either():

@@ -82,7 +82,8 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
                     "--quiet", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
     user_conf = tmp_path / "my_conf"
     (user_conf / "model").mkdir(parents=True)
-    (user_conf / "model" / "my-tiny.yaml").write_text("name: my-tiny\nsource: tiny\nfamily: opt\ninit_seed: 0\n")
+    (user_conf / "model" / "my-tiny.yaml").write_text(
+        "name: my-tiny\nsource: tiny\nfamily: opt\ninit_seed: 0\n")
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

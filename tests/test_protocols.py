@@ -38,7 +38,7 @@ def test_paper_settings_are_the_paper_protocol(overrides):
     ("model.source=tiny", "model.source"),                # a tiny model renamed opt-2.7b
     ("task.max_input_len=256", "task.max_input_len"),
     ("method.lr=1e-4", "method.lr"),
-    ("trainer.dtype=bf16", "trainer.dtype"),
+    ("trainer.precision=bf16", "trainer.precision"),
     ("eval.max_examples=10", "eval.max_examples"),
     ("model=smollm2-135m", "model.name"),
 ])

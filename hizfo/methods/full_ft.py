@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hizfo import distributed
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.optim import decay_settings, make_adamw
@@ -25,7 +26,9 @@ def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> flo
 
 def fo_grad_norm(params: list[nn.Parameter], max_grad_norm: float | None) -> float:
     """The L2 norm of the first-order gradient (logged), clipped to max_grad_norm when set: the one
-    place every first-order step (Full FT, FT-TopK, PEFT, GreenTrainer, Hi-ZFO's Theta_FO) clips."""
+    place every first-order step (Full FT, FT-TopK, PEFT, GreenTrainer, Hi-ZFO's Theta_FO) clips.
+    Under data parallel the gradients are averaged over ranks first, so norm and clip are global."""
+    distributed.all_reduce_gradients(params)
     if max_grad_norm:
         return float(nn.utils.clip_grad_norm_(params, float(max_grad_norm)))
     norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hizfo import distributed
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_grad_norm
@@ -200,6 +201,7 @@ class HiZFO(Method):
         projected_grad = 0.0
         if self.zo_params:  # restore Theta_ZO and update it in one pass over u
             projected_grad = sum((z - f) / self.eps for z, f in zip(loss_zo, loss_fo)) / n
+            projected_grad = distributed.mean_scalar(projected_grad)  # data parallel: one scalar
             if self.zo_adam is not None:
                 self.zo_adam.step(noise, projected_grad, lr_zo, self.weight_decay, self.zo_decay_mask,
                                   restore=True)

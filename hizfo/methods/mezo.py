@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hizfo import distributed
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.models import eval_mode
@@ -94,7 +95,8 @@ class MeZO(Method):
             if self.log_clean_loss:  # needs theta restored now (one more noise pass)
                 noise.restore()
                 clean = mean_loss(model, micro_batches)
-        projected_grad = (loss_plus - loss_minus) / (2.0 * self.eps)
+        # data parallel: the one scalar ranks exchange (same seed, same direction on every rank)
+        projected_grad = distributed.mean_scalar((loss_plus - loss_minus) / (2.0 * self.eps))
         lr = self.lr * lr_factor(self.t, self.total_steps, self.schedule)
         noise.update(projected_grad, lr, self.weight_decay, self.decay_mask, restore=True)
         self.t += 1

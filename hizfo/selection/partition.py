@@ -25,6 +25,8 @@ from hizfo.selection.solver import backward_fraction, solve_selection
 #: DP budget units: costs are rounded up to 1/DEFAULT_RESOLUTION of the budget (README: 1000 loses ~13%).
 DEFAULT_RESOLUTION = 10000
 IMPORTANCE_RULES = ("uniform", "numel", "random")
+#: Architecture configs (no weights) of the paper's hub models, used when the hub is unreachable.
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 
 
 class EmptySelectionError(ValueError):
@@ -196,6 +198,9 @@ def load_config(model_name_or_config: Any):
     try:
         return AutoConfig.from_pretrained(spec)
     except OSError as err:
+        bundled = BUNDLED_CONFIGS / (spec.replace("/", "__") + ".json")
+        if bundled.exists():  # the paper's models, for planning and selection without the hub
+            return load_config(bundled)
         raise FileNotFoundError(f"cannot load a config for {spec!r} (no such file/folder, and the hub id is "
                                 f"not cached or the hub is unreachable). Pass a config.json path, a folder "
                                 f"with config.json, or tiny:<family>.") from err

@@ -1,0 +1,216 @@
+"""Data parallelism for every method: ``torchrun --nproc_per_node N -m hizfo.train ...``.
+
+What data parallel means here: each optimizer step's global batch of ``trainer.batch_size`` examples
+is cut into ``world_size x trainer.grad_accum`` equal micro-batches; rank r takes its
+``grad_accum`` consecutive ones. Every method already averages its micro-batches with equal weight,
+so averaging across ranks gives exactly the single-process step with ``world_size x grad_accum``
+micro-batches (tested, fp32 tolerance):
+
+- first-order parts (Full FT, FT-TopK, LoRA, Prefix, GT, Hi-ZFO's Theta_FO, Bilevel-ZOFO's copies):
+  one flattened all-reduce (mean) of the gradients right before any ``torch.optim`` step
+  (a global optimizer step pre-hook), i.e. what DDP's buckets do, for any method without wrapping;
+- zeroth-order parts (MeZO, Hi-ZFO's Theta_ZO, Bilevel-ZOFO's base): every rank draws the same step
+  seed (the seed generator is seeded identically), so the directions agree; only the projected
+  gradient, one scalar per step, is averaged (``mean_scalar``), and every rank applies the same
+  update: the weights stay bit-identical across ranks with no gradient traffic.
+- selection (GT / Hi-ZFO importance, the DP) runs on every rank on the same profile batch and the same
+  weights, so every rank computes the same partition (asserted at setup by comparing a digest).
+
+Rank 0 writes records and checkpoints, logs to W&B and evaluates; the others wait. Dropout differs per
+rank (the global RNG is re-seeded with seed + rank after setup) and each rank's RNG is checkpointed.
+``trainer.strategy``: auto (single for one process, ddp under torchrun / SLURM with several tasks),
+single, ddp. FSDP is not implemented (the error says so); see the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+_CONTEXT = DistContext()
+_HOOK: Any = None
+
+
+def context() -> DistContext:
+    """The process's data-parallel context (a single-process one unless ``setup`` ran)."""
+    return _CONTEXT
+
+
+def _slurm_to_torchrun_env() -> None:
+    """Map a SLURM task's variables (srun / submitit, one task per GPU) to torchrun's."""
+    env = os.environ
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        try:  # submitit knows the first node of the allocation
+            from submitit.helpers import TorchDistributedEnvironment
+
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeError("SLURM multi-task run without MASTER_ADDR: launch through the submitit "
+                               "launcher (hydra/launcher=slurm) or export MASTER_ADDR/MASTER_PORT") from exc
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+
+
+def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
+    """Initialise torch.distributed from torchrun's (or SLURM's) variables when there are several
+    processes; returns the context. Idempotent."""
+    global _CONTEXT
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown trainer.strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp":
+        raise NotImplementedError("trainer.strategy=fsdp is not implemented yet (data parallel `ddp` is); "
+                                  "`python -m hizfo.plan ... strategy=fsdp` predicts its memory")
+    _slurm_to_torchrun_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if strategy == "single" and world > 1:
+        raise ValueError(f"trainer.strategy=single but {world} processes were launched; use ddp (or auto)")
+    if world == 1:
+        _CONTEXT = DistContext()
+        return _CONTEXT
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+    _install_gradient_hook()
+    return _CONTEXT
+
+
+def teardown() -> None:
+    global _CONTEXT, _HOOK
+    if _HOOK is not None:
+        _HOOK.remove()
+        _HOOK = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _CONTEXT = DistContext()
+
+
+def device_for(device: torch.device) -> torch.device:
+    """One GPU per rank (cuda:LOCAL_RANK); CPU ranks share the CPU."""
+    if device.type == "cuda" and _CONTEXT.active:
+        torch.cuda.set_device(_CONTEXT.local_rank)
+        return torch.device("cuda", _CONTEXT.local_rank)
+    return device
+
+
+def local_micro_batches(batch: dict[str, torch.Tensor], grad_accum: int, device: torch.device,
+                        split) -> list[dict[str, torch.Tensor]]:
+    """This rank's share of a global batch (see the module docstring); ``split`` is the loop's
+    micro-batch splitter."""
+    ctx = _CONTEXT
+    if not ctx.active:
+        return split(batch, grad_accum, device)
+    size = batch["input_ids"].size(0)
+    if size < ctx.world_size * grad_accum:
+        raise ValueError(f"a batch of {size} examples cannot feed {ctx.world_size} ranks x grad_accum "
+                         f"{grad_accum}: use a batch size divisible by world_size x grad_accum "
+                         "(and a dataset whose last batch is large enough)")
+    micro = split(batch, ctx.world_size * grad_accum, device)
+    return micro[ctx.rank * grad_accum:(ctx.rank + 1) * grad_accum]
+
+
+def mean_scalar(value: float) -> float:
+    """The mean of a per-rank scalar over ranks (ZO projected gradients, logged losses)."""
+    if not _CONTEXT.active:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if _CONTEXT.backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item()) / _CONTEXT.world_size
+
+
+_SYNCED: dict[int, tuple[weakref.ref, int]] = {}  # id(grad) -> (the grad, its version after the sync)
+
+
+def _already_synced(grad: torch.Tensor) -> bool:
+    ref, version = _SYNCED.get(id(grad), (None, -1))
+    return ref is not None and ref() is grad and grad._version == version
+
+
+def all_reduce_gradients(params) -> None:
+    """Average the gradients of ``params`` over ranks with one flattened all-reduce. A gradient
+    already averaged and not modified since (its version counter) is skipped, so the clipping
+    helper can sync before measuring the norm and the optimizer hook does not sync twice."""
+    if not _CONTEXT.active:
+        return
+    grads = [p.grad for p in params if p.grad is not None and not _already_synced(p.grad)]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat.div_(_CONTEXT.world_size)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(synced)
+    for key in [k for k, (ref, _) in _SYNCED.items() if ref() is None]:
+        del _SYNCED[key]
+    _SYNCED.update({id(g): (weakref.ref(g), g._version) for g in grads})
+
+
+def _install_gradient_hook() -> None:
+    global _HOOK
+    if _HOOK is not None:
+        return
+
+    def before_step(optimizer, _args, _kwargs):
+        all_reduce_gradients([p for group in optimizer.param_groups for p in group["params"]])
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    _HOOK = register_optimizer_step_pre_hook(before_step)
+
+
+def check_same_on_all_ranks(what: str, value: Any) -> None:
+    """Fail loudly if ranks disagree (e.g. on a selected partition)."""
+    if not _CONTEXT.active:
+        return
+    digest = hashlib.sha1(repr(value).encode()).hexdigest()
+    digests: list[Any] = [None] * _CONTEXT.world_size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on {what}: {digests}")
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a list of one item without distribution)."""
+    if not _CONTEXT.active:
+        return [obj]
+    out: list[Any] = [None] * _CONTEXT.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if _CONTEXT.active:
+        dist.barrier()

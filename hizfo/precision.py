@@ -1,0 +1,39 @@
+"""Numeric precision of a run: ``trainer.precision`` = fp32 | bf16-mixed | bf16.
+
+- fp32: the paper's setting; weights, gradients, optimizer state and compute in float32.
+- bf16-mixed: weights, gradients and optimizer state stay float32 (the "master" copy; ZO
+  perturbations and updates apply to it), forwards and backwards run under ``torch.autocast`` in
+  bfloat16. Evaluation (generation, validation loss) runs in float32.
+- bf16: everything in bfloat16 (half the memory; AdamW's moments in bfloat16 too).
+fp16 is refused: pure fp16 AdamW without loss scaling underflows small gradients, and hizfo has no
+loss scaler.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision in ("fp16", "float16", "fp16-mixed", "16-mixed"):
+        raise ValueError(f"trainer.precision={precision}: fp16 needs loss scaling, which hizfo does not "
+                         f"implement; use bf16-mixed (fp32 master weights, bf16 compute) or bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown trainer.precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """The dtype the model's parameters are stored in."""
+    return torch.bfloat16 if check_precision(precision) == "bf16" else torch.float32
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The context a training step runs in: bf16 autocast for bf16-mixed, nothing otherwise."""
+    if check_precision(precision) == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
