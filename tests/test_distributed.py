@@ -62,21 +62,22 @@ def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = Non
     return weights, [h["loss"] for h in result.history]
 
 
-def _worker(rank: int, world: int, port: int, out: str, task: tuple) -> None:
+def _worker(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
+    """One process pair does every check (spawning costs seconds of imports per process)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     distributed.setup("ddp", "cpu")
     try:
-        kind, method_name, steps, ckpt = task
-        if kind == "crash":
-            try:
-                _train(method_name, 1, steps, ckpt, crash_at=2)
-            except Interrupt:
-                pass
-            distributed.barrier()
-        result = _train(method_name, 1, steps, ckpt)
-        torch.save(result, f"{out}.{rank}")
+        results = {name: _train(name, 1, 4) for name in sorted(METHODS)}
+        results["whole"] = _train("full_ft", 1, 5, f"{ckpt}/whole")
+        try:
+            _train("full_ft", 1, 5, f"{ckpt}/crashed", crash_at=2)
+        except Interrupt:
+            pass
+        distributed.barrier()
+        results["resumed"] = _train("full_ft", 1, 5, f"{ckpt}/crashed")
+        torch.save(results, f"{out}.{rank}")
     finally:
         distributed.teardown()
 
@@ -87,26 +88,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_ranks(tmp_path, task) -> list:
-    out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, _free_port(), out, task), nprocs=2, join=True)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = str(tmp / "result")
+    mp.spawn(_worker, args=(2, _free_port(), out, str(tmp / "ckpt")), nprocs=2, join=True)
     return [torch.load(f"{out}.{r}") for r in range(2)]
 
 
 @pytest.mark.parametrize("method_name", sorted(METHODS))
-def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, method_name):
-    ranks = _run_two_ranks(tmp_path, ("plain", method_name, 4, None))
-    (w0, losses0), (w1, losses1) = ranks
+def test_two_ranks_equal_one_process_on_the_global_batch(two_ranks, method_name):
+    (w0, losses0), (w1, losses1) = (r[method_name] for r in two_ranks)
     assert torch.equal(w0, w1) and losses0 == losses1  # the replicas never drift apart
     single_w, single_losses = _train(method_name, grad_accum=2, steps=4)
     torch.testing.assert_close(w0, single_w, rtol=1e-5, atol=1e-5)  # Hi-ZFO: fp32 sum order
     assert losses0 == pytest.approx(single_losses, rel=1e-5)
 
 
-def test_killed_two_rank_run_resumes_exactly(tmp_path):
-    whole = _run_two_ranks(tmp_path / "a", ("plain", "full_ft", 5, str(tmp_path / "a" / "ckpt")))
-    resumed = _run_two_ranks(tmp_path / "b", ("crash", "full_ft", 5, str(tmp_path / "b" / "ckpt")))
-    assert torch.equal(whole[0][0], resumed[0][0]) and whole[0][1] == resumed[0][1]
+def test_killed_two_rank_run_resumes_exactly(two_ranks):
+    for rank in two_ranks:
+        assert torch.equal(rank["whole"][0], rank["resumed"][0]) and rank["whole"][1] == rank["resumed"][1]
 
 
 def test_fsdp_and_mismatched_strategies_are_clear_errors(monkeypatch):

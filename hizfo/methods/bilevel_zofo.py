@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from hizfo import peft_utils
+from hizfo import distributed, peft_utils
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.optim import is_no_decay, make_adamw
@@ -241,7 +241,7 @@ class BilevelZOFO(Method):
             u1 = self._U(train, dev, f"{where} (U perturbed)")
         finally:
             noise.add(-self.eps)
-        g_hat = (u1 - u0) / self.eps
+        g_hat = distributed.mean_scalar((u1 - u0) / self.eps)  # data parallel: the one scalar exchanged
 
         # (c) simultaneous update of theta (Adam with g_hat*u as gradient, or ZO-SGD) and p (Adam)
         lr_upper = self.upper_opt.param_groups[0]["lr"]
