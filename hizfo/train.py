@@ -195,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
-        if cfg.trainer.save_final and method.trains:  # the record names the exported model's folder
+        if cfg.trainer.save_final and method.trains and dist_ctx.is_main:  # the record names the folder
             record["final_model"] = export_final(method, model, tokenizer, final_model_dir(
                 record["hydra"].get("output_dir"), checkpoint_dir))
         record["status"] = "completed"
@@ -229,9 +229,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if path and any(predictions.values()):  # every prediction + references beside the record (rescore)
             record["predictions"] = _safe(lambda: attach_predictions(path, predictions))
         try:
-            if hasattr(method, "save_artifacts") and completed:
+            if hasattr(method, "save_artifacts") and completed and main_rank:
                 method.save_artifacts(Path(checkpoint_dir) / "artifacts")
-            if completed and cfg.trainer.keep_checkpoints == "none":
+            if completed and cfg.trainer.keep_checkpoints == "none" and main_rank:
                 checkpoints.delete_folder(Path(checkpoint_dir))
             if logger is not None:
                 logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"].get("bytes")})
