@@ -4,6 +4,7 @@ Outside Hydra (tests composing a config) everything falls back to a single, unna
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -65,12 +66,14 @@ def wandb_identity(cfg: DictConfig, fingerprint: str, protocol: str, hydra: dict
 
 
 def set_cpu_threads(setting: Any, device: torch.device, hydra: dict[str, Any]) -> int:
-    """trainer.cpu_threads: auto = 1 per sweep member on CPU (members run side by side), the torch
-    default otherwise; an integer sets it. Returns the number in use."""
+    """trainer.cpu_threads: auto = 1 per sweep member on CPU (members run side by side; a member
+    sent to SLURM by submitit owns its allocation: SLURM_CPUS_PER_TASK), the torch default otherwise;
+    an integer sets it. Returns the number in use."""
     if device.type == "cpu":
         if setting in (None, "auto"):
             if hydra.get("mode") == "multirun":
-                torch.set_num_threads(1)
+                own_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"  # hydra/launcher=slurm
+                torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or 1) if own_job else 1)
         else:
             threads = int(setting)
             if threads < 1:

@@ -42,11 +42,16 @@ def test_member_names_groups_and_ids():
                      "tags": ["opt-1.3b", "dialogsum", "paper"], "dir": "/x/multirun/1_r"}
 
 
-def test_sweep_members_use_one_cpu_thread_by_default():
+def test_sweep_members_use_one_cpu_thread_by_default(monkeypatch):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     threads = torch.get_num_threads()
     try:
         assert set_cpu_threads("auto", CPU, MEMBER) == 1
         assert set_cpu_threads(2, CPU, {}) == 2
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")  # inside an allocation, members still share it
+        assert set_cpu_threads("auto", CPU, MEMBER) == 1
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # sent by hydra/launcher=slurm: owns its CPUs
+        assert set_cpu_threads("auto", CPU, MEMBER) == 3
     finally:
         torch.set_num_threads(threads)
 
