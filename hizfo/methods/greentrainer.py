@@ -9,6 +9,10 @@ epochs (0-based epochs 2, 4, ...), importance is profiled with one trial AdamW s
 tensors. The trial step starts from a fresh AdamW state for every tensor by default, so tensors
 that were training and tensors that were frozen are compared on equal terms
 (``importance_optimizer_state: true`` continues the moments of the training optimizer instead).
+While a re-selection profiles, the live AdamW state is moved out of the way (``reselect_offload``:
+auto = host memory on an accelerator, a temporary file on CPU; none = keep it in place) so the
+profiler does not stack on top of it; it comes back bit-exactly. With importance_optimizer_state
+the profiler reads those moments, so they stay.
 Selection is lazy (first epoch start / step / describe) so a resume reuses the saved selection.
 
 One AdamW spans every candidate tensor for the whole run, as the reference's: a frozen tensor has
@@ -21,6 +25,7 @@ decay is torch AdamW's default 0.01 on every tensor, biases and norms included (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -29,6 +34,7 @@ from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward, fo_grad_norm
+from hizfo.offload import check_target, offloaded
 from hizfo.optim import decay_settings, make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION, select_tensors
 from hizfo.zo import lr_factor
@@ -51,6 +57,7 @@ class GreenTrainer(Method):
         self.schedule = str(cfg.get("schedule", "linear"))
         self.importance_lr = float(cfg.get("importance_lr", self.lr))
         self.importance_optimizer_state = bool(cfg.get("importance_optimizer_state", False))
+        self.reselect_offload = check_target(str(cfg.get("reselect_offload", "auto")))
         self.refine = bool(cfg.get("refine", True))
         self.max_grad_norm = cfg.get("max_grad_norm")
         lr_factor(0, 1, self.schedule)  # validates the schedule name now
@@ -83,11 +90,18 @@ class GreenTrainer(Method):
     def reselect(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
         batch_fn = setup.extra.get("profile_batch_fn")
         batch = batch_fn(epoch) if callable(batch_fn) else setup.profile_batch
-        result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution,
-                                lr=self.importance_lr, refine=self.refine,
-                                optimizer=self.opt if self.importance_optimizer_state else None,
-                                candidates=list(self.candidates))
+        with self.training_state_offloaded():
+            result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution,
+                                    lr=self.importance_lr, refine=self.refine,
+                                    optimizer=self.opt if self.importance_optimizer_state else None,
+                                    candidates=list(self.candidates))
         self.apply_selection(result.selected, result.to_dict(), epoch)
+
+    def training_state_offloaded(self) -> contextlib.AbstractContextManager:
+        """The live AdamW state, off its device while the profiler runs (see the module doc)."""
+        if self.opt is None or self.importance_optimizer_state:
+            return contextlib.nullcontext()
+        return offloaded(list(self.opt.state.values()), self.reselect_offload)
 
     def apply_selection(self, names: list[str], info: dict[str, Any], epoch: int) -> None:
         unknown = [n for n in names if n not in self.candidates]

@@ -38,6 +38,7 @@ from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_grad_norm
 from hizfo.methods.mezo import noise_options, positive
+from hizfo.offload import offloaded
 from hizfo.optim import is_no_decay, make_adamw
 from hizfo.selection.partition import DEFAULT_RESOLUTION
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
@@ -122,9 +123,14 @@ class HiZFO(Method):
         from hizfo.selection.partition import select_tensors
 
         # fresh trial-AdamW state for every tensor (as GreenTrainer's default): FO and ZO tensors
-        # are compared on equal terms at a re-partition
-        result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution, lr=self.lr,
-                                refine=self.refine, candidates=list(self.trainable))
+        # are compared on equal terms at a re-partition, whose live moments are offloaded meanwhile
+        # (host memory on an accelerator, a temporary file on CPU) so the profiler does not stack on them
+        live = [] if self.opt is None else list(self.opt.state.values())
+        if self.zo_adam is not None:
+            live += [self.zo_adam.exp_avg, self.zo_adam.exp_avg_sq]
+        with offloaded(live):
+            result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution, lr=self.lr,
+                                    refine=self.refine, candidates=list(self.trainable))
         return list(result.selected), {"source": "greentrainer", **result.to_dict()}
 
     def apply_partition(self, fo_names: list[str], info: dict[str, Any]) -> None:
