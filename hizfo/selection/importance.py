@@ -45,8 +45,8 @@ from hizfo.selection.tensors import transformer_blocks
 
 DEFAULT_BETAS = (0.9, 0.999)
 DEFAULT_EPS = 1e-8
-#: elements per piece in element-wise work, so temporaries stay a few x 16 MB for any tensor size
-CHUNK = 1 << 22
+#: elements per piece in element-wise work, so temporaries stay a few x 4 MiB for any tensor size
+CHUNK = 1 << 20
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
          torch.float16: torch.int16}
 
