@@ -9,7 +9,11 @@ Memory: on CUDA, torch.cuda.max_memory_allocated over the steps; on CPU, the pro
 includes loading); workers run with MALLOC_MMAP_THRESHOLD_=65536 and malloc_trim so that memory
 freed after setup (selection profiling) is returned to the OS instead of inflating RSS.
 "delta" = peak minus the memory right after loading the model, i.e. what training adds (gradients,
-optimizer state, activations, noise buffers). CPU timings include O(#params) noise generation
+optimizer state, activations, noise buffers). The memory table adds the whole-run peak: the peaks
+of loading, of set-up (importance profiling included; the counter is reset before it), of the
+steps and, for GreenTrainer, of one re-selection run after the timed steps with its training state
+alive plus the step after it ("run peak" = the largest; "setup<=step": the profiling stays under
+the method's training-step peak). CPU timings include O(#params) noise generation
 (torch.randn, ~1 s per pass over 331M parameters on this 2-core machine) that a GPU makes cheap.
 
 FLOPs model (multiply-accumulates per step, t_fp = forward, t_bp = full backward, c = backward cost
@@ -223,11 +227,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.synchronize()
     loaded_mb = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
 
+    load_peak_mb = _peak_mb_and_reset(cuda)
     cfg = method_config(registered, overrides)
     method = build_method(registered, cfg)
     t0 = time.perf_counter()
-    method.setup(model, TrainSetup(total_steps=1000, steps_per_epoch=1000, num_epochs=1, device=device,
-                                   seed=0, profile_batch=batch))
+    train_setup = TrainSetup(total_steps=1000, steps_per_epoch=1000, num_epochs=1, device=device,
+                             seed=0, profile_batch=batch)
+    method.setup(model, train_setup)
     described = method.describe()  # forces lazy selection / partition
     if cuda:
         torch.cuda.synchronize()
@@ -262,6 +268,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    reselection = reselection_memory(method, model, train_setup, batch, cuda)
     facts = {"t_fp": table.t_fp, "t_bp": table.t_bp, "selection": _selection_facts(described),
              "cfg": {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))}}
     rule = PREDICT.get(registered)
@@ -273,11 +280,48 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "loaded_mb": loaded_mb, "setup_peak_mb": setup_peak_mb, "after_setup_mb": after_setup_mb,
             "peak_mb": peak_mb,
             "delta_mb": peak_mb - loaded_mb, "peak_source": peak_note, "losses": losses,
+            "load_peak_mb": load_peak_mb, **reselection,
+            "run_peak_mb": max(v for v in (load_peak_mb, setup_peak_mb, peak_mb,
+                                           reselection["reselect_peak_mb"],
+                                           reselection["after_reselect_step_peak_mb"]) if v is not None),
             "trainable_params": sum(p.numel() for p in trainable),
             "predicted_flops_fraction": rule(facts) if rule else None,
             "t_fp": table.t_fp, "t_bp": table.t_bp,
             "selection_cost": None if facts["selection"] is None else facts["selection"]["cost"],
             "selected_params": None if facts["selection"] is None else facts["selection"]["selected_params"]}
+
+
+def _peak_mb_and_reset(cuda: bool) -> float | None:
+    """The peak since the last reset (process start at first), then reset it (CUDA: allocated
+    memory; CPU: VmHWM, which is not reset where /proc/self/clear_refs is refused)."""
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    peak = _rss_mb("VmHWM")
+    _release_freed_memory()
+    _reset_cpu_peak()
+    return peak
+
+
+def reselection_memory(method, model, setup, batch, cuda: bool) -> dict[str, Any]:
+    """For a method that re-selects during training (GreenTrainer, every ``reselect_every_epochs``
+    epochs): the peak of one re-selection with its training state alive, and of the step after it.
+    None for the others. Run after the timed steps, so the optimizer state is the trained one."""
+    every = int(getattr(method, "every", 0) or 0)
+    if not hasattr(method, "reselect") or not every:
+        return {"reselect_peak_mb": None, "reselect_s": None, "after_reselect_step_peak_mb": None}
+    _peak_mb_and_reset(cuda)
+    t0 = time.perf_counter()
+    method.on_epoch_start(model, every, setup)
+    reselect_s = time.perf_counter() - t0
+    reselect_peak = _peak_mb_and_reset(cuda)
+    method.step(model, [batch], 10**6)
+    return {"reselect_peak_mb": reselect_peak, "reselect_s": reselect_s,
+            "after_reselect_step_peak_mb": _peak_mb_and_reset(cuda)}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -331,6 +375,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             r["time_ratio"] = r["step_s_median"] / base["step_s_median"]
             r["peak_ratio"] = r["peak_mb"] / base["peak_mb"]
             r["delta_ratio"] = r["delta_mb"] / base["delta_mb"] if base["delta_mb"] > 0 else None
+            r["run_peak_ratio"] = r["run_peak_mb"] / base["run_peak_mb"]
     import torch
 
     return {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
@@ -371,6 +416,27 @@ def print_table(result: dict[str, Any]) -> None:
               f"{fmt(r.get('peak_ratio'), '.2f'):>6} {r['delta_mb']:>9.0f} "
               f"{fmt(r.get('delta_ratio'), '.2f'):>6} "
               f"{r['setup_s']:>8.2f} {r['trainable_params']:>12,}")
+
+
+def print_memory_table(result: dict[str, Any]) -> None:
+    """Training-step peak beside the whole-run peak (loading, setup with its importance profiling,
+    steps, and GT's re-selection with its training state alive, then the step after it)."""
+    head = (f"{'method':<14} {'load':>7} {'setup':>7} {'step':>7} {'reselect':>8} {'after':>7} "
+            f"{'run peak':>8} {'x FT':>6} {'step x FT':>9} {'setup<=step':>11}")
+    source = next((r["peak_source"] for r in result["methods"] if "peak_source" in r), "")
+    print(f"\npeak memory in MB ({source}): setup includes the importance profiling, reselect = GT's "
+          f"re-selection, after = the step after it")
+    print(head)
+    print("-" * len(head))
+    for r in result["methods"]:
+        if "error" in r or "run_peak_mb" not in r:
+            continue
+        profiling = max(r["setup_peak_mb"], r["reselect_peak_mb"] or 0.0)
+        under = "-" if r.get("selected_params") is None else ("yes" if profiling <= r["peak_mb"] else "NO")
+        print(f"{r['method']:<14} {fmt(r['load_peak_mb'], '.0f'):>7} {fmt(r['setup_peak_mb'], '.0f'):>7} "
+              f"{r['peak_mb']:>7.0f} {fmt(r['reselect_peak_mb'], '.0f'):>8} "
+              f"{fmt(r['after_reselect_step_peak_mb'], '.0f'):>7} {r['run_peak_mb']:>8.0f} "
+              f"{fmt(r.get('run_peak_ratio'), '.2f'):>6} {fmt(r.get('peak_ratio'), '.2f'):>9} {under:>11}")
 
 
 def pct(v: float | None) -> float | None:
@@ -434,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = run_all(args)
     print_table(result)
+    print_memory_table(result)
     print_breakdown(result)
     out = Path(args.out) if args.out else ROOT / "results" / "bench" / f"{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
