@@ -460,8 +460,8 @@ def print_breakdown(result: dict[str, Any]) -> None:
     for r in result["methods"]:
         if "error" in r:
             continue
-        ph = r["phases_s"]
-        other = r["step_s_median"] - sum(ph.values())
+        ph = r["phases_s"]  # per-step means, so "other" is taken from the mean step
+        other = statistics.mean(r["step_s"]) - sum(ph.values())
         spread = max(r["step_s"]) - min(r["step_s"])
         print(f"{r['method']:<17} {r['step_s_median']:>7.3f} {spread:>7.3f} {ph['forward']:>8.3f} "
               f"{ph['backward']:>8.3f} {ph['optimizer']:>7.3f} {ph['zo']:>7.3f} {other:>7.3f} "
