@@ -158,6 +158,35 @@ def test_alpha_zero_is_a_plain_adamw_step_on_the_selection():
         torch.testing.assert_close(after[n], named[n], rtol=0, atol=0)
 
 
+def test_zo_off_is_adamw_on_the_selection_with_theta_zo_untouched(monkeypatch):
+    """zo_enabled=false: one clean forward, no perturbed pass, no ZO update (unlike alpha = 0)."""
+    model = make_model()
+    ref = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = make_batch(5)
+    method = make_hizfo(model, zo_enabled=False, lr=1e-3)
+    forwards = []
+    real_loss = hizfo_mod.causal_lm_loss
+    monkeypatch.setattr(hizfo_mod, "causal_lm_loss", lambda m, b: forwards.append(1) or real_loss(m, b))
+    rng = torch.get_rng_state()
+    metrics = method.step(model, [batch], 0)
+    assert len(forwards) == 1 and metrics["projected_grad"] == 0.0
+    assert method.describe()["zo_enabled"] is False
+    named = dict(ref.named_parameters())
+    for n, p in named.items():
+        p.requires_grad_(n in FO)
+    opt, _ = make_adamw([(n, named[n]) for n in FO], lr=1e-3, weight_decay=0.0, total_steps=10)
+    torch.set_rng_state(rng)
+    causal_lm_loss(ref, batch).backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    for n in FO:
+        torch.testing.assert_close(after[n], named[n], rtol=0, atol=0)
+        assert not torch.equal(after[n].detach(), before[n])
+    for n in method.zo_names:
+        assert torch.equal(after[n].detach(), before[n]), n
+
+
 @pytest.mark.parametrize("nan_call", [1, 2])
 @pytest.mark.parametrize("keep", [True, False])
 def test_nan_in_either_pass_restores_weights_then_raises(monkeypatch, nan_call, keep):

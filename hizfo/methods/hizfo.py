@@ -15,7 +15,9 @@ update): the two orders give the same losses, dropout masks and Theta_ZO update,
 gradient up to the order of the fp32 sums (exactly equal for one micro-batch). The paper also
 computes L_FO first. eta_ZO = zo_lr_ratio * eta_FO * schedule factor, so the ZO rate decays with
 the FO rate. alpha = 0 is the paper's "w/o ZO-Loss" ablation: the perturbed forward still runs
-(under no_grad) for the ZO estimate. ``noise`` / ``noise_threads``: u's distribution and CPU
+(under no_grad) for the ZO estimate. ``zo_enabled: false`` switches the ZO part off entirely (no
+perturbed pass, no ZO update, Theta_ZO frozen): FO AdamW on the selection only, the arm that
+separates the ZO update from the ZO-loss coupling. ``noise`` / ``noise_threads``: u's distribution and CPU
 generation threads (as MeZO's; see hizfo.zo).
 
 Degenerate partitions: an empty Theta_ZO trains like GreenTrainer on the selection (the perturbed
@@ -77,6 +79,7 @@ class HiZFO(Method):
         self.refine = bool(cfg.get("refine", True))
         self.keep_noise = bool(cfg.get("keep_noise", False))
         self.noise = noise_options(cfg)
+        self.zo_enabled = bool(cfg.get("zo_enabled", True))
         clip = cfg.get("max_grad_norm")
         self.max_grad_norm = float(clip) if clip else None  # FO gradient only (as full_ft / GT)
         every = cfg.get("repartition_every")
@@ -189,6 +192,7 @@ class HiZFO(Method):
         n = len(micro_batches)
         lr_fo = self.lr * lr_factor(self.t, self.total_steps, self.schedule)
         lr_zo = self.zo_lr_ratio * lr_fo
+        use_zo = self.zo_enabled and bool(self.zo_params)
         noise = ZONoise(self.zo_params, draw_seed(self.seed_gen), keep=self.keep_noise, **self.noise)
         self.opt.zero_grad(set_to_none=True)
         try:
@@ -200,12 +204,12 @@ class HiZFO(Method):
                     loss_fo.append(check_finite(loss.detach(), "Hi-ZFO clean forward (L_FO)"))
                     (loss / n).backward()
                 del loss
-            loss_zo = self.perturbed_pass(model, micro_batches, noise, rng) if self.zo_params else []
+            loss_zo = self.perturbed_pass(model, micro_batches, noise, rng) if use_zo else []
         except BaseException:
             self.opt.zero_grad(set_to_none=True)
             raise
         projected_grad = 0.0
-        if self.zo_params:  # restore Theta_ZO and update it in one pass over u
+        if use_zo:  # restore Theta_ZO and update it in one pass over u
             projected_grad = sum((z - f) / self.eps for z, f in zip(loss_zo, loss_fo)) / n
             projected_grad = distributed.mean_scalar(projected_grad)  # data parallel: one scalar
             if self.zo_adam is not None:
@@ -257,7 +261,8 @@ class HiZFO(Method):
         return {"partition": self.partition_info, "fo_tensors": self.fo_names,
                 "zo_tensors": self.zo_names, "fo_params": self.count(self.fo_params),
                 "zo_params": self.count(self.zo_params), "zo_optimizer": self.zo_optimizer,
-                "degenerate": self.degenerate, "empty_fo": "error", "alpha": self.alpha,
+                "degenerate": self.degenerate, "empty_fo": "error", "zo_enabled": self.zo_enabled,
+                "alpha": self.alpha,
                 "eps": self.eps, "rho": self.rho, "zo_lr_ratio": self.zo_lr_ratio,
                 "zo_lr_schedule": "zo_lr_ratio * FO lr (same schedule factor)",
                 "repartition_every": self.repartition_every, "noise": self.noise["kind"],
