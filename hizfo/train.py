@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import __version__, checkpoints, distributed, records, run_context
+from hizfo import __version__, checkpoints, distributed, records, resume, run_context
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
@@ -73,9 +73,7 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     never resume from one another's checkpoints; paths, logging and eval settings are left out."""
     keep = {k: resolved[k] for k in ("model", "task", "method", "seed", "data") if k in resolved}
     keep["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items()
-                       if k not in ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
-                                    "num_workers", "cpu_threads", "save_final", "keep_checkpoints",
-                                    "allow_version_mismatch")}
+                       if k not in resume.OPERATIONAL_TRAINER_KEYS}
     keep["task"] = {k: v for k, v in keep.get("task", {}).items()
                     if k not in ("max_eval_examples", "rouge_reference_aggregation", "accuracy_metric")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -85,6 +83,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
     t_start = time.perf_counter()
+    done = _completed_record(cfg) if cfg.trainer.get("skip_completed") else None
+    if done is not None:  # resumable grids: this member already finished
+        log.info("skipping %s: completed record %s", cfg.run_name, done["_path"])
+        return {**done, "skipped": True}
     record: dict[str, Any] = {
         "run_name": _or_none(lambda: str(cfg.run_name)) or "unnamed-run", "config_fingerprint": None,
         "protocol": None, "status": "running", "started_at": started_at, "config": _config_as_given(cfg),
@@ -264,6 +266,17 @@ def _config_as_given(cfg: DictConfig) -> Any:
         except Exception:  # noqa: BLE001
             continue
     return repr(cfg)
+
+
+def _completed_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """The member's completed record (trainer.skip_completed), or None. A config that does not even
+    resolve is left to run() itself, which records the failure."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        results_dir = _abs(cfg.paths.results_dir)
+    except Exception:  # noqa: BLE001
+        return None
+    return resume.completed_record(results_dir, resolved)
 
 
 def _source_info() -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""Resumable grids: skip a sweep member whose completed record exists.
+
+A long grid (e.g. the CPU-scale study, `make mini`) runs across several sittings. With
+``trainer.skip_completed`` a member whose completed record is already in ``paths.results_dir`` is not
+run again; a member that was killed resumes from its checkpoint (hizfo/loop.py); with
+``trainer.keep_checkpoints: none`` the checkpoint goes once the member's record is written
+(hizfo/checkpoints.py), so only the member that was running when the grid stopped ever holds one.
+
+"The same member" means the same resolved config, leaving out only settings that change where
+things are written or how a run is executed and logged (``member_key``): any change of what is
+trained or how it is evaluated (e.g. ``task.max_eval_examples``) runs the member again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from hizfo.records import read_records
+
+# Trainer settings that change how a run is executed or bookkept, not what it trains.
+OPERATIONAL_TRAINER_KEYS = ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
+                            "num_workers", "cpu_threads", "save_final", "keep_checkpoints",
+                            "allow_version_mismatch", "skip_completed")
+# Top-level sections that only say where things go and how they are logged.
+OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra")
+
+
+def member_key(resolved: dict[str, Any]) -> str:
+    """Hash of everything that decides a member's result (model, task, method, seed, trainer, eval, data)."""
+    keep = {k: v for k, v in resolved.items() if k not in OPERATIONAL_SECTIONS}
+    keep["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
+                       if k not in OPERATIONAL_TRAINER_KEYS}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def completed_record(results_dir: str | Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest completed record in ``results_dir`` of the member ``resolved`` describes, or None."""
+    if not Path(results_dir).is_dir():
+        return None
+    key = member_key(resolved)
+    done = [rec for rec in read_records(results_dir, status="completed")
+            if member_key(rec.get("config") or {}) == key]
+    return max(done, key=lambda rec: (rec.get("finished_at") or "", rec["_path"])) if done else None
