@@ -1,0 +1,264 @@
+"""Render the CPU-scale study from its run records: tables, figures and REPORT.md in results/mini/.
+
+    python -m hizfo.study [--results results/mini/runs] [--out results/mini]
+
+Everything comes from completed records of the `mini` protocol (hizfo/study/arms.py) and from
+experiments/paper/paper_numbers.csv; nothing carries a timestamp, so re-rendering the same records
+gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hizfo.records import read_records
+from hizfo.report.tables import load_paper_numbers
+from hizfo.resources import project_root
+from hizfo.resume import member_key
+from hizfo.study import arms as A
+from hizfo.study.claims import CANNOT_TELL, CONTRADICTED, NOT_RUN, SUPPORTED, Claim, claims, open_questions
+from hizfo.study.stats import Cell, summarize
+
+DEFAULT_RESULTS = "results/mini/runs"   # relative to the checkout (else the current directory)
+DEFAULT_OUT = "results/mini"
+PAPER_MODELS = ("opt-1.3b", "opt-2.7b", "bloomz-3b", "qwen2.5-3b-instruct")
+METRIC_NAMES = {"accuracy": "accuracy % (strict EM)", A.WEBQ_LENIENT: "any-answer normalized %",
+                "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+                "rouge1_max_stem": "ROUGE-1 max-ref stemmed", "train_minutes": "train min",
+                "peak_mem_gb": "peak RSS GB"}
+
+
+class Study:
+    """The records of the study, and the cell of any (arm, task, metric)."""
+
+    def __init__(self, records: list[dict[str, Any]], failed: list[dict[str, Any]] | None = None) -> None:
+        self.records = records
+        self.failed = failed or []   # members whose last attempt failed (no completed record)
+        self._values: dict[tuple[str, str], dict[str, list[float]]] = {}
+
+    def values(self, arm: A.Arm, task: str) -> dict[str, list[float]]:
+        if (arm.key, task) not in self._values:
+            self._values[(arm.key, task)] = A.arm_values(self.records, arm, task)
+        return self._values[(arm.key, task)]
+
+    def cell(self, arm: A.Arm, task: str, metric: str) -> Cell | None:
+        return summarize(self.values(arm, task).get(metric, []), exact=arm.exact)
+
+    def ratio(self, arm: A.Arm, task: str, metric: str) -> float | None:
+        """Mean of the arm over mean of Full FT in this study (same task)."""
+        mine, full = self.cell(arm, task, metric), self.cell(A.TABLE1[1], task, metric)
+        return None if mine is None or full is None or full.mean == 0 else mine.mean / full.mean
+
+
+# --------------------------------------------------------------------------- formatting
+
+def fmt_cell(cell: Cell | None, digits: int = 1) -> str:
+    """'mean ± std (n=3) [lo, hi]'; '–' for no record; one seed: 'mean (n=1)'."""
+    if cell is None:
+        return "–"
+    text = f"{cell.mean:.{digits}f}"
+    if cell.std is not None:
+        text += f" ± {cell.std:.{digits}f}"
+    text += f" (n={cell.n})"
+    if cell.lo is not None and cell.n > 1:
+        text += f" [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]"
+    return text
+
+
+def fmt_num(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def md_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def paper_value(paper: list[dict[str, Any]], table: str, model: str, method: str, task: str,
+                metric: str) -> float | None:
+    for row in paper:
+        if (row["table"], row["model"], row["method"], row["task"], row["metric"]) == \
+                (table, model, method, task, metric):
+            return row["value"]
+    return None
+
+
+def paper_cell(paper: list[dict[str, Any]], table: str, method: str | None, task: str, metric: str) -> str:
+    """'OPT-2.7B 32.4; BLOOMZ-3B 24.9; ...' for every model the paper reports."""
+    if method is None:
+        return "–"
+    parts = [f"{m} {v:g}" for m in PAPER_MODELS
+             if (v := paper_value(paper, table, m, method, task, metric)) is not None]
+    return "; ".join(parts) if parts else "–"
+
+
+# --------------------------------------------------------------------------- tables
+
+def cost_cells(study: Study, arm: A.Arm, task: str) -> list[str]:
+    """Train minutes and peak memory, each also as a ratio to Full FT in this study."""
+    time, mem = "train_minutes", "peak_mem_gb"
+    return [fmt_cell(study.cell(arm, task, time)), fmt_num(study.ratio(arm, task, time)),
+            fmt_cell(study.cell(arm, task, mem), 2), fmt_num(study.ratio(arm, task, mem))]
+
+
+def arm_table(study: Study, paper: list[dict[str, Any]], arms: Iterable[A.Arm], task: str,
+              paper_table: str = "table1") -> str:
+    """Quality (paper column + secondary metrics), time and memory (also / Full FT), paper beside."""
+    q = A.QUALITY[task]
+    metrics = (q, *A.EXTRA[task])
+    header = ["arm", *(METRIC_NAMES[m] for m in metrics), "train min", "time / Full FT", "peak RSS GB",
+              "memory / Full FT", f"paper {METRIC_NAMES[q]} (3B-class models, GPU)"]
+    rows = []
+    for arm in arms:
+        rows.append([arm.label, *(fmt_cell(study.cell(arm, task, m)) for m in metrics),
+                     *cost_cells(study, arm, task), paper_cell(paper, paper_table, arm.paper_key, task, q)])
+    return md_table(header, rows)
+
+
+def sweep_table(study: Study, arms: list[tuple[float, A.Arm]], name: str, task: str,
+                paper_points: dict[str, dict[float, float]]) -> str:
+    q = A.QUALITY[task]
+    models = sorted(paper_points)
+    header = [name, METRIC_NAMES[q], "train min", "time / Full FT", "peak RSS GB", "memory / Full FT",
+              *(f"paper {m} (DialogSum ROUGE-1, GPU)" for m in models)]
+    rows = [[f"{x:g}", fmt_cell(study.cell(arm, task, q)), *cost_cells(study, arm, task),
+             *(fmt_num(paper_points[m].get(x), 1) for m in models)] for x, arm in arms]
+    return md_table(header, rows)
+
+
+SCALE_NOTE = ("Ours: SmolLM2-135M-Instruct, fp32, CPU (protocol `mini`, conf/protocols/mini.yaml); cells are "
+              "mean ± sample std over seeds (n = seeds, the newest record per seed) and the 95% Student-t "
+              "interval of the mean; time = training seconds (selection profiling included, evaluation "
+              "excluded) in minutes; memory = the process's peak RSS; ratios = mean / Full FT's mean in "
+              "this study. The paper's numbers come from 1.3B-3B models on GPUs: a different scale, for "
+              "direction only.")
+
+
+def build_tables(study: Study, paper: list[dict[str, Any]]) -> dict[str, str]:
+    from hizfo.report.plots import paper_points
+
+    webq = "webquestions"
+    out = {}
+    parts = ["# Table 1 at CPU scale\n", SCALE_NOTE + "\n"]
+    for task in A.TASKS:
+        parts += [f"## {task}\n", arm_table(study, paper, A.TABLE1, task)]
+    out["table1.md"] = "\n".join(parts)
+    out["table4.md"] = "\n".join([
+        "# Table 4 at CPU scale: Hi-ZFO's FLOPs ratio rho (WebQuestions)\n", SCALE_NOTE + "\n",
+        sweep_table(study, [(r, A.rho_arm(r)) for r in A.RHOS], "rho", webq, paper_points("rho"))])
+    out["table5.md"] = "\n".join([
+        "# Table 5 at CPU scale: the ZO loss and the ZO update (WebQuestions)\n", SCALE_NOTE + "\n",
+        arm_table(study, paper, [A.alpha_arm(0.1), A.alpha_arm(0.0), A.ZO_OFF], webq, "table5")])
+    out["fig3_ratio.md"] = "\n".join([
+        "# Figure 3 at CPU scale: r = eta_ZO / eta_FO (WebQuestions)\n", SCALE_NOTE + "\n",
+        sweep_table(study, [(r, A.ratio_arm(r)) for r in A.RATIOS], "r", webq, paper_points("zo_lr_ratio"))])
+    out["fig4_alpha.md"] = "\n".join([
+        "# Figure 4 at CPU scale: the ZO-loss weight alpha (WebQuestions)\n", SCALE_NOTE + "\n",
+        sweep_table(study, [(a, A.alpha_arm(a)) for a in A.ALPHAS], "alpha", webq, paper_points("alpha"))])
+    out["checks.md"] = "\n".join([
+        "# Open questions: the ZO optimizer and Hi-ZFO's schedule (WebQuestions)\n", SCALE_NOTE + "\n",
+        arm_table(study, paper, [A.HIZFO, A.ZO_ADAMW, A.FIVE_EPOCHS, A.TABLE1[1]], webq)])
+    return out
+
+
+# --------------------------------------------------------------------------- REPORT.md
+
+def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, number: str) -> tuple[str, str]:
+    verdict = claim.judge(study.cell)
+    metrics = (A.QUALITY[claim.task], "train_minutes", "peak_mem_gb")
+    lines = [f"### {number}. {claim.text} ({claim.task})", "",
+             f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
+    if claim.rule:
+        lines += [f"Rule for this claim: {claim.rule}.", ""]
+    if verdict.verdict == NOT_RUN:
+        lines += [f"Not run yet: `make {claim.grid}` has not recorded the arms this claim needs.", ""]
+    rows = [[arm.label, *(fmt_cell(study.cell(arm, claim.task, m), 2 if m == "peak_mem_gb" else 1)
+                          for m in metrics)] for arm in claim.arms]
+    lines.append(md_table(["ours (SmolLM2-135M, CPU)", *(METRIC_NAMES[m] for m in metrics)], rows))
+    if claim.paper:
+        prow = [[f"{table} {method} {task} {METRIC_NAMES.get(metric, metric)}",
+                 paper_cell(paper, table, method, task, metric)]
+                for table, method, task, metric in claim.paper]
+        lines.append(md_table(["the paper (different scale: 1.3B-3B models, GPU)", "value"], prow))
+    return "\n".join(lines), verdict.verdict
+
+
+def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
+    used = Counter(r["config"]["method"]["name"] for r in study.records)
+    sections, summary = [], []
+    for i, claim in enumerate(claims(), 1):
+        text, verdict = claim_section(study, paper, claim, f"C{i}")
+        sections.append(text)
+        summary.append([f"C{i}", f"{claim.text} ({claim.task})", verdict])
+    extra = []
+    for i, claim in enumerate(open_questions(), 1):
+        text, verdict = claim_section(study, paper, claim, f"Q{i}")
+        extra.append(text)
+        summary.append([f"Q{i}", f"{claim.text} ({claim.task})", verdict])
+    counts = Counter(row[2] for row in summary)
+    head = [
+        "# The paper's claims at CPU scale", "",
+        "Generated by `python -m hizfo.study` (`make mini-report`, run by every `make mini-*` target) from "
+        "the run records in results/mini/runs only. " + SCALE_NOTE, "",
+        "**Verdict rule.** Two arms differ only when their 95% t-intervals over seeds are disjoint. A "
+        f"claim is *{SUPPORTED}* when the difference it predicts is there, *{CONTRADICTED}* when the "
+        f"opposite difference is there, *{CANNOT_TELL}* when the intervals overlap or an arm it needs has "
+        f"a single seed, and *{NOT_RUN}* when an arm it needs has no record. Zero-shot has no seed "
+        "dependence (no training, deterministic beam search): one record is a point. Claim-specific "
+        "parts of the rule are stated with each verdict.", "",
+        f"Records used: {len(study.records)} completed `mini` records "
+        f"({', '.join(f'{m} {n}' for m, n in sorted(used.items())) or 'none'}). Verdicts: "
+        + ", ".join(f"{k} {counts[k]}" for k in (SUPPORTED, CONTRADICTED, CANNOT_TELL, NOT_RUN)) + ".", "",
+        md_table(["#", "claim", "verdict"], summary),
+        "Tables: [Table 1](table1.md), [Table 4](table4.md), [Table 5](table5.md), "
+        "[Figure 3](fig3_ratio.md), [Figure 4](fig4_alpha.md), [open questions](checks.md); figures "
+        "[rho](fig_rho.png), [alpha](fig_alpha.png), [r](fig_ratio.png).", "",
+        "## Claims of the paper", ""]
+    failed = [[r["run_name"], (r.get("error") or {}).get("type", "?"),
+               str((r.get("error") or {}).get("message", ""))[:80].replace("|", "/")] for r in study.failed]
+    tail = ["## Members that failed (in no cell; a diverged run, e.g. a non-finite loss, is a result)", "",
+            md_table(["run", "error", "message"], failed) if failed else "None."]
+    return "\n".join(head + sections + ["## Open questions (not claims of the paper; same rule)", ""]
+                     + extra + tail) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+def mini_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Completed records of the study's arms, and the failed members that never completed (newest
+    failure each), both in a stable order."""
+    path = Path(results_dir)
+    records = read_records(path, status=None) if path.is_dir() else []
+    ours = [r for r in records if any(A.in_arm(r, arm, task) for task in A.TASKS for arm in _all_arms())]
+    done = sorted((r for r in ours if r.get("status") == "completed"), key=lambda r: r["_path"])
+    completed_keys = {member_key(r["config"]) for r in done}
+    failed: dict[str, dict[str, Any]] = {}
+    for rec in sorted(ours, key=lambda r: r["_path"]):
+        if rec.get("status") == "failed" and member_key(rec["config"]) not in completed_keys:
+            failed[member_key(rec["config"])] = rec
+    return done, sorted(failed.values(), key=lambda r: r["_path"])
+
+
+def _all_arms() -> list[A.Arm]:
+    arms = list(A.TABLE1) + [A.rho_arm(r) for r in A.RHOS] + [A.alpha_arm(a) for a in A.ALPHAS]
+    return arms + [A.ratio_arm(r) for r in A.RATIOS] + [A.ZO_OFF, A.ZO_ADAMW, A.FIVE_EPOCHS]
+
+
+def render(results_dir: str | Path = DEFAULT_RESULTS, out_dir: str | Path = DEFAULT_OUT) -> list[Path]:
+    """Write results/mini/ (tables, REPORT.md, figures) from the records; returns the files written."""
+    from hizfo.study.figures import build_figures
+
+    study = Study(*mini_records(project_root() / results_dir))
+    paper = load_paper_numbers()
+    out = project_root() / out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    files = {**build_tables(study, paper), "REPORT.md": build_report(study, paper)}
+    written = []
+    for name, text in files.items():
+        (out / name).write_text(text)
+        written.append(out / name)
+    return written + build_figures(study, out)

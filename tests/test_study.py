@@ -1,0 +1,231 @@
+"""The CPU-scale study's rendering from synthetic records: one cell by hand, record selection, the
+verdict rule of each claim, and byte-identical re-rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from hizfo.report.tables import load_paper_numbers
+from hizfo.study import arms as A
+from hizfo.study import claims as C
+from hizfo.study.report import Study, build_report, build_tables, render
+from hizfo.study.stats import compare, summarize
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def record(method: str, task: str = "webquestions", seed: int = 0, quality: float = 0.1,
+           minutes: float = 5.0, mem_gb: float = 3.0, finished: str = "2026-01-01T00:00:00+00:00",
+           epochs: int | None = None, protocol: str = "mini", **method_overrides) -> dict:
+    """A completed record as hizfo.train writes it (only the fields the study reads)."""
+    method_cfg = {**OmegaConf.to_container(OmegaConf.load(CONF / "method" / f"{method}.yaml")),
+                  **method_overrides}
+    final = {"accuracy": quality, "webq_any_normalized": quality} if task == "webquestions" else \
+        {"rouge1": quality, "rouge2": quality / 2, "rougeL": quality}
+    return {"run_name": f"{method}_{task}_s{seed}", "status": "completed", "protocol": protocol,
+            "finished_at": finished, "_path": f"/r/{method}_{task}_{seed}_{finished}.json",
+            "config": {"seed": seed, "model": {"name": "smollm2-135m"}, "task": {"name": task},
+                       "method": method_cfg,
+                       "trainer": {"num_epochs": epochs or method_cfg.get("num_epochs", 5)}},
+            "metrics": {"final": final}, "time": {"train_seconds": minutes * 60.0},
+            "memory": {"kind": "cpu_peak_rss", "bytes": int(mem_gb * 1e9)}}
+
+
+def test_one_cell_by_hand():
+    """Full FT accuracies 10%, 12%, 17%: mean 13, sample std sqrt(13) (squared deviations 9 + 1 + 16 over
+    n - 1 = 2), 95% interval 13 +- t(0.975, 2) * sqrt(13) / sqrt(3) with t = 4.302653 (t tables)."""
+    recs = [record("full_ft", seed=s, quality=q) for s, q in enumerate((0.10, 0.12, 0.17))]
+    cell = Study(recs).cell(A.TABLE1[1], "webquestions", "accuracy")
+    half = 4.302653 * math.sqrt(13) / math.sqrt(3)
+    assert cell.n == 3 and cell.mean == pytest.approx(13.0)
+    assert cell.std == pytest.approx(math.sqrt(13))
+    assert (cell.lo, cell.hi) == (pytest.approx(13 - half, abs=1e-5), pytest.approx(13 + half, abs=1e-5))
+    table = build_tables(Study(recs), load_paper_numbers())["table1.md"]
+    assert "| Full FT | 13.0 ± 3.6 (n=3) [4.0, 22.0] |" in table
+    assert "| 5.0 ± 0.0 (n=3) [5.0, 5.0] | 1.00 | 3.00 ± 0.00 (n=3) [3.00, 3.00] | 1.00 |" in table
+
+
+def test_cell_takes_the_newest_record_per_seed_and_only_its_arm():
+    recs = [record("full_ft", seed=0, quality=0.05, finished="2026-01-01T00:00:00+00:00"),
+            record("full_ft", seed=0, quality=0.20, finished="2026-01-02T00:00:00+00:00"),
+            record("full_ft", seed=1, quality=0.30, protocol="custom"),     # another protocol
+            record("full_ft", seed=2, quality=0.30, lr=1e-3),                # not the paper's lr
+            record("full_ft", seed=3, quality=0.30, task="dialogsum"),       # another task
+            record("hizfo", seed=4, quality=0.30, rho=0.2)]                  # another arm
+    cell = Study(recs).cell(A.TABLE1[1], "webquestions", "accuracy")
+    assert (cell.n, cell.mean, cell.lo) == (1, pytest.approx(20.0), None)
+    study = Study(recs)
+    assert study.cell(A.rho_arm(0.2), "webquestions", "accuracy").mean == pytest.approx(30.0)
+    assert study.cell(A.HIZFO, "webquestions", "accuracy") is None
+
+
+def test_ratios_and_arms_that_differ_by_epochs_or_zo_switch():
+    recs = [record("full_ft", seed=s, minutes=10.0, mem_gb=4.0) for s in range(2)]
+    recs += [record("hizfo", seed=0, minutes=6.0, mem_gb=3.0),
+             record("hizfo", seed=0, minutes=9.0, epochs=5),
+             record("hizfo", seed=0, minutes=5.0, zo_enabled=False, alpha=0.0)]
+    study = Study(recs)
+    assert study.ratio(A.HIZFO, "webquestions", "train_minutes") == pytest.approx(0.6)
+    assert study.ratio(A.HIZFO, "webquestions", "peak_mem_gb") == pytest.approx(0.75)
+    assert study.cell(A.FIVE_EPOCHS, "webquestions", "train_minutes").mean == pytest.approx(9.0)
+    assert study.cell(A.ZO_OFF, "webquestions", "train_minutes").mean == pytest.approx(5.0)
+    assert study.cell(A.alpha_arm(0.0), "webquestions", "train_minutes") is None
+
+
+def cells_of(values: dict[tuple[str, str], list[float]], exact: tuple[str, ...] = ("zero_shot",)):
+    """A cells function over hand-given per-seed values: (arm key, metric) -> values."""
+    return lambda arm, task, metric: summarize(values.get((arm.key, metric), []), exact=arm.key in exact)
+
+
+HZ, FULL, GT, MEZO, ZERO = (A.HIZFO, A.TABLE1[1], A.TABLE1[6], A.TABLE1[5], A.TABLE1[0])
+
+
+@pytest.mark.parametrize("hz, full, verdict", [
+    ([20, 21, 22], [10, 11, 12], C.SUPPORTED),
+    ([10, 11, 12], [20, 21, 22], C.CONTRADICTED),
+    ([10, 15, 20], [12, 13, 14], C.CANNOT_TELL),      # overlapping intervals
+    ([20], [10, 11, 12], C.CANNOT_TELL),              # one seed: no interval
+    ([], [10, 11, 12], C.NOT_RUN),
+])
+def test_quality_verdict_rule(hz, full, verdict):
+    cells = cells_of({("hizfo", "accuracy"): hz, ("full_ft", "accuracy"): full})
+    assert C.better_than(cells, HZ, FULL, "webquestions").verdict == verdict
+
+
+def test_time_and_memory_claims_want_the_smaller_value():
+    cells = cells_of({("hizfo", "train_minutes"): [5, 5.1, 5.2], ("full_ft", "train_minutes"): [8, 8.1, 8.2]})
+    assert C.cheaper_than(cells, HZ, FULL, "webquestions", "train_minutes").verdict == C.SUPPORTED
+    assert C.cheaper_than(cells, FULL, HZ, "webquestions", "train_minutes").verdict == C.CONTRADICTED
+
+
+@pytest.mark.parametrize("mezo, verdict", [
+    ([0.0, 0.0, 0.0], C.SUPPORTED),        # at zero-shot, far below Full FT
+    ([3.0, 3.1, 3.2], C.CONTRADICTED),     # above zero-shot: it learned
+    ([-1.0, 0.5, 2.0], C.SUPPORTED),       # interval covers zero-shot, below Full FT
+    ([0.0], C.CANNOT_TELL),
+])
+def test_mezo_collapse_rule(mezo, verdict):
+    cells = cells_of({("mezo", "accuracy"): mezo, ("zero_shot", "accuracy"): [0.0],
+                      ("full_ft", "accuracy"): [8, 9, 10]})
+    assert C.mezo_collapses(cells, "webquestions").verdict == verdict
+
+
+def rho_values(mid: list[float], ends: list[float], inner: float = 5.0) -> dict:
+    out = {(A.rho_arm(r).key, "accuracy"): [inner] for r in A.RHOS}
+    out[(A.rho_arm(0.6).key, "accuracy")] = mid
+    out[(A.rho_arm(0.2).key, "accuracy")] = ends
+    out[(A.rho_arm(0.8).key, "accuracy")] = ends
+    return out
+
+
+def test_rho_rule():
+    assert C.rho_inverted_u(cells_of(rho_values([10, 10.5, 11], [2, 2.5, 3]))).verdict == C.SUPPORTED
+    assert C.rho_inverted_u(cells_of(rho_values([2, 2.5, 3], [10, 10.5, 11]))).verdict == C.CONTRADICTED
+    # peak elsewhere: rho 0.3 (one seed) has the best mean although 0.6 beats both ends
+    tall = rho_values([10, 10.5, 11], [2, 2.5, 3]) | {(A.rho_arm(0.3).key, "accuracy"): [30.0]}
+    assert C.rho_inverted_u(cells_of(tall)).verdict == C.CANNOT_TELL
+    assert C.rho_inverted_u(cells_of({})).verdict == C.NOT_RUN
+
+
+@pytest.mark.parametrize("at_05, at_07, verdict", [
+    ([9, 10, 11], [1, 2, 3], C.SUPPORTED),
+    ([1, 2, 3], [1, 2, 3], C.CONTRADICTED),           # collapse already at 0.5
+    ([9, 10, 11], [20, 21, 22], C.CONTRADICTED),      # no collapse above 0.5
+    ([9, 10, 11], [5, 10, 15], C.CANNOT_TELL),
+])
+def test_ratio_rule(at_05, at_07, verdict):
+    cells = cells_of({(A.ratio_arm(0.1).key, "accuracy"): [9.5, 10, 10.5],
+                      (A.ratio_arm(0.5).key, "accuracy"): at_05, (A.ratio_arm(0.7).key, "accuracy"): at_07})
+    assert C.ratio_stable_then_collapse(cells).verdict == verdict
+
+
+def test_compare_needs_disjoint_intervals():
+    a, b = summarize([1, 2, 3]), summarize([2.5, 3, 3.5])
+    assert compare(a, b) == "~" and compare(summarize([10, 11, 12]), b) == ">"
+    assert compare(summarize([1]), b) == "?" and compare(None, b) is None
+    assert summarize([4.0], exact=True).lo == 4.0
+
+
+def test_report_lists_every_claim_with_paper_numbers_and_not_run_yet():
+    recs = [record("hizfo", seed=s, quality=0.2 + s / 100) for s in range(3)]
+    recs += [record("full_ft", seed=s, quality=0.1 + s / 100) for s in range(3)]
+    text = build_report(Study(recs), load_paper_numbers())
+    assert "| C1 | Hi-ZFO's quality is at least Full FT's (webquestions) | supported |" in text
+    assert "| C6 | Hi-ZFO's quality is at least Full FT's (dialogsum) | not run yet |" in text
+    assert "opt-2.7b 32.4; bloomz-3b 24.9" in text  # the paper's Hi-ZFO WebQ accuracy, beside ours
+    assert "Records used: 6 completed `mini` records" in text
+
+
+def test_rendering_is_byte_identical(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, rec in enumerate([record("full_ft", seed=s, quality=0.1 + s / 50) for s in range(3)]
+                            + [record("hizfo", seed=0, rho=0.2), record("zero_shot", quality=0.0)]):
+        rec = {k: v for k, v in rec.items() if k != "_path"}
+        (runs / f"r{i}.json").write_text(json.dumps(rec))
+    first = {p.name: p.read_bytes() for p in render(runs, tmp_path / "a")}
+    second = {p.name: p.read_bytes() for p in render(runs, tmp_path / "b")}
+    assert first == second and {"REPORT.md", "table1.md", "fig_rho.png"} <= set(first)
+    assert b"| Zero-shot | 0.0 (n=1) |" in first["table1.md"]
+
+
+def test_failed_members_are_listed_until_they_complete(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    diverged = {**record("hizfo", seed=0, zo_lr_ratio=1.0), "status": "failed",
+                "error": {"type": "NonFiniteLossError", "message": "loss is nan"}}
+    killed = {**record("full_ft", seed=0), "status": "failed", "error": {"type": "KeyboardInterrupt"}}
+    later = record("full_ft", seed=0, finished="2026-02-01T00:00:00+00:00")
+    for i, rec in enumerate([diverged, killed, later]):
+        (runs / f"r{i}.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "_path"}))
+    render(runs, tmp_path / "out")
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    tail = report.split("## Members that failed")[1]
+    assert "| hizfo_webquestions_s0 | NonFiniteLossError | loss is nan |" in tail
+    assert "full_ft" not in tail  # killed, then completed
+
+
+# Every member of every mini grid (the sweep files, plus the Makefile's extra overrides) must compose
+# into the `mini` protocol and fill exactly one arm of the report.
+MAKE_EXTRAS = {"mini_table4": [{"method.rho": "0.2,0.8", "seed": "1,2"}],
+               "mini_fig3": [{"method.zo_lr_ratio": "0.5,0.7", "seed": "1,2"}],
+               "mini_checks": [{"method.zo_optimizer": "adamw"}, {"trainer.num_epochs": "5"}]}
+
+
+def grid_members(sweep: str) -> list[list[str]]:
+    """The members' overrides, one seed each (the seed changes neither the protocol nor the arm)."""
+    import itertools
+
+    params = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
+    out = []
+    for extra in MAKE_EXTRAS.get(sweep, [{}]):
+        merged = {**{k: str(v) for k, v in params.items()}, **extra, "seed": "7"}
+        values = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in merged.items()]
+        out += [list(combo) for combo in itertools.product(*values)]
+    return out
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("mini_*.yaml")))
+def test_every_grid_member_is_mini_and_fills_one_arm(sweep):
+    from hydra import compose, initialize_config_dir
+
+    from hizfo.protocols import protocol_of
+    from hizfo.study.report import _all_arms
+
+    names = set()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for overrides in grid_members(sweep):
+            cfg = OmegaConf.to_container(compose("config", overrides=[f"sweep={sweep}", *overrides]),
+                                         resolve=True)
+            assert protocol_of(cfg) == "mini", overrides
+            rec = {"config": cfg, "protocol": "mini"}
+            hits = {arm.key for arm in _all_arms() for task in A.TASKS if A.in_arm(rec, arm, task)}
+            assert len(hits) == 1, (overrides, hits)
+            names.add(cfg["run_name"])
+    # unique run names (they contain the seed): two members never write the same record file
+    assert len(names) == len({tuple(m) for m in grid_members(sweep)})
