@@ -97,8 +97,8 @@ notebook: $(VENV)/.notebook
 demo-methods: setup model
 	bash experiments/demo_methods.sh
 
-# ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; about 8 h of a 2-core CPU for
-# `make mini`). Each grid is a Hydra multirun, 2 members at a time, one process and one torch thread each.
+# ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` is sized for about
+# 8.5 h of a 2-core CPU). Each grid is a Hydra multirun, 2 members at a time, one torch thread each.
 # Re-running a target trains only the members without a completed record (a killed member resumes from
 # its checkpoint) and re-renders results/mini/ from the records.
 MINI_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
