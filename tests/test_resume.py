@@ -80,7 +80,7 @@ def test_killed_member_resumes_then_is_skipped_and_its_checkpoint_goes(tmp_path,
 @needs_data
 def test_grid_through_hydra_multirun_skips_completed_members(tmp_path):
     """Two members under the joblib launcher (2 workers, one process each); the re-run trains nothing."""
-    args = [sys.executable, "-m", "hizfo.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    args = [sys.executable, "-m", "hizfo.train", "-m", "hydra.launcher.n_jobs=2",
             "model=tiny-llama", "task=dialogsum", "method=full_ft,zero_shot", "task.max_train_examples=4",
             "task.max_eval_examples=2", "task.max_input_len=32", "task.max_output_len=8",
             "task.generation.max_new_tokens=2", "task.generation.num_beams=1", "trainer.num_epochs=1",

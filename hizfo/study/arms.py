@@ -4,8 +4,8 @@ An arm is a method with its committed defaults (conf/method/<name>.yaml, the pap
 plus a few named overrides (Hi-ZFO's rho, alpha, r, ZO switch, ZO optimizer, epochs). A record belongs
 to an arm when it follows the study's protocol, is of the task asked for, and its method settings
 equal the arm's (keys a record predates are taken at their default); per seed only the newest record
-counts. So a record trained with another learning rate never fills a cell, and re-running a member
-replaces its number instead of adding a seed.
+counts (hizfo.report.aggregate, the rule of every table). So a record trained with another learning
+rate never fills a cell, and re-running a member replaces its number instead of adding a seed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from hizfo.evaluation.webq import LENIENT as WEBQ_LENIENT
 from hizfo.protocols import protocol_of
+from hizfo.report.aggregate import newest_per_seed, record_time
 from hizfo.report.tables import our_metrics
 from hizfo.resources import conf_dir
 
@@ -112,26 +113,19 @@ def in_arm(record: dict[str, Any], arm: Arm, task: str) -> bool:
     return arm.exact or int((cfg.get("trainer") or {}).get("num_epochs", epochs)) == int(epochs)
 
 
-def newest_per_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per seed: the newest (finished_at, then path), in seed order."""
-    best: dict[int, dict[str, Any]] = {}
-    for rec in sorted(records, key=lambda r: (r.get("finished_at") or "", r.get("_path", ""))):
-        best[int(rec["config"].get("seed", 0))] = rec
-    return [best[s] for s in sorted(best)]
-
-
 def arm_values(records: list[dict[str, Any]], arm: Arm, task: str) -> dict[str, list[float]]:
     """metric -> per-seed values of ``arm`` on ``task``, in the paper's units (%, ROUGE x100), train
     minutes and peak memory GB."""
     chosen = newest_per_seed([r for r in records if in_arm(r, arm, task)])
-    if arm.exact:
-        chosen = chosen[-1:]  # no seed dependence: one point
+    if arm.exact and chosen:
+        chosen = [max(chosen, key=record_time)]  # no seed dependence: one point, the newest
     out: dict[str, list[float]] = {}
     for rec in chosen:
         metrics = our_metrics(rec, task)
         if task == "webquestions" and WEBQ_LENIENT in metrics:
             metrics[WEBQ_LENIENT] *= 100.0
-        metrics["train_minutes"] = metrics.pop("train_hours") * 60.0
+        if "train_hours" in metrics:
+            metrics["train_minutes"] = metrics.pop("train_hours") * 60.0
         for key, value in metrics.items():
             out.setdefault(key, []).append(value)
     return out

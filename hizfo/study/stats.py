@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
 
+from hizfo.report.aggregate import seed_stats
+
 CONFIDENCE = 0.95
 
 
@@ -31,14 +33,12 @@ class Cell:
 
 def summarize(values: Sequence[float], exact: bool = False) -> Cell | None:
     """The cell of these per-seed values (None for no values)."""
-    xs = [float(v) for v in values]
-    n = len(xs)
-    if n == 0:
+    if len(values) == 0:
         return None
-    mean = sum(xs) / n
-    if n == 1:
+    agg = seed_stats([float(v) for v in values])  # mean and sample std: the tables' rule
+    n, mean, std = agg.n, agg.mean, agg.std
+    if std is None:
         return Cell(1, mean, None, mean if exact else None, mean if exact else None)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
     return Cell(n, mean, std, mean - half, mean + half)
 
