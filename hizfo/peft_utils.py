@@ -204,10 +204,10 @@ def build_peft(model: nn.Module, kind: str, adapter_name: str = "default", **kw:
     raise ValueError(f"unknown PEFT kind {kind!r}; use 'lora' or 'prefix'")
 
 
-def peft_kwargs(kind: str, cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The wrap_* keyword arguments for ``kind`` read from a method config (with defaults)."""
+def peft_kwargs(kind: str, cfg: Any) -> dict[str, Any]:
+    """The wrap_* keyword arguments for ``kind`` read from a (validated, complete) method config."""
     def get(key: str) -> Any:
-        value = cfg.get(key, defaults.get(key)) if cfg is not None else defaults.get(key)
+        value = cfg[key]
         if isinstance(value, Sequence) and not isinstance(value, str):
             value = list(value)  # an OmegaConf ListConfig -> a plain list for peft
         return value
@@ -217,7 +217,7 @@ def peft_kwargs(kind: str, cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]
                 "target_modules": get("target_modules")}
     if kind == "prefix":
         return {"num_virtual_tokens": get("num_virtual_tokens"),
-                "prefix_projection": bool(get("prefix_projection") or False)}
+                "prefix_projection": bool(get("prefix_projection"))}
     raise ValueError(f"unknown PEFT kind {kind!r}; use 'lora' or 'prefix'")
 
 

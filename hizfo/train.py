@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hizfo import __version__, checkpoints, distributed, records, resume, run_context
+from hizfo.config_schema import validate_config
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
@@ -96,16 +97,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = logger = loop_result = None
     predictions: dict[str, list[dict[str, Any]]] = {}  # phase -> every prediction (the record's sidecar)
     try:  # from here on, config parsing included, any failure still writes a record ("failed")
+        validate_config(cfg)  # types, allowed values, ranges, unknown keys: before anything is built
         seed_everything(int(cfg.seed))
-        configure_loss(chunked=bool(cfg.trainer.get("chunked_loss", True)))
+        configure_loss(chunked=bool(cfg.trainer.chunked_loss))
         method = build_method(cfg.method.name, cfg.method)
-        if cfg.trainer.keep_checkpoints not in checkpoints.KEEP_CHECKPOINTS:
-            raise ValueError(f"trainer.keep_checkpoints={cfg.trainer.keep_checkpoints!r}: use one of "
-                             f"{checkpoints.KEEP_CHECKPOINTS} (none deletes them once the record is written)")
         device = resolve_device(cfg.trainer.device)
         dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type)  # torchrun / SLURM ranks
         device = distributed.device_for(device)
-        run_context.set_cpu_threads(cfg.trainer.get("cpu_threads", "auto"), device, record["hydra"])
+        run_context.set_cpu_threads(cfg.trainer.cpu_threads, device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         fingerprint = config_fingerprint(resolved)
@@ -164,11 +163,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 grad_accum=int(cfg.trainer.grad_accum), max_steps=cfg.trainer.max_steps, seed=int(cfg.seed),
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every_steps=cfg.trainer.checkpoint_every_steps, resume=bool(cfg.trainer.resume),
-                checkpoint_lock=str(cfg.trainer.get("checkpoint_lock", "fail")),
+                checkpoint_lock=str(cfg.trainer.checkpoint_lock),
                 allow_version_mismatch=bool(cfg.trainer.allow_version_mismatch),
                 log_every_steps=int(cfg.trainer.log_every_steps), num_workers=int(cfg.trainer.num_workers),
-                eval_every_steps=cfg.trainer.get("eval_every_steps"),
-                select=str(cfg.trainer.get("select") or "last"),
+                eval_every_steps=cfg.trainer.eval_every_steps,
+                select=str(cfg.trainer.select),
                 precision=str(cfg.trainer.precision))
             dataset = TrainDataset(train_examples, tokenizer, int(cfg.task.max_input_len),
                                    int(cfg.task.max_output_len))

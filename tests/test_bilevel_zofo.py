@@ -279,7 +279,7 @@ def test_bad_K(k):
 
 @pytest.mark.parametrize("frac", [0.0, 1.0])
 def test_dev_fraction_leaving_a_level_empty(frac):
-    with pytest.raises(ValueError, match="dev_fraction must be in"):
+    with pytest.raises(ValueError, match=r"method.dev_fraction: must be [<>] [01]"):
         make_method(tiny_model("opt"), dev_fraction=frac)
 
 

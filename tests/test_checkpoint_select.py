@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from test_loop import Interrupt, toy_dataset
 
 from hizfo.checkpoint_select import BEST_FILE, CheckpointSelector
+from hizfo.config_schema import method_config
 from hizfo.data import collate_train
 from hizfo.evaluation import validation_loss
 from hizfo.loop import LoopConfig, train
 from hizfo.methods import build_method
 from hizfo.models import tiny_model
 
-FULL_FT = OmegaConf.create({"name": "full_ft", "lr": 1e-2, "weight_decay": 0.0, "schedule": "linear"})
+FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 
 
 def run(tmp_path=None, select="best_val_loss", every=1, validate="scripted", crash_at=None, epochs=2):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_loop import Interrupt, toy_dataset  # noqa: E402
 
 from hizfo import distributed  # noqa: E402
+from hizfo.config_schema import method_config  # noqa: E402
 from hizfo.data import collate_train  # noqa: E402
 from hizfo.loop import LoopConfig, train  # noqa: E402
 from hizfo.methods import build_method  # noqa: E402
@@ -48,7 +48,8 @@ def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = Non
     one stream of masks, two ranks two streams, so only dropout-free runs can be equal."""
     tok, ds = toy_dataset()
     model = _model_without_dropout()
-    method = build_method(METHODS[method_name]["name"], OmegaConf.create(METHODS[method_name]))
+    settings = {k: v for k, v in METHODS[method_name].items() if k != "name"}
+    method = build_method(method_name, method_config(method_name, **settings))
     cfg = LoopConfig(num_epochs=2, batch_size=4, grad_accum=grad_accum, max_steps=steps, seed=0,
                      checkpoint_dir=ckpt, checkpoint_every_steps=1)
 

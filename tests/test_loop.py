@@ -6,13 +6,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from hizfo.config_schema import method_config
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.base import Example
 from hizfo.loop import LoopConfig, split_micro_batches, train
 from hizfo.methods import build_method
 from hizfo.models import byte_level_tokenizer, tiny_model
 
-FULL_FT = OmegaConf.create({"name": "full_ft", "lr": 1e-2, "weight_decay": 0.0, "schedule": "linear"})
+FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 
 
 def toy_dataset(n: int = 12):

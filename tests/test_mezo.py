@@ -11,6 +11,7 @@ from helpers import make_batch, reference_noise
 from omegaconf import OmegaConf
 
 import hizfo.methods.mezo as mezo_mod
+from hizfo.config_schema import method_config
 from hizfo.losses import NonFiniteLossError, causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
 from hizfo.models import tiny_model
@@ -140,7 +141,7 @@ def test_exception_mid_step_restores_weights(monkeypatch):
 @pytest.mark.parametrize("key,value", [("eps", 0.0), ("eps", -1e-3), ("lr", 0.0)])
 def test_non_positive_eps_or_lr_is_rejected_at_construction(key, value):
     with pytest.raises(ValueError, match=key):
-        build_method("mezo", OmegaConf.create({"name": "mezo", key: value}))
+        build_method("mezo", method_config("mezo", **{key: value}))
 
 
 def test_linear_schedule_and_weight_decay_mask():

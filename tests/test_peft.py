@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hizfo import peft_utils
+from hizfo.config_schema import method_config
 from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
 from hizfo.models import TINY_FAMILIES, byte_level_tokenizer, tiny_model
@@ -123,7 +124,7 @@ def test_only_adapter_parameters_change(name, family):
 def test_step_uses_the_mean_gradient_over_micro_batches(name):
     """Llama (no dropout) with LoRA dropout 0: the optimizer sees d/dA of the micro-batch mean."""
     model = tiny_model("llama")
-    method = make_method(name, model, dropout=0.0)
+    method = make_method(name, model, **({"dropout": 0.0} if name == "lora" else {}))
     mbs = [make_batch(n=2, seed=3), make_batch(n=3, length=9, seed=4)]
     named = method.named
     loss = sum(causal_lm_loss(method.peft_model, b) for b in mbs) / len(mbs)
@@ -304,10 +305,9 @@ def test_prefix_method_init_option():
     batch["labels"] = batch["input_ids"].clone()
     setup = TrainSetup(total_steps=2, steps_per_epoch=2, num_epochs=1, device=torch.device("cpu"), seed=0,
                        profile_batch=batch)
-    with pytest.raises(ValueError, match="method.init='zeros'"):
-        build_method("prefix", OmegaConf.create({"name": "prefix", "init": "zeros"})).setup(model, setup)
-    method = build_method("prefix", OmegaConf.create({"name": "prefix", "num_virtual_tokens": 4,
-                                                      "init": "tokens"}))
+    with pytest.raises(ValueError, match="method.init: expected one of 'random', 'tokens', got 'zeros'"):
+        build_method("prefix", method_config("prefix", init="zeros")).setup(model, setup)
+    method = build_method("prefix", method_config("prefix", num_virtual_tokens=4, init="tokens"))
     method.setup(tiny_model("llama", seed=0), setup)
     # the first 4 prompt tokens became the prefix: the wrapped model now continues from them
     rest = batch["input_ids"][:, 4:]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from test_loop import Interrupt, toy_dataset
 from test_runner import HAS_DATA, make_cfg
 
+from hizfo.config_schema import method_config
 from hizfo.data import collate_train
 from hizfo.loop import LoopConfig, load_checkpoint, planned_steps, train
 from hizfo.methods import build_method
@@ -19,7 +19,7 @@ from hizfo.models import tiny_model
 from hizfo.records import max_peak_memory
 from hizfo.train import run
 
-FULL_FT = OmegaConf.create({"name": "full_ft", "lr": 1e-2, "weight_decay": 0.0, "schedule": "linear"})
+FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 
 
 class StepClock:
@@ -143,7 +143,7 @@ def test_a_run_that_fails_before_training_starts_still_writes_a_failed_record(tm
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         run(make_cfg(tmp_path, "method.name=nope"))
     [rec] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
-    assert rec["status"] == "failed" and rec["error"]["type"] == "ValueError"
+    assert rec["status"] == "failed" and rec["error"]["type"] == "ConfigError"  # a ValueError
 
 
 def test_fo_grad_norm_is_the_l2_norm_before_clipping():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -107,4 +108,8 @@ def build_method(name: str, cfg: Any) -> Method:
         known = ", ".join(sorted(METHODS))
         raise ValueError(f"unknown method {name!r}; known methods: {known}. "
                          f"Pick one with method=<name> (configs live in conf/method/).")
+    from hizfo.config_schema import method_schema, validate_group
+
+    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
+    validate_group(method_schema(name), cfg, "method")  # complete and typed: methods read cfg.<key>
     return METHODS[name](cfg)

@@ -121,10 +121,8 @@ class BilevelZOFO(Method):
         self.theta = [p for _, p in self.theta_named]
         self.decay_mask = [not is_no_decay(n, p) for n, p in self.theta_named]
 
-        defaults = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None,
-                    "num_virtual_tokens": 5, "prefix_projection": False}
         self.peft_model = peft_utils.build_peft(model, self.kind, adapter_name=LOWER,
-                                                **peft_utils.peft_kwargs(self.kind, cfg, defaults))
+                                                **peft_utils.peft_kwargs(self.kind, cfg))
         if self.kind == "prefix" and self.prefix_init != "random":
             words = self._prefix_tokens(model, setup.profile_batch, setup.seed)
             peft_utils.init_prefix_from_tokens(self.peft_model, words, LOWER)
@@ -135,22 +133,22 @@ class BilevelZOFO(Method):
         for _, p in self.lower_named + self.upper_named:
             p.requires_grad_(True)
 
-        schedule = str(cfg.get("schedule", "constant"))
+        schedule = str(cfg.schedule)
         self.n_outer = max(1, setup.total_steps // self.K)
         self.lower_opt, self.lower_sched = make_adamw(
-            self.lower_named, lr=float(cfg.get("lower_lr", 1e-4)),
-            weight_decay=float(cfg.get("peft_weight_decay", 0.0)), total_steps=setup.total_steps,
+            self.lower_named, lr=float(cfg.lower_lr),
+            weight_decay=float(cfg.peft_weight_decay), total_steps=setup.total_steps,
             schedule=schedule)
         self.upper_opt, self.upper_sched = make_adamw(
-            self.upper_named, lr=float(cfg.get("upper_lr", 1e-7)),
-            weight_decay=float(cfg.get("peft_weight_decay", 0.0)), total_steps=self.n_outer,
+            self.upper_named, lr=float(cfg.upper_lr),
+            weight_decay=float(cfg.peft_weight_decay), total_steps=self.n_outer,
             schedule=schedule)
         # theta's Adam: the upper optimizer's betas/eps, moments per tensor (ZOAdamW, fp32)
         self.theta_opt = ZOAdamW([n for n, _ in self.theta_named]) if self.theta_optimizer == "adam" else None
         self.zo_lr = float(cfg.get("zo_lr", 1e-6))
         self.zo_wd = float(cfg.get("zo_weight_decay", 0.0))
         self.zo_schedule = schedule
-        self.zo_keep = bool(cfg.get("zo_keep", False))
+        self.zo_keep = bool(cfg.zo_keep)
         self.gen = seed_generator(setup.seed * 7919 + 17)
         self.outer_done = 0
         self._activate(UPPER)
@@ -311,7 +309,7 @@ class BilevelZOFO(Method):
         weights + the upper adapter (peft_utils.load_adapter(base, path/"upper", "upper"))."""
         out = Path(out_dir)
         peft_utils.save_adapters(self.peft_model, out / "adapters")
-        if self.cfg.get("save_base_weights", False):
+        if self.cfg.save_base_weights:
             from safetensors.torch import save_file
 
             save_file({n: t.contiguous().cpu() for n, t in self.base_state_dict().items()},

@@ -35,17 +35,17 @@ def output_side_tensors(model: nn.Module) -> dict[str, list[str]]:
 @register_method("ft_topk")
 class FTTopK(Method):
     def setup(self, model: nn.Module, setup: TrainSetup) -> None:
-        k = int(self.cfg.get("k", 2))
+        k = int(self.cfg.k)
         blocks = transformer_blocks(model)
         if not 1 <= k <= len(blocks):
             raise ValueError(f"method.k={k} must be between 1 and the model's {len(blocks)} blocks")
         keep = {id(p) for block in blocks[-k:] for p in block.parameters()}
         extra: list[str] = []
-        if self.cfg.get("include_final_norm", False) or self.cfg.get("include_lm_head", False):
+        if self.cfg.include_final_norm or self.cfg.include_lm_head:
             side = output_side_tensors(model)
-            if self.cfg.get("include_final_norm", False):
+            if self.cfg.include_final_norm:
                 extra += side["norm"]
-            if self.cfg.get("include_lm_head", False):
+            if self.cfg.include_lm_head:
                 if not side["head"]:
                     raise ValueError("include_lm_head: the LM head is tied to the input embedding, so "
                                      "training it trains the embedding and needs the full backward; "
@@ -65,13 +65,13 @@ class FTTopK(Method):
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()
         return adamw_step(model, micro_batches, [p for _, p in self.named], self.optimizer, self.scheduler,
-                          self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
+                          self.cfg.max_grad_norm, f"{self.name} step {step}")
 
     def describe(self) -> dict[str, Any]:
         return {"k": len(self.blocks), "blocks": self.blocks, "trainable_tensors": [n for n, _ in self.named],
                 "trainable_params": sum(p.numel() for _, p in self.named), "total_params": self.total_params,
-                "include_final_norm": bool(self.cfg.get("include_final_norm", False)),
-                "include_lm_head": bool(self.cfg.get("include_lm_head", False))}
+                "include_final_norm": bool(self.cfg.include_final_norm),
+                "include_lm_head": bool(self.cfg.include_lm_head)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

@@ -67,7 +67,7 @@ class FullFT(Method):
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()
         return adamw_step(model, micro_batches, [p for _, p in self.named], self.optimizer, self.scheduler,
-                          self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
+                          self.cfg.max_grad_norm, f"{self.name} step {step}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

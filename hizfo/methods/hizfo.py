@@ -39,10 +39,9 @@ from hizfo import distributed
 from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_grad_norm
-from hizfo.methods.mezo import noise_options, positive
+from hizfo.methods.mezo import noise_options
 from hizfo.offload import offloaded
 from hizfo.optim import is_no_decay, make_adamw
-from hizfo.selection.partition import DEFAULT_RESOLUTION
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
 
 log = logging.getLogger(__name__)
@@ -67,35 +66,25 @@ def set_rng_state(state: RngState) -> None:
 class HiZFO(Method):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.eps = positive(cfg, "eps", 1e-3)
-        self.lr = positive(cfg, "lr", 2e-5)
-        self.alpha = float(cfg.get("alpha", 0.1))
-        self.rho = float(cfg.get("rho", 0.6))
-        self.zo_lr_ratio = float(cfg.get("zo_lr_ratio", 0.1))
-        self.zo_optimizer = str(cfg.get("zo_optimizer", "sgd"))
-        self.weight_decay = float(cfg.get("weight_decay", 0.0))
-        self.schedule = str(cfg.get("schedule", "linear"))
-        self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
-        self.refine = bool(cfg.get("refine", True))
-        self.keep_noise = bool(cfg.get("keep_noise", False))
+        self.eps = float(cfg.eps)  # ranges and allowed values: hizfo/config_schema.py (HiZFO)
+        self.lr = float(cfg.lr)
+        self.alpha = float(cfg.alpha)
+        self.rho = float(cfg.rho)
+        self.zo_lr_ratio = float(cfg.zo_lr_ratio)
+        self.zo_optimizer = str(cfg.zo_optimizer)
+        self.weight_decay = float(cfg.weight_decay)
+        self.schedule = str(cfg.schedule)
+        self.resolution = int(cfg.resolution)
+        self.refine = bool(cfg.refine)
+        self.keep_noise = bool(cfg.keep_noise)
         self.noise = noise_options(cfg)
-        self.zo_enabled = bool(cfg.get("zo_enabled", True))
-        clip = cfg.get("max_grad_norm")
+        self.zo_enabled = bool(cfg.zo_enabled)
+        clip = cfg.max_grad_norm
         self.max_grad_norm = float(clip) if clip else None  # FO gradient only (as full_ft / GT)
-        every = cfg.get("repartition_every")
+        every = cfg.repartition_every
         self.repartition_every = int(every) if every else None
-        fo = cfg.get("fo_tensors")
+        fo = cfg.fo_tensors
         self.fo_tensors = None if fo is None else [str(n) for n in fo]
-        if self.alpha < 0 or self.zo_lr_ratio < 0:
-            raise ValueError(f"method.alpha ({self.alpha}) and method.zo_lr_ratio ({self.zo_lr_ratio}) "
-                             f"must be >= 0")
-        if not 0 < self.rho <= 1:
-            raise ValueError(f"method.rho must be in (0, 1] (got {self.rho}); it is the fraction of a "
-                             f"full fine-tuning step's FLOPs the FO part may spend")
-        if self.zo_optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"method.zo_optimizer must be 'sgd' (the paper's Eq. 3) or 'adamw' "
-                             f"(got {self.zo_optimizer!r})")
-        lr_factor(0, 1, self.schedule)  # validates the schedule name now
         self.t = 0
         self.ready = False
         self.opt: torch.optim.AdamW | None = None

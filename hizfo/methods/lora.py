@@ -22,12 +22,11 @@ class PeftFineTune(Method):
     """First-order training of one PEFT adapter (base weights frozen), AdamW + linear decay."""
 
     kind: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
 
     def setup(self, model: nn.Module, setup: TrainSetup) -> None:
         self.base_model = model
         self.peft_model = peft_utils.build_peft(
-            model, self.kind, **peft_utils.peft_kwargs(self.kind, self.cfg, self.defaults))
+            model, self.kind, **peft_utils.peft_kwargs(self.kind, self.cfg))
         self.named = [(n, p) for n, p in peft_utils.adapter_parameters(self.peft_model) if p.requires_grad]
         self.optimizer, self.scheduler = make_adamw(
             self.named, lr=float(self.cfg.get("lr", 2e-5)), total_steps=setup.total_steps,
@@ -42,7 +41,7 @@ class PeftFineTune(Method):
         self._check_model(model)
         self.peft_model.train()
         return adamw_step(self.peft_model, micro_batches, [p for _, p in self.named], self.optimizer,
-                          self.scheduler, self.cfg.get("max_grad_norm"), f"{self.name} step {step}")
+                          self.scheduler, self.cfg.max_grad_norm, f"{self.name} step {step}")
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for _, p in self.named]
@@ -74,4 +73,3 @@ class PeftFineTune(Method):
 @register_method("lora")
 class LoRA(PeftFineTune):
     kind = "lora"
-    defaults = {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": None}

@@ -34,33 +34,22 @@ def mean_loss(model: nn.Module, micro_batches: list[Batch]) -> float:
 
 
 def noise_options(cfg: Any) -> dict[str, Any]:
-    """ZONoise's ``kind`` and ``threads`` from method.noise / method.noise_threads (validated now)."""
-    threads = int(cfg.get("noise_threads", 1))
-    if threads < 1:
-        raise ValueError(f"method.noise_threads must be >= 1 (got {threads})")
-    return {"kind": check_noise_kind(str(cfg.get("noise", "gaussian"))), "threads": threads}
-
-
-def positive(cfg: Any, key: str, default: float) -> float:
-    value = float(cfg.get(key, default))
-    if not value > 0:
-        raise ValueError(f"method.{key} must be > 0 (got {value}); the ZO finite difference divides "
-                         f"by eps and a non-positive step size cannot train")
-    return value
+    """ZONoise's ``kind`` and ``threads`` from method.noise / method.noise_threads (schema-checked)."""
+    return {"kind": check_noise_kind(str(cfg.noise)), "threads": int(cfg.noise_threads)}
 
 
 @register_method("mezo")
 class MeZO(Method):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.eps = positive(cfg, "eps", 1e-3)
-        self.lr = positive(cfg, "lr", 1e-6)
-        self.weight_decay = float(cfg.get("weight_decay", 0.0))
-        self.schedule = str(cfg.get("schedule", "constant"))
+        self.eps = float(cfg.eps)  # > 0 (config_schema): the finite difference divides by it
+        self.lr = float(cfg.lr)
+        self.weight_decay = float(cfg.weight_decay)
+        self.schedule = str(cfg.schedule)
         lr_factor(0, 1, self.schedule)  # validates the schedule name now, not mid-run
-        self.keep_noise = bool(cfg.get("keep_noise", False))
+        self.keep_noise = bool(cfg.keep_noise)
         self.noise = noise_options(cfg)
-        self.log_clean_loss = bool(cfg.get("log_clean_loss", False))
+        self.log_clean_loss = bool(cfg.log_clean_loss)
         self.t = 0
         self.last_seed: int | None = None
 

@@ -19,12 +19,9 @@ from hizfo.methods.lora import PeftFineTune
 @register_method("prefix")
 class PrefixTuning(PeftFineTune):
     kind = "prefix"
-    defaults = {"num_virtual_tokens": 20, "prefix_projection": False}
 
     def setup(self, model: nn.Module, setup: TrainSetup) -> None:
-        init = self.cfg.get("init", "random")
-        if init not in ("random", "tokens"):
-            raise ValueError(f"method.init={init!r}; use 'random' (peft's default) or 'tokens'")
+        init = self.cfg.init  # random | tokens (config_schema)
         super().setup(model, setup)
         if init == "tokens":
             batch = setup.profile_batch
