@@ -233,7 +233,7 @@ class BilevelZOFO(Method):
 
 
 class ZeroShot(Method):
-    pass
+    schedule: Annotated[Schedule, MayBeAbsent]  # set by training_protocol=bilevel_zofo; unused (no training)
 
 
 #: method.name -> its schema (one per conf/method/*.yaml)
