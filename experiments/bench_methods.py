@@ -167,7 +167,8 @@ def build_model(name: str, dtype: str, device):
         from hizfo.models import load_model_and_tokenizer
 
         spec = OmegaConf.create({"source": "local", "path": str(MODELS["smollm2"])})
-        return load_model_and_tokenizer(spec, device=device, dtype=dtype)[0]
+        precision = "bf16" if resolve_dtype(dtype) == torch.bfloat16 else "fp32"  # pure storage dtype
+        return load_model_and_tokenizer(spec, device=device, precision=precision)[0]
     raise ValueError(f"unknown --model {name!r}; use one of {sorted(MODELS)}")
 
 
