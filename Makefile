@@ -17,12 +17,9 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup model demo test lint bench bench-selection clean
 
-help:
-	@echo "make demo    - set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)"
-	@echo "make test    - set up, then run the test suite"
-	@echo "make bench   - step time / peak memory of each method (one process each)"
-	@echo "make lint    - ruff"
-	@echo "make notebook - execute notebooks/analysis.ipynb headless on the committed records"
+help:  ## list every target with one line each (the comment after its name in this Makefile)
+	@awk -F ':.*## ' '/^[a-z][a-z0-9 -]*:.*## / { n = split($$1, names, " "); \
+		for (i = 1; i <= n; i++) printf "make %-16s %s\n", names[i], $$2 }' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,31 +28,31 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## create .venv (VENV) with the pinned torch and hizfo editable (.[dev])
 
 $(MODEL_DIR)/config.json: | $(VENV)/.installed
 	$(PY) -m hizfo.prepare_model --out $(MODEL_DIR)
 
-model: $(MODEL_DIR)/config.json
+model: $(MODEL_DIR)/config.json  ## build the embedded SmolLM2-135M-Instruct in artifacts/models (once)
 
-demo: setup model
+demo: setup model  ## set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train experiment=demo
 
-test: setup
+test: setup  ## set up, then run the fast test suite (-m "not slow")
 	$(PY) -m pytest -q -m "not slow" tests
 
-lint: setup
+lint: setup  ## ruff on hizfo, tests and experiments
 	$(VENV)/bin/ruff check hizfo tests experiments
 
-bench: setup model
+bench: setup model  ## step time / peak memory of each method (one process each)
 	$(PY) experiments/bench_methods.py --model smollm2 --seq-len 48 --steps 5 --out results/bench/smollm2-48.json
 	$(PY) experiments/bench_methods.py --model smollm2
 	$(PY) experiments/bench_methods.py --model opt-350m-shape --seq-len 128 --steps 2
 
-bench-selection: setup
+bench-selection: setup  ## speed of the tensor selection (results/bench/selection_cpu.txt)
 	mkdir -p results/bench && $(PY) experiments/bench_selection.py | tee results/bench/selection_cpu.txt
 
-clean:
+clean:  ## remove outputs, multirun, wandb and the pytest cache
 	rm -rf outputs multirun wandb .pytest_cache
 
 # ---- the paper's tables (GPU machines): run the grid, then rebuild the table beside the paper's numbers.
@@ -70,18 +67,18 @@ LAUNCHER    ?= local
 JOBS        ?= 1
 LAUNCH      := hydra/launcher=$(LAUNCHER) $(if $(filter local,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS))
 .PHONY: table1 table2 table3 table4 table5 fig-alpha fig-ratio tables plots
-table1 table2 table3 table4 table5: setup
+table1 table2 table3 table4 table5: setup  ## train the paper table's grid (LAUNCHER, JOBS, ARGS), then render the tables
 	$(PY) -m hizfo.train sweep=$@ $(LAUNCH) $(ARGS)
 	$(PY) -m hizfo.report tables
 
-fig-alpha fig-ratio: setup
+fig-alpha fig-ratio: setup  ## train the figure's grid (alpha or ratio sweep), then render the plots
 	$(PY) -m hizfo.train sweep=$(subst fig-,,$@) $(LAUNCH) $(ARGS)
 	$(PY) -m hizfo.report plots
 
-tables: setup
+tables: setup  ## render the paper's tables from the records beside the paper's numbers
 	$(PY) -m hizfo.report tables
 
-plots: setup
+plots: setup  ## render the plots from the records
 	$(PY) -m hizfo.report plots
 
 # ---- notebooks/analysis.ipynb: executed headless on the committed records, outputs saved in place
@@ -90,11 +87,11 @@ $(VENV)/.notebook: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[notebook]"
 	touch $@
 
-notebook: $(VENV)/.notebook
+notebook: $(VENV)/.notebook  ## execute notebooks/analysis.ipynb headless on the committed records
 	$(PY) experiments/execute_notebook.py notebooks/analysis.ipynb
 
 .PHONY: demo-methods
-demo-methods: setup model
+demo-methods: setup model  ## every method at demo scale on this CPU (results/demo/summary.md)
 	bash experiments/demo_methods.sh
 
 # ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` is sized for about
@@ -103,35 +100,35 @@ demo-methods: setup model
 # its checkpoint) and re-renders results/mini/ from the records.
 MINI_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
 .PHONY: mini mini-table1 mini-table4 mini-table5 mini-fig3 mini-fig4 mini-checks mini-report
-mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks
+mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks  ## all the CPU-scale study grids (about 8.5 h)
 
-mini-table1: setup model
+mini-table1: setup model  ## CPU study: zero-shot + 8 methods x 2 tasks x 3 seeds (Table 1)
 	$(MINI_RUN) sweep=mini_zero_shot $(ARGS)
 	$(MINI_RUN) sweep=mini_table1 $(ARGS)
 	$(MAKE) mini-report
 
-mini-table4: setup model     # every rho at seed 0, then seeds 1-2 at the ends
+mini-table4: setup model  ## CPU study: Hi-ZFO rho 0.2-0.8 at seed 0, seeds 1-2 at the ends (Table 4)
 	$(MINI_RUN) sweep=mini_table4 $(ARGS)
 	$(MINI_RUN) sweep=mini_table4 method.rho=0.2,0.8 seed=1,2 $(ARGS)
 	$(MAKE) mini-report
 
-mini-table5: setup model
+mini-table5: setup model  ## CPU study: Hi-ZFO alpha 0 and the ZO part off, 3 seeds (Table 5)
 	$(MINI_RUN) sweep=mini_table5 $(ARGS)
 	$(MAKE) mini-report
 
-mini-fig3: setup model       # every r at seed 0, then seeds 1-2 at the boundary r 0.5, 0.7
+mini-fig3: setup model  ## CPU study: r 0.01-1 at seed 0, seeds 1-2 at r 0.5, 0.7 (Figure 3)
 	$(MINI_RUN) sweep=mini_fig3 $(ARGS)
 	$(MINI_RUN) sweep=mini_fig3 method.zo_lr_ratio=0.5,0.7 seed=1,2 $(ARGS)
 	$(MAKE) mini-report
 
-mini-fig4: setup model
+mini-fig4: setup model  ## CPU study: alpha 0.01 / 0.4 / 1, one seed (Figure 4)
 	$(MINI_RUN) sweep=mini_fig4 $(ARGS)
 	$(MAKE) mini-report
 
-mini-checks: setup model     # ZO optimizer AdamW vs SGD; Hi-ZFO 5 epochs vs 3
+mini-checks: setup model  ## CPU study: ZO optimizer AdamW vs SGD; Hi-ZFO 5 epochs vs 3
 	$(MINI_RUN) sweep=mini_checks method.zo_optimizer=adamw $(ARGS)
 	$(MINI_RUN) sweep=mini_checks trainer.num_epochs=5 $(ARGS)
 	$(MAKE) mini-report
 
-mini-report: setup
+mini-report: setup  ## re-render results/mini/ from the records only
 	$(PY) -m hizfo.study
