@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from hizfo import checkpoints, distributed
 from hizfo.checkpoint_select import CheckpointSelector
 from hizfo.methods.base import Batch, Method, TrainSetup
 from hizfo.precision import autocast
+from hizfo.progress import progress_bar, step_log_line
 from hizfo.records import max_peak_memory, peak_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class LoopConfig:
     resume: bool = True
     checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (hizfo.checkpoints)
     allow_version_mismatch: bool = False  # resume a checkpoint of other code (warns) instead of refusing
-    log_every_steps: int = 1
+    log_every_steps: int = 1  # loss / lr / step time to the log (train.log) every N steps
     num_workers: int = 0
     eval_every_steps: int | None = None  # validation loss every N steps (hizfo.checkpoint_select)
     select: str = "last"                 # which checkpoint is scored: last | best_val_loss
@@ -238,7 +238,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     step = start_step
     t0 = clock()
-    bar = tqdm(total=total, initial=start_step, desc=f"train {method.name}", dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=start_step, desc=f"train {method.name}", dynamic_ncols=True)
     for epoch in range(step // per_epoch, cfg.num_epochs):
         if step >= total:
             break
@@ -267,7 +267,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
             if on_step is not None:  # the logger also gets the step's speed
                 on_step(step, {**metrics, "step_seconds": seconds,
                                "tokens_per_second": tokens / seconds if seconds > 0 else 0.0})
-            if step % max(1, cfg.log_every_steps) == 0:
+            if step % max(1, cfg.log_every_steps) == 0:  # the run's log (train.log) and the bar
+                log.info("%s", step_log_line(step, total, metrics, seconds))
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             bar.update(1)
             epoch_done = step == (epoch + 1) * per_epoch or step >= total

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -12,6 +16,7 @@ from hizfo.data.base import Example
 from hizfo.loop import LoopConfig, split_micro_batches, train
 from hizfo.methods import build_method
 from hizfo.models import byte_level_tokenizer, tiny_model
+from hizfo.progress import progress_bar
 
 FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 
@@ -109,3 +114,26 @@ def test_empty_training_split_is_a_clear_error():
 def test_unknown_method_lists_known_names():
     with pytest.raises(ValueError, match="unknown method 'sgdx'.*full_ft"):
         build_method("sgdx", OmegaConf.create({"name": "sgdx"}))
+
+
+def test_log_gets_loss_lr_and_step_time_every_log_every_steps(caplog):
+    tok, ds = toy_dataset()
+    cfg = LoopConfig(num_epochs=2, batch_size=4, log_every_steps=2)  # 3 steps per epoch: 6 steps
+    with caplog.at_level(logging.INFO, logger="hizfo.loop"):
+        result = train(tiny_model("opt", seed=0), build_method("full_ft", FULL_FT), ds,
+                       collate_train(tok.pad_token_id), cfg, torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+    for line, h in zip(lines, result.history[1::2], strict=True):
+        fields = line.split()
+        assert fields[fields.index("loss") + 1] == f"{h['loss']:.4f}"
+        assert float(fields[fields.index("lr") + 1]) == pytest.approx(h["lr"], rel=1e-2)
+        assert re.fullmatch(r"\d+\.\d{3}s", fields[fields.index("step_time") + 1])
+
+
+def test_progress_bar_is_off_when_its_stream_is_not_a_terminal():
+    assert progress_bar(total=3, file=io.StringIO()).disable  # a redirected log: no bar
+    assert progress_bar(total=3, enabled=False).disable
+    tty = io.StringIO()
+    tty.isatty = lambda: True  # type: ignore[method-assign]
+    assert not progress_bar(total=3, file=tty).disable

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from hizfo.models import eval_mode
+from hizfo.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str] | Sequence[Sequ
     outputs: list[str] = [""] * len(rows)
     kwargs = settings.generate_kwargs()
     with eval_mode(model), torch.inference_mode():
-        bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False)
+        bar = progress_bar(total=len(rows), enabled=progress, desc=desc, leave=False)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             input_ids, attention_mask = _left_pad([rows[i] for i in idx], int(pad_id))

@@ -474,7 +474,7 @@ class Sandbox:
     def run_many(self, programs: Sequence[str], progress: bool = False,
                  desc: str = "execute") -> list[ExecResult]:
         """Run programs ``workers`` at a time; results in input order."""
-        from tqdm.auto import tqdm
+        from hizfo.progress import progress_bar
 
         slots: queue.Queue[int] = queue.Queue()
         for s in range(self.workers):
@@ -490,6 +490,6 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             futures = [pool.submit(one, p) for p in programs]
             results = []
-            for f in tqdm(futures, desc=desc, disable=not progress, leave=False):
+            for f in progress_bar(futures, enabled=progress, desc=desc, leave=False):
                 results.append(f.result())
         return results
