@@ -93,3 +93,21 @@ def test_cli_prints_a_profile_from_a_config_json(tmp_path, capsys):
     assert saved["rho"] == 0.6 and saved["batch_size"] == 4 and saved["selected"]
     with pytest.raises(SystemExit, match="bad argument"):
         cli_main([f"model={path}", "rho"])
+    with pytest.raises(SystemExit, match="bad argument"):
+        cli_main([f"model={path}", "rh0=0.6"])
+
+
+def test_cli_composes_the_repo_configs_and_names_its_importance(capsys):
+    """model / method names and dotted keys go through Hydra (conf/); the bundled config.json files
+    stand in for the hub; rho, batch size and seq_len come from method / trainer / task."""
+    assert cli_main(["model=opt-350m", "method.rho=0.4", "trainer.batch_size=2", "task=scitldr",
+                     "resolution=1000"]) == 0
+    text = capsys.readouterr().out
+    assert "model opt-350m, method hizfo, task scitldr (seq_len 576)" in text
+    assert "importance uniform: every tensor counts 1 (not what training selects" in text
+    assert "rho=0.4 " in text and "B=2, N=576, resolution=1000" in text
+    assert cli_main(["model=opt-350m", "method=greentrainer", "seq_len=64", "importance=numel"]) == 0
+    text = capsys.readouterr().out
+    assert "method greentrainer" in text and "rho=0.7 " in text and "importance=numel" in text
+    with pytest.raises(SystemExit, match="selects no tensors by rho"):
+        cli_main(["model=opt-350m", "method=full_ft"])
