@@ -88,7 +88,7 @@ def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown trainer.strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if strategy == "fsdp":
-        raise NotImplementedError("trainer.strategy=fsdp is not implemented yet (data parallel `ddp` is); "
+        raise ValueError("trainer.strategy=fsdp is not implemented yet (data parallel `ddp` is); "
                                   "`python -m hizfo.plan ... strategy=fsdp` predicts its memory")
     _slurm_to_torchrun_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -112,7 +112,7 @@ def test_killed_two_rank_run_resumes_exactly(two_ranks):
 
 
 def test_fsdp_and_mismatched_strategies_are_clear_errors(monkeypatch):
-    with pytest.raises(NotImplementedError, match="fsdp is not implemented"):
+    with pytest.raises(ValueError, match="fsdp is not implemented"):
         distributed.setup("fsdp")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="strategy=single but 2 processes"):
