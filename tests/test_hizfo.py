@@ -82,6 +82,18 @@ def first_seed(run_seed: int) -> int:
     return draw_seed(seed_generator(run_seed))
 
 
+
+def adamw_step_on_selection(ref, batch, rng):
+    """The reference: one plain AdamW step (lr 1e-3) on Theta_FO alone, from the given RNG state."""
+    named = dict(ref.named_parameters())
+    for n, p in named.items():
+        p.requires_grad_(n in FO)
+    opt, _ = make_adamw([(n, named[n]) for n in FO], lr=1e-3, weight_decay=0.0, total_steps=10)
+    torch.set_rng_state(rng)
+    causal_lm_loss(ref, batch).backward()
+    opt.step()
+    return named
+
 def test_conf_defaults():
     cfg = OmegaConf.load(CONF)
     assert (cfg.name, cfg.rho, cfg.eps, cfg.alpha, cfg.lr, cfg.zo_lr_ratio) == ("hizfo", 0.6, 1e-3, 0.1,
@@ -146,13 +158,7 @@ def test_alpha_zero_is_a_plain_adamw_step_on_the_selection():
     rng = torch.get_rng_state()
     metrics = method.step(model, [batch], 0)
     assert metrics["loss_zo"] != metrics["loss"]  # the perturbed forward still ran
-    named = dict(ref.named_parameters())
-    for n, p in named.items():
-        p.requires_grad_(n in FO)
-    opt, _ = make_adamw([(n, named[n]) for n in FO], lr=1e-3, weight_decay=0.0, total_steps=10)
-    torch.set_rng_state(rng)
-    causal_lm_loss(ref, batch).backward()
-    opt.step()
+    named = adamw_step_on_selection(ref, batch, rng)
     after = dict(model.named_parameters())
     for n in FO:
         torch.testing.assert_close(after[n], named[n], rtol=0, atol=0)
@@ -172,13 +178,7 @@ def test_zo_off_is_adamw_on_the_selection_with_theta_zo_untouched(monkeypatch):
     metrics = method.step(model, [batch], 0)
     assert len(forwards) == 1 and metrics["projected_grad"] == 0.0
     assert method.describe()["zo_enabled"] is False
-    named = dict(ref.named_parameters())
-    for n, p in named.items():
-        p.requires_grad_(n in FO)
-    opt, _ = make_adamw([(n, named[n]) for n in FO], lr=1e-3, weight_decay=0.0, total_steps=10)
-    torch.set_rng_state(rng)
-    causal_lm_loss(ref, batch).backward()
-    opt.step()
+    named = adamw_step_on_selection(ref, batch, rng)
     after = dict(model.named_parameters())
     for n in FO:
         torch.testing.assert_close(after[n], named[n], rtol=0, atol=0)
