@@ -12,6 +12,7 @@ carries every earlier segment's train / eval seconds and peak memory, so the res
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -61,11 +62,22 @@ class LoopResult:
     planned_steps: int = 0
     train_seconds: float = 0.0  # all segments
     eval_seconds: float = 0.0   # all segments (per-epoch evaluation)
+    # CPU seconds of this process while training (all its threads): unlike wall time, hardly moved
+    # by other work on the machine, so time ratios stay comparable on a shared CPU
+    train_cpu_seconds: float = 0.0
     resumed_from_step: int | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
     peak_memory: dict[str, Any] | None = None  # max over segments (up to each one's last checkpoint)
     val_evaluations: list[dict[str, float]] = field(default_factory=list)  # every eval_every_steps
     scored_checkpoint: dict[str, Any] = field(default_factory=dict)  # which step the weights are from
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none): says how shared the CPU was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +189,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                     device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
                     on_step: Callable[[int, dict[str, float]], None] | None = None,
                     clock: Callable[[], float] = time.perf_counter,
+                    cpu_clock: Callable[[], float] = time.process_time,
                     validate: Callable[[], float] | None = None) -> LoopResult:
     """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics.
 
@@ -220,7 +233,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
         result.segments = list(state["loop"].get("segments", []))
         log.info("resumed from %s at step %d", loaded.file, start_step)
     segment: dict[str, Any] = {"start_step": start_step, "end_step": start_step, "train_seconds": 0.0,
-                               "eval_seconds": 0.0, "peak_memory": None}
+                               "eval_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_cpu_seconds": 0.0,
+                               "load_average_start": _load_average(), "peak_memory": None}
     if loaded is not None and loaded.version_mismatch:  # allowed by the override; the record says so
         segment["resumed_across_code_versions"] = loaded.version_mismatch
     earlier_segments = result.segments
@@ -228,7 +242,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     def close_segment(step: int) -> None:
         """This segment's figures so far; what a checkpoint carries into the next segment."""
         segment.update(end_step=step, train_seconds=clock() - t0 - segment["eval_seconds"],
-                       peak_memory=peak_memory_bytes(device))
+                       train_cpu_seconds=cpu_clock() - c0 - segment["eval_cpu_seconds"],
+                       load_average_end=_load_average(), peak_memory=peak_memory_bytes(device))
         result.segments = [*earlier_segments, dict(segment)]
 
     def loop_state(step: int) -> dict[str, Any]:
@@ -237,7 +252,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                 "segments": result.segments, "selector": selector.state_dict()}
 
     step = start_step
-    t0 = clock()
+    t0, c0 = clock(), cpu_clock()
     bar = progress_bar(total=total, initial=start_step, desc=f"train {method.name}", dynamic_ncols=True)
     for epoch in range(step // per_epoch, cfg.num_epochs):
         if step >= total:
@@ -260,9 +275,10 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
             tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             metrics = {"step": step, "epoch": epoch + (i + 1) / per_epoch, **metrics}
             if selector.due(step, total):
-                t_eval = clock()
+                t_eval, c_eval = clock(), cpu_clock()
                 metrics["val_loss"] = selector.evaluate(step, model, method)
                 segment["eval_seconds"] += clock() - t_eval
+                segment["eval_cpu_seconds"] += cpu_clock() - c_eval
             result.history.append(metrics)  # deterministic: a resumed run's history equals the whole run's
             if on_step is not None:  # the logger also gets the step's speed
                 on_step(step, {**metrics, "step_seconds": seconds,
@@ -277,9 +293,10 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                 save_checkpoint(ckpt_dir, model, method, loop_state(step))
         if step == (epoch + 1) * per_epoch or step >= total:
             if on_epoch_end is not None:
-                t_eval = clock()
+                t_eval, c_eval = clock(), cpu_clock()
                 result.epoch_metrics.append({"epoch": epoch + 1, "step": step, **on_epoch_end(epoch)})
                 segment["eval_seconds"] += clock() - t_eval
+                segment["eval_cpu_seconds"] += cpu_clock() - c_eval
             if ckpt_dir:  # after the epoch's evaluation, so a resume never repeats or skips it
                 save_checkpoint(ckpt_dir, model, method, loop_state(step))
     bar.close()
@@ -287,6 +304,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     result.steps_done = step
     result.train_seconds = sum(s["train_seconds"] for s in result.segments)  # training only
     result.eval_seconds = sum(s["eval_seconds"] for s in result.segments)
+    result.train_cpu_seconds = sum(s.get("train_cpu_seconds", 0.0) for s in result.segments)
     result.peak_memory = max_peak_memory([s["peak_memory"] for s in result.segments])
     result.val_evaluations = list(selector.evaluations)
     result.scored_checkpoint = selector.finish(model, method, step)

@@ -203,6 +203,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.summary({f"final/{k}": v for k, v in final.items()})
         log.info("final (%s): %s", cfg.eval.final_split, _fmt(final))
         record["time"] = {"train_seconds": loop_result.train_seconds if loop_result else 0.0,
+                          "train_cpu_seconds": loop_result.train_cpu_seconds if loop_result else 0.0,
                           "epoch_eval_seconds": loop_result.eval_seconds if loop_result else 0.0,
                           "final_eval_seconds": time.perf_counter() - t_eval,
                           "steps": loop_result.steps_done if loop_result else 0,

@@ -43,7 +43,8 @@ def train_toy(ckpt: Path | None, clock: StepClock, crash_at: int | None = None, 
     cfg = LoopConfig(num_epochs=epochs, batch_size=4, seed=0, checkpoint_every_steps=1,
                      checkpoint_dir=str(ckpt) if ckpt else None)
     return train(tiny_model("opt", seed=0), build_method("full_ft", FULL_FT), ds,
-                 collate_train(tok.pad_token_id), cfg, torch.device("cpu"), on_step=on_step, clock=clock)
+                 collate_train(tok.pad_token_id), cfg, torch.device("cpu"), on_step=on_step, clock=clock,
+                 cpu_clock=clock)
 
 
 @pytest.mark.parametrize("crash_at", [2, 4])
@@ -61,6 +62,10 @@ def test_killed_and_resumed_run_accounts_for_every_segment(tmp_path, crash_at):
     assert whole.train_seconds == 6.0
     assert resumed.train_seconds == pytest.approx(whole.train_seconds, rel=0.10)
     assert [s["train_seconds"] for s in resumed.segments] == [crash_at - 1, 6 - (crash_at - 1)]
+    # process CPU seconds are accounted the same way (here driven by the same step clock)
+    assert whole.train_cpu_seconds == 6.0
+    assert [s["train_cpu_seconds"] for s in resumed.segments] == [crash_at - 1, 6 - (crash_at - 1)]
+    assert all(s["load_average_start"] is None or s["load_average_start"] >= 0 for s in resumed.segments)
     assert resumed.peak_memory["bytes"] == max(s["peak_memory"]["bytes"] for s in resumed.segments)
     assert resumed.peak_memory["kind"] == "cpu_peak_rss"
 
