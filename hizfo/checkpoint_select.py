@@ -87,14 +87,21 @@ class CheckpointSelector:
             self.best = {"step": step, "val_loss": loss}
         return loss
 
-    def _save(self, step: int, loss: float, model: nn.Module, method: Method) -> None:
+    def _file(self) -> Path:
+        """best.pt; under FSDP one file per rank, holding that rank's shards."""
         assert self.dir is not None
-        if distributed.context().is_main:  # data parallel: identical replicas, rank 0 writes
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f"{BEST_FILE}.tmp"
-            tensors = {n: p.detach() for n, p in changed_tensors(method, model).items()}
+        ctx = distributed.context()
+        return self.dir / (f"best-rank{ctx.rank}.pt" if ctx.strategy == "fsdp" else BEST_FILE)
+
+    def _save(self, step: int, loss: float, model: nn.Module, method: Method) -> None:
+        ctx = distributed.context()
+        if ctx.is_main or ctx.strategy == "fsdp":  # data parallel: identical replicas, rank 0 writes
+            path = self._file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.tmp")
+            tensors = {n: distributed.local_shard(p)[0] for n, p in changed_tensors(method, model).items()}
             torch.save({"step": step, "val_loss": loss, "tensors": tensors}, tmp)
-            os.replace(tmp, self.dir / BEST_FILE)
+            os.replace(tmp, path)
         distributed.barrier()
 
     # ------------------------------------------------------------------ end of training
@@ -117,7 +124,7 @@ class CheckpointSelector:
 
     def _restore(self, model: nn.Module, method: Method) -> None:
         assert self.dir is not None and self.best is not None
-        path = self.dir / BEST_FILE
+        path = self._file()
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         if int(saved["step"]) != int(self.best["step"]):
             raise RuntimeError(f"{path} holds step {saved['step']} but the run's best validation loss "
@@ -129,7 +136,7 @@ class CheckpointSelector:
                                f"configuration; delete the checkpoint folder and re-run")
         with torch.no_grad():
             for name, p in live.items():
-                p.copy_(saved["tensors"][name])
+                distributed.local_shard(p)[0].copy_(saved["tensors"][name])
         log.info("scoring the best checkpoint: step %d, val_loss %.4f", self.best["step"],
                  self.best["val_loss"])
 

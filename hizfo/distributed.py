@@ -19,7 +19,18 @@ micro-batches (tested, fp32 tolerance):
 Rank 0 writes records and checkpoints, logs to W&B and evaluates; the others wait. Dropout differs per
 rank (the global RNG is re-seeded with seed + rank after setup) and each rank's RNG is checkpointed.
 ``trainer.strategy``: auto (single for one process, ddp under torchrun / SLURM with several tasks),
-single, ddp. FSDP is not implemented (the error says so); see the README.
+single, ddp, fsdp.
+
+FSDP (``fsdp``, FSDP2's ``fully_shard``; methods in ``FSDP_METHODS``): every transformer block (the
+model's ``_no_split_modules``) and then the root become FSDP units, so each rank holds 1/N of every
+tensor (dim-0 rows) and of its optimizer state. The batch is split as above; FSDP reduce-scatters the
+first-order gradients (averaged, as DDP); the gradient hook skips those DTensor gradients. Zeroth-order
+parts perturb and update only each rank's rows, with the block noise of the full tensor
+(hizfo.zo: independent of the world size). After a forward under no_grad (ZO passes, evaluation) the
+root is resharded, so a perturbation of the shards is always seen by the next all-gather. Evaluation
+runs on every rank in lockstep (a sharded forward needs all of them); rank 0 keeps the result.
+Checkpoints hold every rank's local shards (gathered to rank 0, one file): resume needs the same
+world size and strategy (said clearly otherwise).
 """
 
 from __future__ import annotations
@@ -33,9 +44,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
+#: methods tested under FSDP (tests/test_distributed.py); the others are refused with ddp named
+FSDP_METHODS = ("full_ft", "mezo", "hizfo")
 
 
 @dataclass
@@ -44,6 +59,9 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    strategy: str = "single"  # what runs: single, ddp or fsdp
+    device_type: str = "cpu"
+    mesh: Any = None  # FSDP's 1-D device mesh (set by shard_model)
 
     @property
     def is_main(self) -> bool:
@@ -87,21 +105,21 @@ def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
     global _CONTEXT
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown trainer.strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-    if strategy == "fsdp":
-        raise ValueError("trainer.strategy=fsdp is not implemented yet (data parallel `ddp` is); "
-                                  "`python -m hizfo.plan ... strategy=fsdp` predicts its memory")
     _slurm_to_torchrun_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if strategy == "single" and world > 1:
         raise ValueError(f"trainer.strategy=single but {world} processes were launched; use ddp (or auto)")
     if world == 1:
-        _CONTEXT = DistContext()
+        if strategy == "fsdp":
+            log.info("trainer.strategy=fsdp with one process: nothing to shard, training unsharded")
+        _CONTEXT = DistContext(device_type=device_type)
         return _CONTEXT
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend(),
+                           strategy="fsdp" if strategy == "fsdp" else "ddp", device_type=device_type)
     _install_gradient_hook()
     return _CONTEXT
 
@@ -165,7 +183,8 @@ def all_reduce_gradients(params) -> None:
     helper can sync before measuring the norm and the optimizer hook does not sync twice."""
     if not _CONTEXT.active:
         return
-    grads = [p.grad for p in params if p.grad is not None and not _already_synced(p.grad)]
+    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)
+             and not _already_synced(p.grad)]  # FSDP reduce-scatters its own (DTensor) gradients
     if not grads:
         return
     flat = torch._utils._flatten_dense_tensors(grads)
@@ -214,3 +233,118 @@ def gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if _CONTEXT.active:
         dist.barrier()
+
+
+# --------------------------------------------------------------------------- FSDP
+
+
+def shard_model(model: nn.Module, method_name: str) -> None:
+    """Under ``fsdp``: shard ``model`` in place with FSDP2 (each transformer block, then the root),
+    before the method builds its optimizer. A no-op for other strategies or an already sharded model."""
+    ctx = _CONTEXT
+    if ctx.strategy != "fsdp":
+        return
+    if method_name not in FSDP_METHODS:
+        raise ValueError(f"trainer.strategy=fsdp supports {', '.join(FSDP_METHODS)} (tested); "
+                         f"run {method_name} with trainer.strategy=ddp")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        raise ValueError(f"trainer.strategy=fsdp: {type(model).__name__} names no transformer block class "
+                         "(_no_split_modules), so it cannot be sharded block by block; use ddp")
+    if ctx.mesh is None:
+        ctx.mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
+    for block in blocks:
+        fully_shard(block, mesh=ctx.mesh)
+    fully_shard(model, mesh=ctx.mesh)
+    model.register_forward_hook(_reshard_after_no_grad_forward)
+
+
+def _reshard_after_no_grad_forward(module: nn.Module, _inputs: Any, _output: Any) -> None:
+    """FSDP2 keeps the root's parameters gathered after a forward (for the backward that usually
+    follows); with no backward coming (ZO passes, evaluation) they would go stale once a ZO step
+    changes the shards, so they are freed here and gathered afresh by the next forward."""
+    if not torch.is_grad_enabled():
+        module.reshard()
+
+
+def local_shard(param: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """(this process's part of ``param``, detached and aliasing its storage; the part's offset in
+    the flattened full tensor, or None when ``param`` is not sharded). FSDP2 shards dim 0 like
+    ``torch.chunk``: rank r holds rows [r*c, (r+1)*c) with c = ceil(rows / world size)."""
+    if not isinstance(param, DTensor):
+        return param.detach(), None
+    placements = param.placements
+    if param.device_mesh.ndim != 1 or len(placements) != 1 or not placements[0].is_shard(0):
+        raise ValueError(f"a DTensor sharded as {placements} on a {param.device_mesh.ndim}-D mesh: only "
+                         "FSDP's dim-0 sharding on one mesh dimension is supported")
+    with torch.no_grad():
+        local = param.to_local().detach()
+    rows = param.shape[0]
+    chunk = -(-rows // param.device_mesh.size())
+    start = min(param.device_mesh.get_local_rank() * chunk, rows)
+    if local.shape[0] != min(chunk, rows - start):
+        raise RuntimeError(f"FSDP shard of {tuple(param.shape)} has {local.shape[0]} rows where "
+                           f"torch.chunk gives {min(chunk, rows - start)}: the sharding layout changed")
+    return local, start * (param.numel() // rows if rows else 0)
+
+
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (all-gathered when sharded: every rank must call it)."""
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+def as_float(value: torch.Tensor | float) -> float:
+    """A scalar, sharded or not (a DTensor norm is gathered first)."""
+    return float(full_tensor(value).item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+@dataclass
+class LocalShard:
+    """A DTensor's local part in a checkpoint; rebuilt on the run's mesh at resume."""
+    local: torch.Tensor
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    placements: tuple[Any, ...]
+
+
+def to_local_state(obj: Any) -> Any:
+    """``obj`` (a state dict, nested) with every DTensor replaced by its local part (CPU copy)."""
+    if isinstance(obj, DTensor):
+        return LocalShard(obj.to_local().detach().cpu().clone(), tuple(obj.shape), tuple(obj.stride()),
+                          tuple(obj.placements))
+    if isinstance(obj, dict):
+        return {k: to_local_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_local_state(v) for v in obj)
+    return obj
+
+
+def from_local_state(obj: Any) -> Any:
+    """Inverse of :func:`to_local_state` on this run's mesh (same world size)."""
+    if isinstance(obj, LocalShard):
+        mesh = _CONTEXT.mesh
+        if mesh is None:
+            raise ValueError("a sharded (fsdp) checkpoint needs a sharded model: resume with "
+                             "trainer.strategy=fsdp")
+        return DTensor.from_local(obj.local.to(mesh.device_type), mesh, obj.placements, run_check=False,
+                                  shape=torch.Size(obj.shape), stride=obj.stride)
+    if isinstance(obj, dict):
+        return {k: from_local_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_local_state(v) for v in obj)
+    return obj
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (None elsewhere); a list of one item without distribution."""
+    if not _CONTEXT.active:
+        return [obj]
+    out: list[Any] | None = [None] * _CONTEXT.world_size if _CONTEXT.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out

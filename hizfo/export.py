@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from hizfo import distributed
 from hizfo.methods.base import Method
 
 
@@ -30,7 +31,18 @@ def final_model_dir(hydra_output_dir: str | None, checkpoint_dir: str | Path) ->
 
 
 def export_final(method: Method, model: nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
-    """Write the fine-tuned model (or adapter) to ``out_dir``; returns what the record says about it."""
+    """Write the fine-tuned model (or adapter) to ``out_dir``; returns what the record says about it.
+    Under FSDP every rank calls it (the full weights are gathered to rank 0's CPU, which writes)."""
+    ctx = distributed.context()
+    if ctx.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not ctx.is_main:
+            return {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        return _describe(out_dir, tokenizer, "model")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_artifacts = getattr(method, "save_artifacts", None)
     if save_artifacts is not None:  # the PEFT methods: their adapter(s), peft format
@@ -46,6 +58,11 @@ def export_final(method: Method, model: nn.Module, tokenizer: Any, out_dir: Path
     else:
         model.save_pretrained(out_dir, safe_serialization=True)
         kind = "model"
+    return _describe(out_dir, tokenizer, kind)
+
+
+def _describe(out_dir: Path, tokenizer: Any, kind: str) -> dict[str, Any]:
+    """Writes the tokenizer beside the weights; what the record says about the export."""
     tokenizer.save_pretrained(out_dir)
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
     return {"path": str(out_dir.resolve()), "kind": kind, "files": files,

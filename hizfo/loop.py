@@ -140,10 +140,16 @@ def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: di
     """Hashed, unique temporary file, atomic manifest update (hizfo.checkpoints). Under data
     parallel the replicas are identical: rank 0 writes, with every rank's RNG state."""
     rng_by_rank = distributed.gather_objects(_rng_state())
-    if distributed.context().is_main:
-        checkpoints.save(path, {"model": model.state_dict(), "method": method.state_dict(),
-                                "loop": loop_state, "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank},
-                         step=int(loop_state["step"]))
+    ctx = distributed.context()
+    if ctx.strategy == "fsdp":  # each rank's local shards, gathered into rank 0's one file
+        shards = distributed.gather_to_main(distributed.to_local_state(
+            {"model": model.state_dict(), "method": method.state_dict()}))
+        payload = {"model": None, "method": None, "shards_by_rank": shards}
+    else:
+        payload = {"model": model.state_dict(), "method": method.state_dict()}
+    if ctx.is_main:
+        checkpoints.save(path, {**payload, "loop": loop_state, "rng": rng_by_rank[0],
+                                "rng_by_rank": rng_by_rank}, step=int(loop_state["step"]))
     distributed.barrier()
 
 
@@ -158,13 +164,18 @@ def _apply_checkpoint(loaded: checkpoints.LoadedCheckpoint, model: nn.Module, me
     """Load model, method and RNG state; a mismatch (the code changed?) names the file and the way out."""
     state = loaded.state
     try:
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
         by_rank = state.get("rng_by_rank") or [state["rng"]]
         ctx = distributed.context()
         if len(by_rank) != ctx.world_size:
             raise ValueError(f"it was written by {len(by_rank)} process(es) and this run has "
                              f"{ctx.world_size}: resume with the same number of processes")
+        sharded = state.get("shards_by_rank") is not None
+        if sharded != (ctx.strategy == "fsdp"):
+            raise ValueError(f"it holds {'sharded (fsdp)' if sharded else 'unsharded'} state and this run "
+                             f"uses trainer.strategy={ctx.strategy}: resume with the strategy that wrote it")
+        mine = distributed.from_local_state(state["shards_by_rank"][ctx.rank]) if sharded else state
+        model.load_state_dict(mine["model"])
+        method.load_state_dict(mine["method"])
         _set_rng_state(by_rank[ctx.rank])
         return state
     except Exception as exc:
@@ -215,6 +226,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
     selector = CheckpointSelector(cfg.select, cfg.eval_every_steps, validate, ckpt_dir)
 
     seed_everything(cfg.seed)
+    distributed.shard_model(model, method.name)  # fsdp: before the method builds its optimizer
     method.setup(model, setup)
     ctx = distributed.context()
     if ctx.active:

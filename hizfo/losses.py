@@ -13,7 +13,8 @@ Two implementations of one function, selected by ``configure_loss`` (``trainer.c
   no head FLOPs at all. Value and gradients equal the plain ones to fp32 rounding (summation
   order); the head weight's gradient is accumulated in fp32 over chunks. Used only where the head
   is a bias-free ``nn.Linear`` of a model family whose forward applies nothing after the head
-  (OPT, Llama, Qwen2, BLOOM, Mistral); any other model silently gets the plain loss.
+  (OPT, Llama, Qwen2, BLOOM, Mistral); any other model, and any FSDP-sharded model, silently gets
+  the plain loss.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 Batch = dict[str, torch.Tensor]
 
@@ -67,7 +69,10 @@ def plain_causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def chunkable_head(model: nn.Module) -> nn.Linear | None:
-    """The LM head if the chunked loss applies to this model, else None."""
+    """The LM head if the chunked loss applies to this model, else None. Never under FSDP: a sharded
+    head's weight is whole only inside the model's own forward."""
+    if isinstance(model, FSDPModule):
+        return None
     config = getattr(model, "config", None)
     get_head = getattr(model, "get_output_embeddings", None)
     if config is None or get_head is None or getattr(config, "model_type", None) not in CHUNKABLE_MODEL_TYPES:

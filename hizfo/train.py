@@ -138,7 +138,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                  batch_size=eval_bs, max_examples=cfg.eval.max_examples, data_dir=data_dir,
                                  device=device)
 
-        if cfg.eval.before_training and test_examples and dist_ctx.is_main:
+        # rank 0 evaluates; under FSDP every rank runs the same sharded forwards in lockstep
+        evaluates = dist_ctx.is_main or dist_ctx.strategy == "fsdp"
+        if cfg.eval.before_training and test_examples and evaluates:
             before = evaluate(test_examples)
             record["metrics"]["before"] = before
             record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
@@ -186,17 +188,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if dist_ctx.active:  # what each rank held: the record's memory is rank 0's
                 peaks = distributed.gather_objects(records.peak_memory_bytes(device).get("bytes"))
                 record["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend,
+                                         "strategy": dist_ctx.strategy,
                                          "peak_bytes_per_rank": peaks, "peak_bytes_max": max(peaks),
                                          "peak_bytes_sum": sum(peaks)}
             if loop_result.steps_done < loop_result.planned_steps:  # never a short run as "completed"
                 raise RuntimeError(f"the run did {loop_result.steps_done} of its "
                                    f"{loop_result.planned_steps} planned optimizer steps")
         t_eval = time.perf_counter()
-        final = evaluate(test_examples) if test_examples and dist_ctx.is_main else {}
+        final = evaluate(test_examples) if test_examples and evaluates else {}
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
-        if cfg.trainer.save_final and method.trains and dist_ctx.is_main:  # the record names the folder
+        if cfg.trainer.save_final and method.trains and evaluates:  # the record names the folder
             record["final_model"] = export_final(method, model, tokenizer, final_model_dir(
                 record["hydra"].get("output_dir"), checkpoint_dir))
         record["status"] = "completed"

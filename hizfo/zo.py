@@ -23,12 +23,24 @@ block per tensor on other devices), numbered k = 0, 1, ... across the tensors in
 is drawn from a generator seeded with ``fmix32((low32(splitmix64(seed)) + k) mod 2**32)``: a
 bijection of k, so blocks of one step never share a seed (torch's CPU generator keeps only the low
 32 bits of a seed). Blocks are therefore independent of each other and of the order in which they
-are generated: they can be drawn by parallel threads (``threads``), and a sharded tensor could draw
-only its own blocks. Gaussian blocks are ``normal_``; Rademacher blocks (+-1, the classic SPSA
-direction) take one bit each from ``ceil(n/32)`` full-range int32 draws (little-endian bytes, bit b
-of byte j -> element 8j+b). Only one block of noise per thread exists at a time (a reused buffer),
-so the memory cost is a few MB whatever the model. This stream replaced (2026-11) an earlier one
-that drew whole tensors in order from a single generator: same distribution, different numbers.
+are generated: they can be drawn by parallel threads (``threads``), and a sharded tensor draws
+only the blocks that overlap its own part. Gaussian blocks are ``normal_``; Rademacher blocks (+-1,
+the classic SPSA direction) take one bit each from ``ceil(n/32)`` full-range int32 draws
+(little-endian bytes, bit b of byte j -> element 8j+b). Only one block of noise per thread exists
+at a time (a reused buffer), so the memory cost is a few MB whatever the model. This stream
+replaced (2026-11) an earlier one that drew whole tensors in order from a single generator: same
+distribution, different numbers.
+
+Sharded tensors (FSDP, ``trainer.strategy=fsdp``). A DTensor parameter sharded on dim 0 is laid out
+in blocks of its *full* flattened tensor (its global shape), exactly as an unsharded tensor; each
+process perturbs and updates only its local rows, a contiguous range of the flattened tensor, drawing
+every block that overlaps the range and keeping the overlap. So z restricted to a shard is the same
+slice of the same full-tensor draw whatever the number of ranks: the noise does NOT depend on the
+world size. On CPU the blocks are the unsharded ones, so an FSDP run draws the single-process
+directions (tested: 2 FSDP ranks equal one process bit for bit). On accelerators a sharded tensor uses
+blocks of ``SHARDED_BLOCK_ELEMS`` (instead of one block per tensor, which every rank would have to
+draw whole): still independent of the world size, but not the unsharded GPU stream. The overlap costs
+at most two partial blocks per tensor and process.
 
 Precision. z is always drawn in fp32 (fp64 for fp64 tensors) whatever the parameter dtype, so a
 bf16 and an fp32 run with the same seed see the same directions; ``p.add_(z, alpha=scale)``
@@ -55,9 +67,12 @@ from typing import Any
 
 import torch
 
+from hizfo.distributed import local_shard
+
 _SEED_HIGH = 2**62  # torch seeds are 64-bit; stay well inside int64 for torch.randint
 _M32, _M64 = 2**32 - 1, 2**64 - 1
 BLOCK_ELEMS = 1 << 18  # elements per independently seeded CPU block (1 MiB of fp32: stays in cache)
+SHARDED_BLOCK_ELEMS = 1 << 22  # per block of a sharded (FSDP) tensor on an accelerator (16 MiB of fp32)
 NOISE_KINDS = ("gaussian", "rademacher")
 
 #: (tensor index, start, stop, block seed): one independently seeded slice of a flattened tensor
@@ -195,6 +210,11 @@ class ZONoise:
     def __init__(self, params: Sequence[torch.Tensor], seed: int, keep: bool = False,
                  kind: str = "gaussian", threads: int = 1) -> None:
         self.params = _unique(list(params))
+        # this process's part of each tensor and its offset in the flattened full tensor (None: not
+        # sharded); see hizfo.distributed.local_shard
+        shards = [local_shard(p) for p in self.params]
+        self.locals = [t for t, _ in shards]
+        self.offsets = [off for _, off in shards]
         self.seed = int(seed)
         self.keep = keep
         self.kind = check_noise_kind(kind)
@@ -209,65 +229,85 @@ class ZONoise:
 
     # ------------------------------------------------------------------ noise
     def _layout(self) -> list[Block]:
+        """Blocks of the full tensors (a sharded tensor's global shape): the same on every rank."""
         spans = []
         for i, p in enumerate(self.params):
             n = p.numel()
-            size = BLOCK_ELEMS if p.device.type == "cpu" else max(n, 1)
+            if p.device.type == "cpu":
+                size = BLOCK_ELEMS
+            else:  # one block per tensor, or 4M-element blocks of a sharded one (module docstring)
+                size = SHARDED_BLOCK_ELEMS if self.offsets[i] is not None else max(n, 1)
             spans.extend((i, start, min(n, start + size)) for start in range(0, n, size))
         return [(i, a, b, s) for (i, a, b), s in zip(spans, block_seeds(self.seed, len(spans)))]
 
-    def _draw(self, block: Block) -> torch.Tensor:
-        i, a, b, seed = block
-        p = self.params[i]
-        if self._z is not None:
-            return self._z[i].view(-1)[a:b]
-        return draw_block(b - a, seed, self.kind, noise_dtype(p), p.device)
-
-    def _materialise(self) -> list[torch.Tensor]:
-        zs = [torch.empty(p.shape, dtype=noise_dtype(p), device=p.device) for p in self.params]
+    def _local_blocks(self) -> list[tuple[Block, int, int]]:
+        """(block, lo, hi) for each block overlapping this process's part: [lo, hi) in the block's
+        tensor's local flat indices (the whole tensor when it is not sharded)."""
+        out = []
         for block in self.blocks:
             i, a, b, _ = block
-            zs[i].view(-1)[a:b].copy_(self._draw(block))
+            off = self.offsets[i] or 0
+            lo, hi = max(a, off), min(b, off + self.locals[i].numel())
+            if lo < hi:
+                out.append((block, lo - off, hi - off))
+        return out
+
+    def _draw(self, block: Block, lo: int, hi: int) -> torch.Tensor:
+        """z on local elements [lo, hi) of the block's tensor (a slice of the whole block's draw)."""
+        i, a, b, seed = block
+        if self._z is not None:
+            return self._z[i].view(-1)[lo:hi]
+        p = self.locals[i]
+        start = lo + (self.offsets[i] or 0) - a
+        return draw_block(b - a, seed, self.kind, noise_dtype(p), p.device)[start:start + hi - lo]
+
+    def _materialise(self) -> list[torch.Tensor]:
+        zs = [torch.empty(p.shape, dtype=noise_dtype(p), device=p.device) for p in self.locals]
+        for block, lo, hi in self._local_blocks():
+            zs[block[0]].view(-1)[lo:hi].copy_(self._draw(block, lo, hi))
         return zs
 
     def pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(param, z) one tensor at a time, z materialised whole; the same z on every call."""
+        """(param, z) one tensor at a time, z materialised whole; the same z on every call.
+        For a sharded tensor: (this process's part, z on that part)."""
         if self.keep:
             if self._z is None:
                 self._z = self._materialise()
-            yield from zip(self.params, self._z)
+            yield from zip(self.locals, self._z)
             return
-        for i, p in enumerate(self.params):
+        local_blocks = self._local_blocks()
+        for i, p in enumerate(self.locals):
             z = torch.empty(p.shape, dtype=noise_dtype(p), device=p.device)
-            for block in self.blocks:
+            for block, lo, hi in local_blocks:
                 if block[0] == i:
-                    z.view(-1)[block[1]:block[2]].copy_(self._draw(block))
+                    z.view(-1)[lo:hi].copy_(self._draw(block, lo, hi))
             yield p, z
 
     def run(self, fn: BlockFn) -> None:
         """Call ``fn(i, p_slice, z_slice, start, stop)`` once per block, in place on flat views of
-        the parameters, under no_grad, on ``threads`` threads (blocks are independent)."""
+        the parameters (their local parts when sharded; start, stop index those), under no_grad, on
+        ``threads`` threads (blocks are independent)."""
         if self.keep and self._z is None:
             self._z = self._materialise()
-        flats = [p.detach().view(-1) if p.is_contiguous() else p.detach().contiguous().view(-1)
-                 for p in self.params]
+        flats = [p.view(-1) if p.is_contiguous() else p.contiguous().view(-1) for p in self.locals]
+        local_blocks = self._local_blocks()
 
-        def task(block: Block) -> None:
-            i, a, b, _ = block
-            fn(i, flats[i][a:b], self._draw(block), a, b)
+        def task(item: tuple[Block, int, int]) -> None:
+            block, lo, hi = item
+            fn(block[0], flats[block[0]][lo:hi], self._draw(block, lo, hi), lo, hi)
 
-        def threaded(block: Block) -> None:
+        def threaded(item: tuple[Block, int, int]) -> None:
             with torch.no_grad():  # grad mode is thread-local
-                task(block)
+                task(item)
 
         with torch.no_grad():
-            if self.threads > 1 and len(self.blocks) > 1:
+            if self.threads > 1 and len(local_blocks) > 1:
                 with ThreadPoolExecutor(self.threads) as pool:
-                    list(pool.map(threaded, self.blocks))
+                    list(pool.map(threaded, local_blocks))
             else:
-                for block in self.blocks:
-                    task(block)
-            for p, flat in zip(self.params, flats):
+                for item in local_blocks:
+                    task(item)
+            for p, flat in zip(self.locals, flats):
                 if not p.is_contiguous():
                     p.copy_(flat.view(p.shape))
 
@@ -283,7 +323,7 @@ class ZONoise:
             self.run(lambda i, p, z, a, b: p.add_(z, alpha=scale))
         else:
             if self._snapshot is None:
-                self._snapshot = [p.detach().clone() for p in self.params]
+                self._snapshot = [p.clone() for p in self.locals]
             base = [s.view(-1) for s in self._snapshot]
 
             def move(i: int, p: torch.Tensor, z: torch.Tensor, a: int, b: int) -> None:
@@ -391,7 +431,7 @@ class ZOAdamW:
         b1, b2 = self.betas
         g, lr = float(projected_grad), float(lr)
         moments, factors = [], []
-        for name, p in zip(self.names, noise.params):
+        for name, p in zip(self.names, noise.locals):  # a sharded tensor: moments of its local part
             if name not in self.exp_avg:
                 self.exp_avg[name] = torch.zeros(p.shape, dtype=noise_dtype(p), device=p.device)
                 self.exp_avg_sq[name] = torch.zeros_like(self.exp_avg[name])

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from hizfo import distributed
 from hizfo.losses import causal_lm_loss, check_finite
@@ -29,9 +30,12 @@ def fo_grad_norm(params: list[nn.Parameter], max_grad_norm: float | None) -> flo
     place every first-order step (Full FT, FT-TopK, PEFT, GreenTrainer, Hi-ZFO's Theta_FO) clips.
     Under data parallel the gradients are averaged over ranks first, so norm and clip are global."""
     distributed.all_reduce_gradients(params)
-    if max_grad_norm:
-        return float(nn.utils.clip_grad_norm_(params, float(max_grad_norm)))
-    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    if max_grad_norm:  # FSDP: torch clips sharded (DTensor) gradients by their global norm
+        return distributed.as_float(nn.utils.clip_grad_norm_(params, float(max_grad_norm)))
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if any(isinstance(g, DTensor) for g in grads):
+        return distributed.as_float(nn.utils.get_total_norm(grads))
+    norms = [torch.linalg.vector_norm(g) for g in grads]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 

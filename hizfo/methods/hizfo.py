@@ -112,6 +112,10 @@ class HiZFO(Method):
     def choose_partition(self, model: nn.Module, batch: Batch) -> tuple[list[str], dict[str, Any]]:
         if self.fo_tensors is not None:
             return self.fo_tensors, {"source": "explicit", "selected": list(self.fo_tensors)}
+        if distributed.context().strategy == "fsdp":
+            raise ValueError("Hi-ZFO's importance selection does not run on an FSDP-sharded model yet: give "
+                             "method.fo_tensors=[...] (e.g. a selection from a ddp or single-GPU run's "
+                             "record) or use trainer.strategy=ddp")
         from hizfo.selection.partition import select_tensors
 
         # fresh trial-AdamW state for every tensor (as GreenTrainer's default): FO and ZO tensors
