@@ -14,7 +14,8 @@ micro-batches (tested, fp32 tolerance):
   gradient, one scalar per step, is averaged (``mean_scalar``), and every rank applies the same
   update: the weights stay bit-identical across ranks with no gradient traffic.
 - selection (GT / Hi-ZFO importance, the DP) runs on every rank on the same profile batch and the same
-  weights, so every rank computes the same partition (asserted at setup by comparing a digest).
+  weights (under FSDP the profiling forward and backward are collective, so every rank must take part),
+  and rank 0's result is broadcast (``broadcast_from_main``): every rank trains rank 0's partition.
 
 Rank 0 writes records and checkpoints, logs to W&B and evaluates; the others wait. Dropout differs per
 rank (the global RNG is re-seeded with seed + rank after setup) and each rank's RNG is checkpointed.
@@ -50,7 +51,7 @@ from torch.distributed.tensor import DTensor
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 #: methods tested under FSDP (tests/test_distributed.py); the others are refused with ddp named
-FSDP_METHODS = ("full_ft", "mezo", "hizfo")
+FSDP_METHODS = ("full_ft", "mezo", "hizfo", "greentrainer")
 
 
 @dataclass
@@ -292,6 +293,24 @@ def local_shard(param: torch.Tensor) -> tuple[torch.Tensor, int | None]:
         raise RuntimeError(f"FSDP shard of {tuple(param.shape)} has {local.shape[0]} rows where "
                            f"torch.chunk gives {min(chunk, rows - start)}: the sharding layout changed")
     return local, start * (param.numel() // rows if rows else 0)
+
+
+def sum_over_shards(values: list[float], sharded: bool) -> list[float]:
+    """Per-tensor sums of sharded tensors' parts, added up over ranks (fp64); as given otherwise."""
+    if not (sharded and _CONTEXT.active):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if _CONTEXT.backend == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a selection every rank computed: all train rank 0's)."""
+    if not _CONTEXT.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def full_tensor(param: torch.Tensor) -> torch.Tensor:

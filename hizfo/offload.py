@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from hizfo.distributed import local_shard
+
 OFFLOAD_TARGETS = ("auto", "host", "disk", "none")
 BUFFER_BYTES = 1 << 24  # host buffer for file transfers
 
@@ -35,7 +37,7 @@ def _storages(states: Iterable[dict[str, Any]]) -> list[torch.UntypedStorage]:
     for state in states:
         for value in state.values():
             if isinstance(value, torch.Tensor) and value.dim() > 0:
-                storage = value.untyped_storage()
+                storage = local_shard(value)[0].untyped_storage()  # FSDP moments: this rank's part
                 key = (str(storage.device), storage.data_ptr())
                 if storage.nbytes() > 0 and storage.resizable() and key not in found:
                     found[key] = storage

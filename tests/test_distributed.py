@@ -30,6 +30,7 @@ METHODS = {
     "mezo": {"name": "mezo", "lr": 1e-3, "eps": 1e-3, "weight_decay": 0.0, "schedule": "constant"},
     "hizfo": {"name": "hizfo", "rho": 0.6, "lr": 1e-2, "zo_lr_ratio": 0.1, "eps": 1e-3, "alpha": 0.1},
 }
+SETTINGS = {**METHODS, "greentrainer": {"name": "greentrainer", "rho": 0.6, "lr": 1e-2, "weight_decay": 0.0}}
 
 
 def _model_without_dropout():
@@ -45,19 +46,13 @@ def _model_without_dropout():
     return model
 
 
-#: Hi-ZFO under FSDP needs an explicit Theta_FO (its importance selection is not sharded yet)
-FSDP_SETTINGS = {"hizfo": {"fo_tensors": ["model.decoder.layers.1.fc1.weight",
-                                         "model.decoder.layers.1.fc2.weight",
-                                         "model.decoder.final_layer_norm.weight"]}}
-
-
 def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = None, crash_at=None,
            export_to: str | None = None, **overrides):
     """Train on the toy data; returns (flat weights, losses). Dropout off: a single process draws
     one stream of masks, two ranks two streams, so only dropout-free runs can be equal."""
     tok, ds = toy_dataset()
     model = _model_without_dropout()
-    settings = {k: v for k, v in {**METHODS[method_name], **overrides}.items() if k != "name"}
+    settings = {k: v for k, v in {**SETTINGS[method_name], **overrides}.items() if k != "name"}
     method = build_method(method_name, method_config(method_name, **settings))
     cfg = LoopConfig(num_epochs=2, batch_size=4, grad_accum=grad_accum, max_steps=steps, seed=0,
                      checkpoint_dir=ckpt, checkpoint_every_steps=1)
@@ -149,7 +144,14 @@ def test_batch_too_small_for_the_ranks_is_a_clear_error(monkeypatch):
 
 # --------------------------------------------------------------------------- FSDP (FSDP2 on gloo)
 
-FSDP_METHODS = ("full_ft", "mezo", "hizfo")
+#: run name -> (method, overrides); 4 steps = an epoch (3 steps) and one more, so GreenTrainer
+#: (reselect_every_epochs=1) re-selects at step 3 with its live AdamW moments offloaded
+FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
+             "hizfo": ("hizfo", {"fo_tensors": ["model.decoder.layers.1.fc1.weight",
+                                                "model.decoder.layers.1.fc2.weight",
+                                                "model.decoder.final_layer_norm.weight"]}),
+             "hizfo_selected": ("hizfo", {}),  # its own importance selection, on the sharded model
+             "greentrainer": ("greentrainer", {"reselect_every_epochs": 1})}
 
 
 def _uneven_shapes_noise(rank: int) -> dict:
@@ -181,7 +183,7 @@ def _uneven_shapes_noise(rank: int) -> dict:
 def _fsdp_checks(rank: int, out: str, ckpt: str) -> None:
     distributed.setup("fsdp", "cpu")
     try:
-        results = {name: _train(name, 1, 3, **FSDP_SETTINGS.get(name, {})) for name in FSDP_METHODS}
+        results = {run: _train(name, 1, 4, **overrides) for run, (name, overrides) in FSDP_RUNS.items()}
         results["whole"] = _train("full_ft", 1, 4, f"{ckpt}/fsdp-whole", export_to=f"{ckpt}/fsdp-export")
         try:
             _train("full_ft", 1, 4, f"{ckpt}/fsdp-crashed", crash_at=2)
@@ -200,14 +202,14 @@ def fsdp_two_ranks(spawned) -> list[dict]:
     return [torch.load(f"{spawned}.fsdp.{r}", weights_only=False) for r in range(2)]
 
 
-@pytest.mark.parametrize("method_name", FSDP_METHODS)
-def test_fsdp_two_ranks_equal_one_process_on_the_global_batch(fsdp_two_ranks, method_name):
-    (w0, losses0), (w1, losses1) = (r[method_name] for r in fsdp_two_ranks)
+@pytest.mark.parametrize("run", FSDP_RUNS)
+def test_fsdp_two_ranks_equal_one_process_on_the_global_batch(fsdp_two_ranks, run):
+    (w0, losses0), (w1, losses1) = (r[run] for r in fsdp_two_ranks)
+    method_name, overrides = FSDP_RUNS[run]
     assert torch.equal(w0, w1) and losses0 == losses1
     configure_loss(chunked=False)  # what a sharded model gets (hizfo.losses.chunkable_head)
     try:
-        single_w, single_losses = _train(method_name, grad_accum=2, steps=3,
-                                         **FSDP_SETTINGS.get(method_name, {}))
+        single_w, single_losses = _train(method_name, grad_accum=2, steps=4, **overrides)
     finally:
         configure_loss(chunked=True)
     torch.testing.assert_close(w0, single_w, rtol=1e-5, atol=1e-5)

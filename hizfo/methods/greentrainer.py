@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hizfo import distributed
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward, fo_grad_norm
 from hizfo.offload import check_target, offloaded
@@ -95,7 +96,9 @@ class GreenTrainer(Method):
                                     lr=self.importance_lr, refine=self.refine,
                                     optimizer=self.opt if self.importance_optimizer_state else None,
                                     candidates=list(self.candidates))
-        self.apply_selection(result.selected, result.to_dict(), epoch)
+        # every rank profiled the same batch (FSDP needs them all); all train rank 0's selection
+        selected, info = distributed.broadcast_from_main((list(result.selected), result.to_dict()))
+        self.apply_selection(selected, info, epoch)
 
     def training_state_offloaded(self) -> contextlib.AbstractContextManager:
         """The live AdamW state, off its device while the profiler runs (see the module doc)."""

@@ -112,10 +112,6 @@ class HiZFO(Method):
     def choose_partition(self, model: nn.Module, batch: Batch) -> tuple[list[str], dict[str, Any]]:
         if self.fo_tensors is not None:
             return self.fo_tensors, {"source": "explicit", "selected": list(self.fo_tensors)}
-        if distributed.context().strategy == "fsdp":
-            raise ValueError("Hi-ZFO's importance selection does not run on an FSDP-sharded model yet: give "
-                             "method.fo_tensors=[...] (e.g. a selection from a ddp or single-GPU run's "
-                             "record) or use trainer.strategy=ddp")
         from hizfo.selection.partition import select_tensors
 
         # fresh trial-AdamW state for every tensor (as GreenTrainer's default): FO and ZO tensors
@@ -127,7 +123,9 @@ class HiZFO(Method):
         with offloaded(live):
             result = select_tensors(model, batch, rho=self.rho, resolution=self.resolution, lr=self.lr,
                                     refine=self.refine, candidates=list(self.trainable))
-        return list(result.selected), {"source": "greentrainer", **result.to_dict()}
+        # every rank profiled the same batch (FSDP needs them all); all train rank 0's selection
+        return distributed.broadcast_from_main(
+            (list(result.selected), {"source": "greentrainer", **result.to_dict()}))
 
     def apply_partition(self, fo_names: list[str], info: dict[str, Any]) -> None:
         unknown = [n for n in fo_names if n not in self.canonical]

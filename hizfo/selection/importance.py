@@ -28,6 +28,8 @@ Decisions:
   weights, rounding w0 + dw to bf16 would erase most updates at lr 2e-5 (dw = 0), so g1 is taken
   at the rounded w1 but the product uses the fp32 dw.
 - Every parameter of the model is scored (frozen ones too: GreenTrainer re-selects among all).
+- FSDP: the hooks see each rank's shards (gradients reduce-scattered, i.e. averaged over ranks, which
+  all profile the same batch); each rank scores its rows and the per-tensor sums are all-reduced.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from hizfo.distributed import local_shard, sum_over_shards
 from hizfo.losses import Batch, causal_lm_loss, check_finite
 from hizfo.selection.tensors import transformer_blocks
 
@@ -66,7 +69,8 @@ def _hyper_and_state(p: nn.Parameter, optimizer: torch.optim.Optimizer | None):
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1)
+    """The flattened tensor (this rank's part of a sharded one: FSDP's hooks see sharded tensors)."""
+    return local_shard(t)[0].reshape(-1)
 
 
 def adamw_update(p: torch.Tensor, grad: torch.Tensor, lr: float, optimizer: torch.optim.Optimizer | None
@@ -84,7 +88,8 @@ def adamw_update(p: torch.Tensor, grad: torch.Tensor, lr: float, optimizer: torc
         m_all, v_all = _flat(state["exp_avg"]), _flat(state["exp_avg_sq"])
         if amsgrad and "max_exp_avg_sq" in state:
             vmax_all = _flat(state["max_exp_avg_sq"])
-    out = torch.empty(p.shape, dtype=torch.float32, device=p.device)
+    local = local_shard(p)[0]
+    out = torch.empty(local.shape, dtype=torch.float32, device=local.device)
     out_flat = out.view(-1)
     for s in range(0, out_flat.numel(), CHUNK):
         piece = slice(s, s + CHUNK)
@@ -118,9 +123,10 @@ class _Trial:
 
 
 def _contiguous_flat(p: torch.Tensor) -> torch.Tensor:
-    if not p.is_contiguous():
+    local = local_shard(p)[0]
+    if not local.is_contiguous():
         raise ValueError("importance profiling needs contiguous parameters (call .contiguous() on them)")
-    return p.detach().view(-1)
+    return local.view(-1)
 
 
 @torch.no_grad()
@@ -269,6 +275,7 @@ def tensor_importance(model: nn.Module, batch: Batch, lr: float = 2e-5,
             p.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode
+    raw = sum_over_shards(raw, any(local_shard(p)[1] is not None for _, p in named))
     scale = max((abs(x) for x in raw), default=0.0)
     if scale > 0:
         raw = [x / scale for x in raw]
