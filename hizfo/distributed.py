@@ -82,21 +82,36 @@ def context() -> DistContext:
     return _CONTEXT
 
 
-def _slurm_to_torchrun_env() -> None:
-    """Map a SLURM task's variables (srun / submitit, one task per GPU) to torchrun's."""
+#: (rank, world size, local rank) variables of one task, per submitit executor
+_TASK_VARIABLES = {"slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+                   "local": ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID")}
+
+
+def _cluster_to_torchrun_env() -> None:
+    """Map a task's variables to torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): a SLURM
+    task (srun, or submitit's SLURM executor: hydra/launcher=slurm) or a task of submitit's local
+    executor (hydra/launcher=slurm_local with tasks_per_node > 1, all on this machine), so a local
+    multi-task member initialises exactly like a SLURM one. Variables already set win."""
     env = os.environ
-    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+    executor = "local" if env.get("SUBMITIT_EXECUTOR") == "local" else "slurm"
+    rank, world, local_rank = _TASK_VARIABLES[executor]
+    if "WORLD_SIZE" in env or int(env.get(world, "1")) <= 1:
         return
-    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in env:
-        try:  # submitit knows the first node of the allocation
+    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = env[rank], env[world], env.get(local_rank, "0")
+    if executor == "local":
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        try:  # submitit knows the allocation's first node and derives a port from the job id
             from submitit.helpers import TorchDistributedEnvironment
 
-            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            job = TorchDistributedEnvironment()
+            env.setdefault("MASTER_ADDR", job.master_addr)
+            env.setdefault("MASTER_PORT", str(job.master_port))
         except Exception as exc:  # noqa: BLE001
-            raise RuntimeError("SLURM multi-task run without MASTER_ADDR: launch through the submitit "
-                               "launcher (hydra/launcher=slurm) or export MASTER_ADDR/MASTER_PORT") from exc
+            if "MASTER_ADDR" not in env:
+                raise RuntimeError("SLURM multi-task run without MASTER_ADDR: launch through the "
+                                   "submitit launcher (hydra/launcher=slurm) or export "
+                                   "MASTER_ADDR/MASTER_PORT") from exc
     env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
 
 
@@ -106,7 +121,7 @@ def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
     global _CONTEXT
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown trainer.strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-    _slurm_to_torchrun_env()
+    _cluster_to_torchrun_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if strategy == "single" and world > 1:
         raise ValueError(f"trainer.strategy=single but {world} processes were launched; use ddp (or auto)")
