@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_loop import Interrupt, toy_dataset  # noqa: E402
 
 from hizfo import distributed  # noqa: E402
+from hizfo.checkpoints import CheckpointError  # noqa: E402
 from hizfo.config_schema import method_config  # noqa: E402
 from hizfo.data import collate_train  # noqa: E402
 from hizfo.export import export_final  # noqa: E402
@@ -47,7 +48,7 @@ def _model_without_dropout():
 
 
 def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = None, crash_at=None,
-           export_to: str | None = None, **overrides):
+           export_to: str | None = None, val_losses: list[float] | None = None, **overrides):
     """Train on the toy data; returns (flat weights, losses). Dropout off: a single process draws
     one stream of masks, two ranks two streams, so only dropout-free runs can be equal."""
     tok, ds = toy_dataset()
@@ -55,14 +56,17 @@ def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = Non
     settings = {k: v for k, v in {**SETTINGS[method_name], **overrides}.items() if k != "name"}
     method = build_method(method_name, method_config(method_name, **settings))
     cfg = LoopConfig(num_epochs=2, batch_size=4, grad_accum=grad_accum, max_steps=steps, seed=0,
-                     checkpoint_dir=ckpt, checkpoint_every_steps=1)
+                     checkpoint_dir=ckpt, checkpoint_every_steps=1,
+                     select="best_val_loss" if val_losses else "last",
+                     eval_every_steps=1 if val_losses else None)
+    scripted = iter(val_losses or [])  # validation losses by step: the best checkpoint is known
 
     def on_step(step, _metrics):
         if step == crash_at:
             raise Interrupt(f"simulated crash at step {step}")
 
     result = train(model, method, ds, collate_train(tok.pad_token_id), cfg, torch.device("cpu"),
-                   on_step=on_step)
+                   on_step=on_step, validate=(lambda: next(scripted)) if val_losses else None)
     if export_to:  # trainer.save_final
         export_final(method, model, tok, Path(export_to))
     weights = torch.cat([distributed.full_tensor(p).detach().flatten() for p in model.parameters()])
@@ -152,6 +156,7 @@ FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
                                                 "model.decoder.final_layer_norm.weight"]}),
              "hizfo_selected": ("hizfo", {}),  # its own importance selection, on the sharded model
              "greentrainer": ("greentrainer", {"reselect_every_epochs": 1})}
+BEST_AT_STEP_2 = [3.0, 1.0, 2.0, 4.0]  # trainer.select=best_val_loss scores step 2's weights
 
 
 def _uneven_shapes_noise(rank: int) -> dict:
@@ -191,6 +196,11 @@ def _fsdp_checks(rank: int, out: str, ckpt: str) -> None:
             pass
         distributed.barrier()
         results["resumed"] = _train("full_ft", 1, 4, f"{ckpt}/fsdp-crashed")
+        results["best"] = _train("mezo", 1, 4, f"{ckpt}/fsdp-best", val_losses=BEST_AT_STEP_2)
+        try:  # the DDP phase's checkpoint (unsharded) under fsdp
+            _train("full_ft", 1, 5, f"{ckpt}/whole")
+        except CheckpointError as exc:
+            results["ddp_checkpoint_under_fsdp"] = str(exc)
         results["noise"] = _uneven_shapes_noise(rank)
         torch.save(results, f"{out}.fsdp.{rank}")
     finally:
@@ -237,6 +247,27 @@ def test_fsdp_noise_is_the_full_tensor_draw_whatever_the_world_size(fsdp_two_ran
 def test_killed_fsdp_run_resumes_exactly(fsdp_two_ranks):
     for rank in fsdp_two_ranks:
         assert torch.equal(rank["whole"][0], rank["resumed"][0]) and rank["whole"][1] == rank["resumed"][1]
+
+
+def test_fsdp_best_checkpoint_is_restored_from_every_ranks_shards(fsdp_two_ranks, spawned):
+    assert {p.name for p in (Path(spawned).parent / "ckpt" / "fsdp-best").glob("best*.pt")} == {
+        "best-rank0.pt", "best-rank1.pt"}
+    configure_loss(chunked=False)
+    try:
+        single_w, _ = _train("mezo", 1, 4, str(Path(spawned).parent / "single-best"),
+                             val_losses=BEST_AT_STEP_2)
+        last_w, _ = _train("mezo", 1, 4)
+    finally:
+        configure_loss(chunked=True)
+    torch.testing.assert_close(fsdp_two_ranks[0]["best"][0], single_w, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(single_w, last_w)  # step 2's weights, not the last ones
+
+
+def test_a_checkpoint_resumed_on_another_world_size_or_strategy_is_a_clear_error(fsdp_two_ranks, spawned):
+    assert "unsharded" in fsdp_two_ranks[0]["ddp_checkpoint_under_fsdp"]
+    assert "trainer.strategy=fsdp" in fsdp_two_ranks[0]["ddp_checkpoint_under_fsdp"]
+    with pytest.raises(CheckpointError, match="written by 2 process"):  # this process is alone
+        _train("full_ft", 1, 4, str(Path(spawned).parent / "ckpt" / "fsdp-whole"))
 
 
 def test_fsdp_export_writes_the_gathered_model(fsdp_two_ranks, spawned):
