@@ -4,9 +4,12 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
-# The pinned torch: PyPI's Linux wheel is the CUDA build; the CPU-only machines of this project
-# have the CPU build of the same version on local disk. Override, e.g. TORCH_SPEC="torch==2.5.1".
-TORCH_SPEC  ?= torch==2.13.0
+# Exact versions of every dependency come from a lock file (pip-compile output of pyproject.toml's ranges):
+# requirements-cuda.txt where `nvidia-smi` exists, else requirements-cpu.txt (torch's CPU build, which
+# this project's machines have on local disk; elsewhere add the CPU wheel index with
+# PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"). `make lock` re-resolves both.
+LOCK        ?= $(if $(shell command -v nvidia-smi 2>/dev/null),requirements-cuda.txt,requirements-cpu.txt)
+PIP_ARGS    ?=
 MODEL_DIR   := artifacts/models/smollm2-135m-instruct
 # Release files: $HIZFO_DATA_DIR if set, else ../shared/data when it exists (else the loaders try the hub).
 DATA_DIR    ?= $(firstword $(HIZFO_DATA_DIR) $(wildcard ../shared/data))
@@ -21,14 +24,33 @@ help:  ## list every target with one line each (the comment after its name in th
 	@awk -F ':.*## ' '/^[a-z][a-z0-9 -]*:.*## / { n = split($$1, names, " "); \
 		for (i = 1; i <= n; i++) printf "make %-16s %s\n", names[i], $$2 }' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet $(PIP_ARGS) -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m hizfo.lockcheck $(LOCK)
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv (VENV) with the pinned torch and hizfo editable (.[dev])
+setup: $(VENV)/.installed  ## create .venv (VENV) with the locked versions (LOCK) and hizfo editable
+
+check-lock: setup  ## check that .venv holds exactly the locked versions (LOCK)
+	$(PY) -m hizfo.lockcheck $(LOCK)
+
+# pip-tools in its own venv, so resolving never changes .venv. The CUDA lock starts from the CPU lock's
+# pins and resolves against PyPI alone (its Linux torch wheel is the CUDA build).
+LOCK_TOOLS := .venv-lock/bin/pip-compile
+LOCK_FLAGS := --quiet --extra dev --extra notebook --strip-extras --no-emit-find-links --no-emit-index-url
+$(LOCK_TOOLS):
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet "pip-tools>=7.4"
+
+.PHONY: lock check-lock
+lock: $(LOCK_TOOLS)  ## re-resolve requirements-cpu.txt and requirements-cuda.txt from pyproject.toml
+	$(LOCK_TOOLS) $(LOCK_FLAGS) $(PIP_ARGS) --output-file requirements-cpu.txt pyproject.toml
+	sed 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements-cpu.txt > requirements-cuda.txt
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_TOOLS) $(LOCK_FLAGS) \
+		--index-url https://pypi.org/simple --output-file requirements-cuda.txt pyproject.toml
 
 $(MODEL_DIR)/config.json: | $(VENV)/.installed
 	$(PY) -m hizfo.prepare_model --out $(MODEL_DIR)
@@ -83,8 +105,7 @@ plots: setup  ## render the plots from the records
 
 # ---- notebooks/analysis.ipynb: executed headless on the committed records, outputs saved in place
 .PHONY: notebook
-$(VENV)/.notebook: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e ".[notebook]"
+$(VENV)/.notebook: $(VENV)/.installed  # the lock already holds the notebook extra
 	touch $@
 
 notebook: $(VENV)/.notebook  ## execute notebooks/analysis.ipynb headless on the committed records
