@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from helpers import make_batch
+from test_runner import HAS_DATA
 
 from hizfo.models import tiny_config, tiny_model
 from hizfo.selection.__main__ import main as cli_main
@@ -111,3 +112,28 @@ def test_cli_composes_the_repo_configs_and_names_its_importance(capsys):
     assert "method greentrainer" in text and "rho=0.7 " in text and "importance=numel" in text
     with pytest.raises(SystemExit, match="selects no tensors by rho"):
         cli_main(["model=opt-350m", "method=full_ft"])
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
+def test_cli_profile_selects_what_training_selects(tmp_path, capsys):
+    """importance=profile on the runner's first batch gives exactly the partition a Hi-ZFO run trains."""
+    from test_runner import make_cfg
+
+    from hizfo.train import run
+
+    overrides = ["method=hizfo", "method.rho=0.5", "method.resolution=1000", "trainer.batch_size=4",
+                 "seed=3"]
+    record = run(make_cfg(tmp_path, *overrides, "trainer.max_steps=1", "eval.final_split=null"))
+    trained_fo = record["method"]["fo_tensors"]
+    out_json = tmp_path / "sel.json"
+    assert cli_main(["model=tiny-llama", *overrides, "importance=profile", "task=dialogsum",
+                     "task.max_train_examples=8", "task.max_input_len=64", "task.max_output_len=16",
+                     f"json={out_json}"]) == 0
+    text = capsys.readouterr().out
+    assert "importance profile: one trial AdamW step on the first training batch" in text
+    assert sorted(json.loads(out_json.read_text())["selected"]) == sorted(trained_fo) != []
+    # the rule the CLI used to default to picks other tensors at the same shape: the profile matters
+    assert cli_main(["model=tiny-llama", *overrides[:4], "seq_len=80", f"json={out_json}"]) == 0
+    assert sorted(json.loads(out_json.read_text())["selected"]) != sorted(trained_fo)
+    with pytest.raises(SystemExit, match="importance=profile uses a conf/model entry"):
+        cli_main(["model=tiny-llama", "importance=profile", "seq_len=32"])
