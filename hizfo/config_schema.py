@@ -289,6 +289,8 @@ class Eval(Schema):
     final_split: str | None
     before_training: bool
     max_loss_batches: Annotated[int | None, POSITIVE_OR_NULL]
+    also_tasks: list[str]  # conf/task names also scored after training (Table 2: one training, 3 tasks)
+    also_max_examples: Annotated[int | None, POSITIVE_OR_NULL]
 
 
 class Paths(Schema):

@@ -171,8 +171,9 @@ def write_record_or_fallback(record: dict[str, Any], results_dir: str | Path | N
 
 
 def read_records(results_dir: str | Path = "results/runs", status: str | None = "completed",
-                 unreadable: list[str] | None = None) -> list[dict[str, Any]]:
-    """All records under results_dir (recursively), optionally only those with this status.
+                 unreadable: list[str] | None = None, expand_tasks: bool = True) -> list[dict[str, Any]]:
+    """All records under results_dir (recursively), optionally only those with this status; a run
+    scored on several tasks counts once per task (:func:`task_views`) unless ``expand_tasks=False``.
 
     A file that is not a readable record (half-written by hand, truncated, no config) is skipped
     with a warning naming it, and its path appended to ``unreadable`` when given."""
@@ -190,8 +191,28 @@ def read_records(results_dir: str | Path = "results/runs", status: str | None = 
             continue
         if status is None or rec.get("status") == status:
             rec["_path"] = str(path)
-            out.append(rec)
+            out.extend(task_views(rec) if expand_tasks else [rec])
     return out
+
+
+def task_views(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run scored on several tasks (``eval.also_tasks``: Table 2 trains once on GSM8K and scores
+    GSM8K, MATH500 and HumanEval) as one record per task: the record itself, then per extra task a
+    view whose ``config.task`` is that task and whose ``metrics.final`` its scores. Training, time and
+    memory are shared; ``task_view_of`` names the task the run was launched with."""
+    views = [record]
+    also = (record.get("metrics") or {}).get("also") or {}
+    for name, metrics in also.items():
+        task_cfg = (record.get("also_tasks") or {}).get(name)
+        if not isinstance(task_cfg, dict) or not isinstance(metrics, dict):
+            continue
+        config = {**record["config"], "task": task_cfg,
+                  "eval": {**(record["config"].get("eval") or {}), "also_tasks": []}}
+        view = {k: v for k, v in record.items() if k not in ("predictions", "samples")}
+        view.update(config=config, metrics={"final": metrics}, task_view_of=record["config"]["task"]["name"],
+                    samples={"final": (record.get("samples") or {}).get(f"final@{name}", [])})
+        views.append(view)
+    return views
 
 
 def _skip(path: Path, why: str, unreadable: list[str] | None) -> None:

@@ -41,6 +41,6 @@ def completed_record(results_dir: str | Path, resolved: dict[str, Any]) -> dict[
     if not Path(results_dir).is_dir():
         return None
     key = member_key(resolved)
-    done = [rec for rec in read_records(results_dir, status="completed")
+    done = [rec for rec in read_records(results_dir, status="completed", expand_tasks=False)
             if member_key(rec.get("config") or {}) == key]
     return max(done, key=lambda rec: (rec.get("finished_at") or "", rec["_path"])) if done else None

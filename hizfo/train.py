@@ -34,7 +34,7 @@ from hizfo.methods import build_method
 from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
 from hizfo.precision import check_precision
 from hizfo.protocols import protocol_of
-from hizfo.resources import CHECKOUT_ROOT, hydra_config_path, in_checkout, project_path
+from hizfo.resources import CHECKOUT_ROOT, conf_dir, hydra_config_path, in_checkout, project_path
 from hizfo.wandb_log import WandbLogger
 
 log = logging.getLogger("hizfo.train")
@@ -57,6 +57,23 @@ def load_train_examples(task_cfg: DictConfig, data_dir: str | None, eos: str):
         log.info("%s has no train split; training on %s train (task.train_task)", task_cfg.name, source)
         task_cfg = OmegaConf.merge(task_cfg, {"name": source, "splits": {"train": source}})
     return load_split(task_cfg, "train", data_dir, eos)
+
+
+def also_task_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """conf/task/<name>.yaml of each ``eval.also_tasks`` entry: tasks the trained model is also scored
+    on (their full test split unless ``eval.also_max_examples``). Table 2 trains once on GSM8K and
+    scores GSM8K, MATH500 and HumanEval, as three separate runs with the same training would."""
+    out = {}
+    for name in cfg.eval.also_tasks or []:
+        path = conf_dir() / "task" / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (conf_dir() / "task").glob("*.yaml"))
+            raise ValueError(f"eval.also_tasks: no task {name!r} (conf/task/{name}.yaml); known: {known}")
+        task_cfg = OmegaConf.load(path)
+        if cfg.eval.also_max_examples is not None:
+            task_cfg.max_eval_examples = int(cfg.eval.also_max_examples)
+        out[str(name)] = task_cfg
+    return out
 
 
 def load_optional_split(task_cfg: DictConfig, split: str | None, data_dir: str | None, eos: str):
@@ -84,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
     t_start = time.perf_counter()
-    done = _completed_record(cfg) if cfg.trainer.get("skip_completed") else None
+    done = _completed_record(cfg) if cfg.trainer.skip_completed else None
     if done is not None:  # resumable grids: this member already finished
         log.info("skipping %s: completed record %s", cfg.run_name, done["_path"])
         return {**done, "skipped": True}
@@ -124,6 +141,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
         val_examples = load_optional_split(cfg.task, cfg.eval.split, data_dir, eos)
         test_examples = load_optional_split(cfg.task, cfg.eval.final_split, data_dir, eos)
+        also_tasks = also_task_configs(cfg)  # a bad name fails here, before any training
         record["data"] = {"train_examples": len(train_examples), "validation_examples": len(val_examples),
                           "test_examples": len(test_examples)}
         eval_bs = int(cfg.eval.batch_size)
@@ -199,6 +217,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
+        for name, task_cfg in also_tasks.items():  # the same trained model, other tasks
+            if not evaluates:
+                break
+            also = evaluate_task(method.eval_model(model), tokenizer, task_cfg,
+                                 load_split(task_cfg, "test", data_dir, eos), batch_size=eval_bs,
+                                 max_examples=task_cfg.max_eval_examples, data_dir=data_dir, device=device)
+            record.setdefault("also_tasks", {})[name] = OmegaConf.to_container(task_cfg, resolve=True)
+            record["metrics"].setdefault("also", {})[name] = also
+            record["samples"][f"final@{name}"] = getattr(also, "samples", [])[:8]
+            predictions[f"final@{name}"] = getattr(also, "predictions", [])
+            logger.summary({f"final@{name}/{k}": v for k, v in also.items()})
+            log.info("final (%s test, same model): %s", name, _fmt(also))
         if cfg.trainer.save_final and method.trains and evaluates:  # the record names the folder
             record["final_model"] = export_final(method, model, tokenizer, final_model_dir(
                 record["hydra"].get("output_dir"), checkpoint_dir))

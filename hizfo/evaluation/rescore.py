@@ -40,9 +40,22 @@ def task_config(record: dict[str, Any]) -> dict[str, Any]:
 def stored_metrics(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Stored metrics by phase (a training record: metrics.before/final; an eval record: metrics)."""
     metrics = record.get("metrics") or {}
-    if "config" in record:
-        return {phase: m for phase, m in metrics.items() if isinstance(m, dict) and m}
+    if "config" in record:  # eval.also_tasks: phase "final@<task>", scored with that task's config
+        also = {f"final@{name}": m for name, m in (metrics.get("also") or {}).items()}
+        return {phase: m for phase, m in {**metrics, **also}.items()
+                if phase != "also" and isinstance(m, dict) and m}
     return {"final": metrics} if metrics else {}
+
+
+def phase_task_config(record: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The task a phase was scored on: ``final@<task>`` -> that task's stored config, else the run's."""
+    if "@" in phase:
+        name = phase.split("@", 1)[1]
+        cfg = (record.get("also_tasks") or {}).get(name)
+        if not cfg:
+            raise ValueError(f"record {record.get('_path', '?')} has phase {phase} but no also_tasks.{name}")
+        return dict(cfg)
+    return task_config(record)
 
 
 def current_definitions(task_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -80,10 +93,12 @@ def rescore_details(record: dict[str, Any], path: str | Path | None = None,
     if definitions not in ("record", "current"):
         raise ValueError(f"definitions must be 'record' or 'current', not {definitions!r}")
     path = path or record.get("_path")
-    cfg = task_config(record)
     has_sidecar = isinstance(record.get("predictions"), dict)
-    if definitions == "current" or not has_sidecar:
-        cfg = current_definitions(cfg)
+
+    def cfg_of(phase: str) -> dict[str, Any]:
+        cfg = phase_task_config(record, phase)
+        return current_definitions(cfg) if definitions == "current" or not has_sidecar else cfg
+
     stored = stored_metrics(record)
     if has_sidecar:
         if path is None:
@@ -97,7 +112,7 @@ def rescore_details(record: dict[str, Any], path: str | Path | None = None,
         if phase not in stored or not rows:
             continue
         n_eval = int(stored[phase].get("n_examples", len(rows)))
-        out[phase] = {"metrics": score_rows(cfg, rows), "stored": stored[phase], "rows": len(rows),
+        out[phase] = {"metrics": score_rows(cfg_of(phase), rows), "stored": stored[phase], "rows": len(rows),
                       "of": n_eval, "source": source,
                       "comparable": has_sidecar and definitions == "record" and len(rows) == n_eval}
         if not has_sidecar:  # old samples carry their own per-example scores (old definitions)

@@ -86,7 +86,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _rid(record: dict[str, Any]) -> str:
-    return record.get("_path") or str(id(record))
+    rid = record.get("_path") or str(id(record))
+    return f"{rid}#{record['config']['task']['name']}" if record.get("task_view_of") else rid
 
 
 def _not_protocol_note(recs: list[dict[str, Any]], protocol: str) -> str:
