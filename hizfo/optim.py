@@ -52,5 +52,5 @@ def make_adamw(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_deca
 def decay_settings(cfg: Any) -> dict[str, Any]:
     """``weight_decay`` and ``decay_biases_and_norms`` of a method config, as make_adamw keywords
     (the GreenTrainer protocol's default: 0.01 on every tensor, torch AdamW's default)."""
-    return {"weight_decay": float(cfg.get("weight_decay", 0.0)),
-            "decay_all": bool(cfg.get("decay_biases_and_norms", False))}
+    return {"weight_decay": float(cfg.weight_decay),
+            "decay_all": bool(cfg.decay_biases_and_norms)}

@@ -99,19 +99,19 @@ class BilevelZOFO(Method):
 
     def setup(self, model: nn.Module, setup: TrainSetup) -> None:
         cfg = self.cfg
-        self.kind = str(cfg.get("peft", "lora"))
-        self.K = int(cfg.get("outer_every", 30))
+        self.kind = str(cfg.peft)
+        self.K = int(cfg.outer_every)
         if self.K <= 0:
             raise ValueError(f"outer_every (K) must be a positive integer, got {self.K}: the outer "
                              f"(theta, p) update runs every K steps")
-        self.lam = float(cfg.get("lam", 1e3))
-        self.eps = float(cfg.get("eps", 1e-3))
+        self.lam = float(cfg.lam)
+        self.eps = float(cfg.eps)
         self.dev_fraction = _dev_fraction(cfg)
-        self.theta_optimizer = str(cfg.get("theta_optimizer", "adam"))
+        self.theta_optimizer = str(cfg.theta_optimizer)
         if self.theta_optimizer not in THETA_OPTIMIZERS:
             raise ValueError(f"method.theta_optimizer={self.theta_optimizer!r}; use adam (the reference: "
                              f"the upper-level Adam at the upper lr) or sgd (ZO-SGD at zo_lr)")
-        self.prefix_init = str(cfg.get("prefix_init", "words"))
+        self.prefix_init = str(cfg.prefix_init)
         if self.prefix_init not in PREFIX_INITS:
             raise ValueError(f"method.prefix_init={self.prefix_init!r}; use one of {', '.join(PREFIX_INITS)}")
         self.dev_batches = self._dev_source(setup)
@@ -145,8 +145,8 @@ class BilevelZOFO(Method):
             schedule=schedule)
         # theta's Adam: the upper optimizer's betas/eps, moments per tensor (ZOAdamW, fp32)
         self.theta_opt = ZOAdamW([n for n, _ in self.theta_named]) if self.theta_optimizer == "adam" else None
-        self.zo_lr = float(cfg.get("zo_lr", 1e-6))
-        self.zo_wd = float(cfg.get("zo_weight_decay", 0.0))
+        self.zo_lr = float(cfg.zo_lr)
+        self.zo_wd = float(cfg.zo_weight_decay)
         self.zo_schedule = schedule
         self.zo_keep = bool(cfg.zo_keep)
         self.gen = seed_generator(setup.seed * 7919 + 17)
@@ -176,7 +176,7 @@ class BilevelZOFO(Method):
     def _prefix_tokens(self, model: nn.Module, profile_batch: Batch, seed: int) -> torch.Tensor:
         """Real tokens whose key/values start both prefix copies: random vocabulary words (the
         reference, prefix_init_by_real_act) or the first training prompt's first tokens."""
-        n = int(self.cfg.get("num_virtual_tokens", 5))
+        n = int(self.cfg.num_virtual_tokens)
         if self.prefix_init == "prompt":
             return profile_batch["input_ids"][0][profile_batch["attention_mask"][0].bool()]
         vocab = int(model.get_input_embeddings().weight.size(0))
@@ -318,7 +318,7 @@ class BilevelZOFO(Method):
 
 
 def _dev_fraction(cfg: Any) -> float:
-    frac = float(cfg.get("dev_fraction", 1 / 3))
+    frac = float(cfg.dev_fraction)
     if not 0.0 < frac < 1.0:
         raise ValueError(f"dev_fraction must be in (0, 1), got {frac}: 0 leaves the upper level (f) "
                          f"without data, 1 the lower level (g)")

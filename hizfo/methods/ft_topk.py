@@ -59,8 +59,8 @@ class FTTopK(Method):
         self.blocks = list(range(len(blocks) - k, len(blocks)))
         self.total_params = sum(p.numel() for p in model.parameters())
         self.optimizer, self.scheduler = make_adamw(
-            self.named, lr=float(self.cfg.get("lr", 2e-5)), total_steps=setup.total_steps,
-            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
+            self.named, lr=float(self.cfg.lr), total_steps=setup.total_steps,
+            schedule=self.cfg.schedule, **decay_settings(self.cfg))
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()

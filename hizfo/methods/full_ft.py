@@ -66,7 +66,7 @@ class FullFT(Method):
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_adamw(
             self.named, lr=float(self.cfg.lr), total_steps=setup.total_steps,
-            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
+            schedule=self.cfg.schedule, **decay_settings(self.cfg))
 
     def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
         model.train()

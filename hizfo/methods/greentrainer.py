@@ -37,7 +37,7 @@ from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward, fo_grad_norm
 from hizfo.offload import check_target, offloaded
 from hizfo.optim import decay_settings, make_adamw
-from hizfo.selection.partition import DEFAULT_RESOLUTION, select_tensors
+from hizfo.selection.partition import select_tensors
 from hizfo.zo import lr_factor
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,20 @@ log = logging.getLogger(__name__)
 class GreenTrainer(Method):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.rho = float(cfg.get("rho", 0.7))
+        self.rho = float(cfg.rho)
         if not 0 < self.rho <= 1:
             raise ValueError(f"method.rho must be in (0, 1] (got {self.rho}): the fraction of a full "
                              f"fine-tuning step's FLOPs GreenTrainer may spend")
-        self.resolution = int(cfg.get("resolution", DEFAULT_RESOLUTION))
-        self.every = int(cfg.get("reselect_every_epochs", 2) or 0)  # 0: select once
-        self.lr = float(cfg.get("lr", 2e-5))
+        self.resolution = int(cfg.resolution)
+        self.every = int(cfg.reselect_every_epochs or 0)  # 0: select once
+        self.lr = float(cfg.lr)
         self.decay = decay_settings(cfg)
-        self.schedule = str(cfg.get("schedule", "linear"))
-        self.importance_lr = float(cfg.get("importance_lr", self.lr))
-        self.importance_optimizer_state = bool(cfg.get("importance_optimizer_state", False))
-        self.reselect_offload = check_target(str(cfg.get("reselect_offload", "auto")))
-        self.refine = bool(cfg.get("refine", True))
-        self.max_grad_norm = cfg.get("max_grad_norm")
+        self.schedule = str(cfg.schedule)
+        self.importance_lr = float(cfg.importance_lr)
+        self.importance_optimizer_state = bool(cfg.importance_optimizer_state)
+        self.reselect_offload = check_target(str(cfg.reselect_offload))
+        self.refine = bool(cfg.refine)
+        self.max_grad_norm = cfg.max_grad_norm
         lr_factor(0, 1, self.schedule)  # validates the schedule name now
         self.t = 0
         self.opt: torch.optim.AdamW | None = None

@@ -29,8 +29,8 @@ class PeftFineTune(Method):
             model, self.kind, **peft_utils.peft_kwargs(self.kind, self.cfg))
         self.named = [(n, p) for n, p in peft_utils.adapter_parameters(self.peft_model) if p.requires_grad]
         self.optimizer, self.scheduler = make_adamw(
-            self.named, lr=float(self.cfg.get("lr", 2e-5)), total_steps=setup.total_steps,
-            schedule=self.cfg.get("schedule", "linear"), **decay_settings(self.cfg))
+            self.named, lr=float(self.cfg.lr), total_steps=setup.total_steps,
+            schedule=self.cfg.schedule, **decay_settings(self.cfg))
 
     def _check_model(self, model: nn.Module) -> None:
         if model is not self.base_model and model is not self.peft_model:
