@@ -78,8 +78,11 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
                           check=True, capture_output=True, text=True).stdout.strip()
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(site, "borrowed_deps.pth").write_text("\n".join(sorted(deps)) + "\n")  # after site: the wheel wins
-    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install",
-                    "--quiet", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
+    # no PYTHONPATH (a checkout on it would count as hizfo already installed) and a forced install
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--force-reinstall",
+                    "--quiet", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True,
+                   env=clean_env)
     user_conf = tmp_path / "my_conf"
     (user_conf / "model").mkdir(parents=True)
     (user_conf / "model" / "my-tiny.yaml").write_text(
