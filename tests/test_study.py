@@ -21,7 +21,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def record(method: str, task: str = "webquestions", seed: int = 0, quality: float = 0.1,
            minutes: float = 5.0, mem_gb: float = 3.0, finished: str = "2026-01-01T00:00:00+00:00",
-           epochs: int | None = None, protocol: str = "mini", **method_overrides) -> dict:
+           epochs: int | None = None, protocol: str = "mini", wall_stretch: float = 1.0,
+           **method_overrides) -> dict:
     """A completed record as hizfo.train writes it (only the fields the study reads)."""
     method_cfg = {**OmegaConf.to_container(OmegaConf.load(CONF / "method" / f"{method}.yaml")),
                   **method_overrides}
@@ -32,7 +33,8 @@ def record(method: str, task: str = "webquestions", seed: int = 0, quality: floa
             "config": {"seed": seed, "model": {"name": "smollm2-135m"}, "task": {"name": task},
                        "method": method_cfg,
                        "trainer": {"num_epochs": epochs or method_cfg.get("num_epochs", 5)}},
-            "metrics": {"final": final}, "time": {"train_seconds": minutes * 60.0},
+            "metrics": {"final": final},
+            "time": {"train_seconds": minutes * 60.0 * wall_stretch, "train_cpu_seconds": minutes * 60.0},
             "memory": {"kind": "cpu_peak_rss", "bytes": int(mem_gb * 1e9)}}
 
 
@@ -47,7 +49,8 @@ def test_one_cell_by_hand():
     assert (cell.lo, cell.hi) == (pytest.approx(13 - half, abs=1e-5), pytest.approx(13 + half, abs=1e-5))
     table = build_tables(Study(recs), load_paper_numbers())["table1.md"]
     assert "| Full FT | 13.0 ± 3.6 (n=3) [4.0, 22.0] |" in table
-    assert "| 5.0 ± 0.0 (n=3) [5.0, 5.0] | 1.00 | 3.00 ± 0.00 (n=3) [3.00, 3.00] | 1.00 |" in table
+    five = "5.0 ± 0.0 (n=3) [5.0, 5.0]"
+    assert f"| {five} | {five} | 1.00 | 3.00 ± 0.00 (n=3) [3.00, 3.00] | 1.00 |" in table
 
 
 def test_cell_takes_the_newest_record_per_seed_and_only_its_arm():
@@ -66,13 +69,14 @@ def test_cell_takes_the_newest_record_per_seed_and_only_its_arm():
 
 def test_ratios_and_arms_that_differ_by_epochs_or_zo_switch():
     recs = [record("full_ft", seed=s, minutes=10.0, mem_gb=4.0) for s in range(2)]
-    recs += [record("hizfo", seed=0, minutes=6.0, mem_gb=3.0),
+    recs += [record("hizfo", seed=0, minutes=6.0, mem_gb=3.0, wall_stretch=2.0),  # a busy CPU
              record("hizfo", seed=0, minutes=9.0, epochs=5),
              record("hizfo", seed=0, minutes=5.0, zo_enabled=False, alpha=0.0)]
     study = Study(recs)
-    assert study.ratio(A.HIZFO, "webquestions", "train_minutes") == pytest.approx(0.6)
+    assert study.ratio(A.HIZFO, "webquestions", A.TIME) == pytest.approx(0.6)  # CPU time: load-proof
+    assert study.ratio(A.HIZFO, "webquestions", "train_minutes") == pytest.approx(1.2)  # wall: stretched
     assert study.ratio(A.HIZFO, "webquestions", "peak_mem_gb") == pytest.approx(0.75)
-    assert study.cell(A.FIVE_EPOCHS, "webquestions", "train_minutes").mean == pytest.approx(9.0)
+    assert study.cell(A.FIVE_EPOCHS, "webquestions", A.TIME).mean == pytest.approx(9.0)
     assert study.cell(A.ZO_OFF, "webquestions", "train_minutes").mean == pytest.approx(5.0)
     assert study.cell(A.alpha_arm(0.0), "webquestions", "train_minutes") is None
 

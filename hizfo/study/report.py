@@ -28,6 +28,7 @@ PAPER_MODELS = ("opt-1.3b", "opt-2.7b", "bloomz-3b", "qwen2.5-3b-instruct")
 METRIC_NAMES = {"accuracy": "accuracy % (strict EM)", A.WEBQ_LENIENT: "any-answer normalized %",
                 "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                 "rouge1_max_stem": "ROUGE-1 max-ref stemmed", "train_minutes": "train min",
+                "train_cpu_minutes": "train CPU min",
                 "peak_mem_gb": "peak RSS GB"}
 
 
@@ -98,10 +99,14 @@ def paper_cell(paper: list[dict[str, Any]], table: str, method: str | None, task
 
 # --------------------------------------------------------------------------- tables
 
+COST_HEADER = ["train min", "train CPU min", "CPU time / Full FT", "peak RSS GB", "memory / Full FT"]
+
+
 def cost_cells(study: Study, arm: A.Arm, task: str) -> list[str]:
-    """Train minutes and peak memory, each also as a ratio to Full FT in this study."""
-    time, mem = "train_minutes", "peak_mem_gb"
-    return [fmt_cell(study.cell(arm, task, time)), fmt_num(study.ratio(arm, task, time)),
+    """Train minutes (wall; CPU, also as a ratio to Full FT) and peak memory (also as a ratio)."""
+    mem = "peak_mem_gb"
+    return [fmt_cell(study.cell(arm, task, "train_minutes")), fmt_cell(study.cell(arm, task, A.TIME)),
+            fmt_num(study.ratio(arm, task, A.TIME)),
             fmt_cell(study.cell(arm, task, mem), 2), fmt_num(study.ratio(arm, task, mem))]
 
 
@@ -110,8 +115,8 @@ def arm_table(study: Study, paper: list[dict[str, Any]], arms: Iterable[A.Arm], 
     """Quality (paper column + secondary metrics), time and memory (also / Full FT), paper beside."""
     q = A.QUALITY[task]
     metrics = (q, *A.EXTRA[task])
-    header = ["arm", *(METRIC_NAMES[m] for m in metrics), "train min", "time / Full FT", "peak RSS GB",
-              "memory / Full FT", f"paper {METRIC_NAMES[q]} (3B-class models, GPU)"]
+    header = ["arm", *(METRIC_NAMES[m] for m in metrics), *COST_HEADER,
+              f"paper {METRIC_NAMES[q]} (3B-class models, GPU)"]
     rows = []
     for arm in arms:
         rows.append([arm.label, *(fmt_cell(study.cell(arm, task, m)) for m in metrics),
@@ -123,7 +128,7 @@ def sweep_table(study: Study, arms: list[tuple[float, A.Arm]], name: str, task: 
                 paper_points: dict[str, dict[float, float]]) -> str:
     q = A.QUALITY[task]
     models = sorted(paper_points)
-    header = [name, METRIC_NAMES[q], "train min", "time / Full FT", "peak RSS GB", "memory / Full FT",
+    header = [name, METRIC_NAMES[q], *COST_HEADER,
               *(f"paper {m} (DialogSum ROUGE-1, GPU)" for m in models)]
     rows = [[f"{x:g}", fmt_cell(study.cell(arm, task, q)), *cost_cells(study, arm, task),
              *(fmt_num(paper_points[m].get(x), 1) for m in models)] for x, arm in arms]
@@ -132,10 +137,11 @@ def sweep_table(study: Study, arms: list[tuple[float, A.Arm]], name: str, task: 
 
 SCALE_NOTE = ("Ours: SmolLM2-135M-Instruct, fp32, CPU (protocol `mini`, conf/protocols/mini.yaml); cells are "
               "mean ± sample std over seeds (n = seeds, the newest record per seed) and the 95% Student-t "
-              "interval of the mean; time = training seconds (selection profiling included, evaluation "
-              "excluded) in minutes; memory = the process's peak RSS; ratios = mean / Full FT's mean in "
-              "this study. The paper's numbers come from 1.3B-3B models on GPUs: a different scale, for "
-              "direction only.")
+              "interval of the mean; time = training time (selection profiling included, evaluation "
+              "excluded) in minutes, wall-clock and CPU time of the 1-thread training process (the ratio "
+              "and the time claims use CPU time: wall-clock is stretched by whatever shares the CPU); "
+              "memory = the process's peak RSS; ratios = mean / Full FT's mean in this study. The paper's "
+              "numbers come from 1.3B-3B models on GPUs: a different scale, for direction only.")
 
 
 def build_tables(study: Study, paper: list[dict[str, Any]]) -> dict[str, str]:
@@ -169,7 +175,7 @@ def build_tables(study: Study, paper: list[dict[str, Any]]) -> dict[str, str]:
 
 def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, number: str) -> tuple[str, str]:
     verdict = claim.judge(study.cell)
-    metrics = (A.QUALITY[claim.task], "train_minutes", "peak_mem_gb")
+    metrics = (A.QUALITY[claim.task], "train_minutes", A.TIME, "peak_mem_gb")
     lines = [f"### {number}. {claim.text} ({claim.task})", "",
              f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
     if claim.rule:
