@@ -25,7 +25,8 @@ single, ddp, fsdp.
 FSDP (``fsdp``, FSDP2's ``fully_shard``; methods in ``FSDP_METHODS``): every transformer block (the
 model's ``_no_split_modules``) and then the root become FSDP units, so each rank holds 1/N of every
 tensor (dim-0 rows) and of its optimizer state. The batch is split as above; FSDP reduce-scatters the
-first-order gradients (averaged, as DDP); the gradient hook skips those DTensor gradients. Zeroth-order
+first-order gradients (averaged, as DDP); the gradient hook skips those DTensor gradients and averages
+the rest (PEFT adapters, added after sharding, stay whole on every rank). Zeroth-order
 parts perturb and update only each rank's rows, with the block noise of the full tensor
 (hizfo.zo: independent of the world size). After a forward under no_grad (ZO passes, evaluation) the
 root is resharded, so a perturbation of the shards is always seen by the next all-gather. Evaluation
@@ -50,8 +51,8 @@ from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
-#: methods tested under FSDP (tests/test_distributed.py); the others are refused with ddp named
-FSDP_METHODS = ("full_ft", "mezo", "hizfo", "greentrainer")
+#: methods tested under FSDP (tests/test_distributed.py); a new method joins once tested there
+FSDP_METHODS = ("full_ft", "ft_topk", "lora", "prefix", "greentrainer", "mezo", "bilevel_zofo", "hizfo")
 
 
 @dataclass

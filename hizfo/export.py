@@ -32,33 +32,37 @@ def final_model_dir(hydra_output_dir: str | None, checkpoint_dir: str | Path) ->
 
 def export_final(method: Method, model: nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     """Write the fine-tuned model (or adapter) to ``out_dir``; returns what the record says about it.
-    Under FSDP every rank calls it (the full weights are gathered to rank 0's CPU, which writes)."""
+    Under FSDP every rank calls it (sharded weights are gathered to rank 0's CPU, which writes; the
+    other ranks get {})."""
     ctx = distributed.context()
-    if ctx.strategy == "fsdp":
+    sharded = ctx.strategy == "fsdp"
+    save_artifacts = getattr(method, "save_artifacts", None)
+    if save_artifacts is not None:  # the PEFT methods: their adapter(s), peft format
+        save_artifacts(out_dir)  # rank 0 writes (and under FSDP every rank helps gather)
+        kind = "adapter"
+        base_state = getattr(method, "base_state_dict", None)
+        written = (out_dir / "base_weights.safetensors").exists()
+        if base_state is not None and (sharded or not written):
+            state = base_state()  # every rank: a gather when sharded
+            if ctx.is_main and not written:
+                from safetensors.torch import save_file
+
+                save_file({n: t.contiguous().cpu() for n, t in state.items()},
+                          str(out_dir / "base_weights.safetensors"))
+                kind = "adapter+base_weights"
+    elif sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not ctx.is_main:
-            return {}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-        return _describe(out_dir, tokenizer, "model")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_artifacts = getattr(method, "save_artifacts", None)
-    if save_artifacts is not None:  # the PEFT methods: their adapter(s), peft format
-        save_artifacts(out_dir)
-        kind = "adapter"
-        base_state = getattr(method, "base_state_dict", None)
-        if base_state is not None and not (out_dir / "base_weights.safetensors").exists():
-            from safetensors.torch import save_file
-
-            save_file({n: t.contiguous().cpu() for n, t in base_state().items()},
-                      str(out_dir / "base_weights.safetensors"))
-            kind = "adapter+base_weights"
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        kind = "model"
     else:
+        out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir, safe_serialization=True)
         kind = "model"
-    return _describe(out_dir, tokenizer, kind)
+    return _describe(out_dir, tokenizer, kind) if ctx.is_main else {}
 
 
 def _describe(out_dir: Path, tokenizer: Any, kind: str) -> dict[str, Any]:

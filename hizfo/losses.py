@@ -71,7 +71,7 @@ def plain_causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def chunkable_head(model: nn.Module) -> nn.Linear | None:
     """The LM head if the chunked loss applies to this model, else None. Never under FSDP: a sharded
     head's weight is whole only inside the model's own forward."""
-    if isinstance(model, FSDPModule):
+    if any(isinstance(m, FSDPModule) for m in model.modules()):  # also inside a PEFT wrapper
         return None
     config = getattr(model, "config", None)
     get_head = getattr(model, "get_output_embeddings", None)

@@ -264,7 +264,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if path and any(predictions.values()):  # every prediction + references beside the record (rescore)
             record["predictions"] = _safe(lambda: attach_predictions(path, predictions))
         try:
-            if hasattr(method, "save_artifacts") and completed and main_rank:
+            sharded = distributed.context().strategy == "fsdp"  # every rank helps gather; rank 0 writes
+            if hasattr(method, "save_artifacts") and completed and (main_rank or sharded):
                 method.save_artifacts(Path(checkpoint_dir) / "artifacts")
             if completed and cfg.trainer.keep_checkpoints == "none" and main_rank:
                 checkpoints.delete_folder(Path(checkpoint_dir))

@@ -31,7 +31,12 @@ METHODS = {
     "mezo": {"name": "mezo", "lr": 1e-3, "eps": 1e-3, "weight_decay": 0.0, "schedule": "constant"},
     "hizfo": {"name": "hizfo", "rho": 0.6, "lr": 1e-2, "zo_lr_ratio": 0.1, "eps": 1e-3, "alpha": 0.1},
 }
-SETTINGS = {**METHODS, "greentrainer": {"name": "greentrainer", "rho": 0.6, "lr": 1e-2, "weight_decay": 0.0}}
+SETTINGS = {**METHODS, "greentrainer": {"name": "greentrainer", "rho": 0.6, "lr": 1e-2, "weight_decay": 0.0},
+            "ft_topk": {"name": "ft_topk", "k": 1, "lr": 1e-2, "weight_decay": 0.0},
+            "lora": {"name": "lora", "lr": 1e-2, "dropout": 0.0, "weight_decay": 0.0},
+            "prefix": {"name": "prefix", "lr": 1e-2, "num_virtual_tokens": 4, "weight_decay": 0.0},
+            "bilevel_zofo": {"name": "bilevel_zofo", "outer_every": 2, "lower_lr": 1e-2, "upper_lr": 1e-3,
+                             "lam": 10.0}}
 
 
 def _model_without_dropout():
@@ -155,7 +160,9 @@ FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
                                                 "model.decoder.layers.1.fc2.weight",
                                                 "model.decoder.final_layer_norm.weight"]}),
              "hizfo_selected": ("hizfo", {}),  # its own importance selection, on the sharded model
-             "greentrainer": ("greentrainer", {"reselect_every_epochs": 1})}
+             "greentrainer": ("greentrainer", {"reselect_every_epochs": 1}),
+             "ft_topk": ("ft_topk", {}), "lora": ("lora", {}), "prefix": ("prefix", {}),
+             "bilevel_zofo": ("bilevel_zofo", {"save_base_weights": True})}
 BEST_AT_STEP_2 = [3.0, 1.0, 2.0, 4.0]  # trainer.select=best_val_loss scores step 2's weights
 
 
@@ -188,7 +195,10 @@ def _uneven_shapes_noise(rank: int) -> dict:
 def _fsdp_checks(rank: int, out: str, ckpt: str) -> None:
     distributed.setup("fsdp", "cpu")
     try:
-        results = {run: _train(name, 1, 4, **overrides) for run, (name, overrides) in FSDP_RUNS.items()}
+        results = {run: _train(name, 1, 4, export_to=f"{ckpt}/fsdp-export-{run}", **overrides)
+                   for run, (name, overrides) in FSDP_RUNS.items() if run in ("bilevel_zofo", "lora")}
+        results.update({run: _train(name, 1, 4, **overrides) for run, (name, overrides) in FSDP_RUNS.items()
+                        if run not in results})
         results["whole"] = _train("full_ft", 1, 4, f"{ckpt}/fsdp-whole", export_to=f"{ckpt}/fsdp-export")
         try:
             _train("full_ft", 1, 4, f"{ckpt}/fsdp-crashed", crash_at=2)
@@ -268,6 +278,27 @@ def test_a_checkpoint_resumed_on_another_world_size_or_strategy_is_a_clear_error
     assert "trainer.strategy=fsdp" in fsdp_two_ranks[0]["ddp_checkpoint_under_fsdp"]
     with pytest.raises(CheckpointError, match="written by 2 process"):  # this process is alone
         _train("full_ft", 1, 4, str(Path(spawned).parent / "ckpt" / "fsdp-whole"))
+
+
+@pytest.mark.parametrize("run", ["lora", "bilevel_zofo"])
+def test_fsdp_peft_export_equals_the_single_process_one(spawned, run):
+    from safetensors.torch import load_file
+
+    method_name, overrides = FSDP_RUNS[run]
+    single = Path(spawned).parent / f"single-export-{run}"
+    configure_loss(chunked=False)
+    try:
+        _train(method_name, 2, 4, export_to=str(single), **overrides)
+    finally:
+        configure_loss(chunked=True)
+    sharded = Path(spawned).parent / "ckpt" / f"fsdp-export-{run}"
+    files = sorted(p.relative_to(single) for p in single.rglob("*.safetensors"))
+    assert files and files == sorted(p.relative_to(sharded) for p in sharded.rglob("*.safetensors"))
+    for name in files:  # adapters and, for Bilevel-ZOFO, the gathered base weights
+        got, expected = load_file(sharded / name), load_file(single / name)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
 
 
 def test_fsdp_export_writes_the_gathered_model(fsdp_two_ranks, spawned):

@@ -300,19 +300,23 @@ class BilevelZOFO(Method):
             self.theta_opt.load_state_dict(state["theta_opt"])
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The ZO-updated base weights under their original (pre-peft) names."""
-        return {n: p.detach() for n, p in self.theta_named}
+        """The ZO-updated base weights under their original (pre-peft) names (gathered when sharded:
+        under FSDP every rank must call it)."""
+        return {n: distributed.full_tensor(p).detach() for n, p in self.theta_named}
 
     def save_artifacts(self, out_dir: str | Path) -> Path:
         """Both adapters to out_dir/adapters/{upper,lower}; with save_base_weights also the ZO-updated
         base weights (original names) to out_dir/base_weights.safetensors. Evaluate = those base
         weights + the upper adapter (peft_utils.load_adapter(base, path/"upper", "upper"))."""
         out = Path(out_dir)
+        base = self.base_state_dict() if self.cfg.save_base_weights else None  # every rank (FSDP gather)
+        if not distributed.context().is_main:  # data parallel / FSDP: rank 0 writes
+            return out
         peft_utils.save_adapters(self.peft_model, out / "adapters")
-        if self.cfg.save_base_weights:
+        if base is not None:
             from safetensors.torch import save_file
 
-            save_file({n: t.contiguous().cpu() for n, t in self.base_state_dict().items()},
+            save_file({n: t.contiguous().cpu() for n, t in base.items()},
                       str(out / "base_weights.safetensors"))
         return out
 

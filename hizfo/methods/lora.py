@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from hizfo import peft_utils
+from hizfo import distributed, peft_utils
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import adamw_step
 from hizfo.optim import decay_settings, make_adamw
@@ -66,8 +66,10 @@ class PeftFineTune(Method):
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save_artifacts(self, out_dir: str | Path) -> Path:
-        """Write the adapter (peft format) to out_dir/adapter; reload with peft_utils.load_adapter."""
-        return peft_utils.save_adapters(self.peft_model, Path(out_dir) / "adapter")
+        """Write the adapter (peft format) to out_dir/adapter; reload with peft_utils.load_adapter.
+        Under data parallel / FSDP rank 0 writes (adapters are replicated, never sharded)."""
+        out = Path(out_dir) / "adapter"
+        return peft_utils.save_adapters(self.peft_model, out) if distributed.context().is_main else out
 
 
 @register_method("lora")
