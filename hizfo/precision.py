@@ -33,7 +33,12 @@ def storage_dtype(precision: str) -> torch.dtype:
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager:
-    """The context a training step runs in: bf16 autocast for bf16-mixed, nothing otherwise."""
+    """The context a training step runs in: bf16 autocast for bf16-mixed, nothing otherwise.
+
+    Autocast's weight cache is off: it keeps the first bf16 copy of every parameter that requires
+    grad for the whole region, so a weight changed in place within the step (MeZO's and Hi-ZFO's
+    perturbations, the importance profiler's trial step) would be seen by later forwards as it was
+    before the change (MeZO's L- computed at theta + eps*z for every Linear layer)."""
     if check_precision(precision) == "bf16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()

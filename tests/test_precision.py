@@ -39,6 +39,23 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_fp32_gradients():
     assert abs(loss.item() - exact.item()) < 0.05 * exact.item() and loss.item() != exact.item()
 
 
+def test_bf16_mixed_sees_weights_changed_in_place_within_a_step():
+    """MeZO perturbs the weights in place between its two forwards of one step: autocast's weight
+    cache (on by default) would hand the second forward the first one's bf16 copy of every Linear."""
+    model = tiny_model("llama")
+    model.eval()
+    batch = make_batch()
+    with autocast("bf16-mixed", torch.device("cpu")), torch.no_grad():
+        causal_lm_loss(model, batch)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(1.5)
+        after = causal_lm_loss(model, batch)
+    with autocast("bf16-mixed", torch.device("cpu")), torch.no_grad():
+        fresh = causal_lm_loss(model, batch)  # a new region casts the changed weights
+    assert after.item() == fresh.item()
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     batch = make_batch()
     grads = []
