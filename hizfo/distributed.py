@@ -261,7 +261,7 @@ def shard_model(model: nn.Module, method_name: str) -> None:
     ctx = _CONTEXT
     if ctx.strategy != "fsdp":
         return
-    if method_name not in FSDP_METHODS:
+    if method_name not in (*FSDP_METHODS, "zero_shot"):
         raise ValueError(f"trainer.strategy=fsdp supports {', '.join(FSDP_METHODS)} (tested); "
                          f"run {method_name} with trainer.strategy=ddp")
     from torch.distributed.device_mesh import init_device_mesh
@@ -280,6 +280,13 @@ def shard_model(model: nn.Module, method_name: str) -> None:
         fully_shard(block, mesh=ctx.mesh)
     fully_shard(model, mesh=ctx.mesh)
     model.register_forward_hook(_reshard_after_no_grad_forward)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` (or a wrapper's inner model, e.g. a PEFT one) holds FSDP units."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def _reshard_after_no_grad_forward(module: nn.Module, _inputs: Any, _output: Any) -> None:

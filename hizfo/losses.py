@@ -27,7 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
+
+from hizfo.distributed import is_sharded
 
 Batch = dict[str, torch.Tensor]
 
@@ -71,7 +72,7 @@ def plain_causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def chunkable_head(model: nn.Module) -> nn.Linear | None:
     """The LM head if the chunked loss applies to this model, else None. Never under FSDP: a sharded
     head's weight is whole only inside the model's own forward."""
-    if any(isinstance(m, FSDPModule) for m in model.modules()):  # also inside a PEFT wrapper
+    if is_sharded(model):  # also inside a PEFT wrapper
         return None
     config = getattr(model, "config", None)
     get_head = getattr(model, "get_output_embeddings", None)

@@ -132,10 +132,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if model_cfg.get("source") == "local":
             model_cfg["path"] = _abs(model_cfg["path"])
-        model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg), device,
+        sharded = dist_ctx.strategy == "fsdp"  # loaded on the CPU, only each rank's shards go to the device
+        model, tokenizer = load_model_and_tokenizer(OmegaConf.create(model_cfg),
+                                                    "cpu" if sharded else device,
                                                     check_precision(cfg.trainer.precision))
         if cfg.trainer.gradient_checkpointing:  # non-reentrant: restores the RNG, so dropout replays
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        distributed.shard_model(model, method.name)  # fsdp: before any forward, evaluation included
         data_dir = _abs(cfg.data.dir) if cfg.data.dir else None
         eos = tokenizer.eos_token
         train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []

@@ -54,13 +54,19 @@ def _model_without_dropout():
 
 def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = None, crash_at=None,
            export_to: str | None = None, val_losses: list[float] | None = None, precision: str = "fp32",
-           gradient_checkpointing: bool = False, **overrides):
+           gradient_checkpointing: bool = False, generate_first: bool = False, **overrides):
     """Train on the toy data; returns (flat weights, losses). Dropout off: a single process draws
     one stream of masks, two ranks two streams, so only dropout-free runs can be equal."""
     tok, ds = toy_dataset()
     model = _model_without_dropout()
     if gradient_checkpointing:  # as hizfo.train does it
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if generate_first:  # an evaluation before training (eval.before_training), as hizfo.train shards first
+        from hizfo.evaluation.generation import GenerationSettings, generate
+
+        distributed.shard_model(model, method_name)
+        generate(model, tok, ["count 1 TL;DR:", "count 2 TL;DR:"], GenerationSettings(max_new_tokens=3),
+                 progress=False)
     settings = {k: v for k, v in {**SETTINGS[method_name], **overrides}.items() if k != "name"}
     method = build_method(method_name, method_config(method_name, **settings))
     cfg = LoopConfig(num_epochs=2, batch_size=4, grad_accum=grad_accum, max_steps=steps, seed=0,
@@ -167,6 +173,7 @@ FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
              "ft_topk": ("ft_topk", {}), "lora": ("lora", {}), "prefix": ("prefix", {}),
              "bilevel_zofo": ("bilevel_zofo", {"save_base_weights": True}),
              "full_ft_checkpointed": ("full_ft", {"gradient_checkpointing": True}),
+             "full_ft_after_generation": ("full_ft", {"generate_first": True}),
              "hizfo_bf16_mixed": ("hizfo", {"precision": "bf16-mixed"})}
 BEST_AT_STEP_2 = [3.0, 1.0, 2.0, 4.0]  # trainer.select=best_val_loss scores step 2's weights
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from hizfo.distributed import is_sharded
 from hizfo.models import eval_mode
 from hizfo.progress import progress_bar
 
@@ -179,7 +180,8 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str] | Sequence[Sequ
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     outputs: list[str] = [""] * len(rows)
     kwargs = settings.generate_kwargs()
-    with eval_mode(model), torch.inference_mode():
+    # FSDP: gathered weights made under inference_mode could not be refilled by training afterwards
+    with eval_mode(model), torch.no_grad() if is_sharded(model) else torch.inference_mode():
         bar = progress_bar(total=len(rows), enabled=progress, desc=desc, leave=False)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
