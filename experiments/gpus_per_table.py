@@ -56,9 +56,8 @@ def main() -> int:
     lines = [f"# GPUs per job for the paper's tables ({args.gpu_gb:g} GB GPUs, batch 4, planned)", "",
              "Command: `python experiments/gpus_per_table.py`. From `hizfo.plan` on meta-device models "
              "(2-core CPU, no GPU): a model, not a measurement; no GPU run has checked it. 'N fsdp' = "
-             "trainer.strategy=fsdp on N GPUs (implemented for Full FT, MeZO and Hi-ZFO with explicit "
-             "fo_tensors, CPU-tested only; ddp replicates the model and does not reduce memory per GPU). "
-             "GiB = the planned per-GPU peak.", "",
+             "trainer.strategy=fsdp on N GPUs (every training method; tested on CPU with gloo only; ddp "
+             "replicates the model and does not reduce memory per GPU). GiB = the planned per-GPU peak.", "",
              "| table | model | " + " | ".join(["method", "GPUs", "GiB"]) + " |", "|---|---|---|---|---|"]
     for table, (models, methods, seq_len) in TABLES.items():
         for model in models:

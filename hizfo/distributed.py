@@ -23,16 +23,16 @@ rank (the global RNG is re-seeded with seed + rank after setup) and each rank's 
 single, ddp, fsdp.
 
 FSDP (``fsdp``, FSDP2's ``fully_shard``; methods in ``FSDP_METHODS``): every transformer block (the
-model's ``_no_split_modules``) and then the root become FSDP units, so each rank holds 1/N of every
-tensor (dim-0 rows) and of its optimizer state. The batch is split as above; FSDP reduce-scatters the
-first-order gradients (averaged, as DDP); the gradient hook skips those DTensor gradients and averages
-the rest (PEFT adapters, added after sharding, stay whole on every rank). Zeroth-order
-parts perturb and update only each rank's rows, with the block noise of the full tensor
-(hizfo.zo: independent of the world size). After a forward under no_grad (ZO passes, evaluation) the
-root is resharded, so a perturbation of the shards is always seen by the next all-gather. Evaluation
-runs on every rank in lockstep (a sharded forward needs all of them); rank 0 keeps the result.
-Checkpoints hold every rank's local shards (gathered to rank 0, one file): resume needs the same
-world size and strategy (said clearly otherwise).
+model's ``_no_split_modules``), an untied input embedding and LM head, and then the root become FSDP
+units, so each rank holds 1/N of every tensor (dim-0 rows) and of its optimizer state. The batch is
+split as above; FSDP reduce-scatters the first-order gradients (averaged, as DDP); the gradient hook
+skips those DTensor gradients and averages the rest (PEFT adapters, added after sharding, stay whole
+on every rank). Zeroth-order parts perturb and update only each rank's rows, with the block noise of
+the full tensor (hizfo.zo: independent of the world size). After a forward under no_grad (ZO passes,
+evaluation) the root is resharded, so a perturbation of the shards is always seen by the next
+all-gather. Evaluation runs on every rank in lockstep (a sharded forward needs all of them); rank 0
+keeps the result. Checkpoints hold every rank's local shards (gathered to rank 0, one file): resume
+needs the same world size and strategy (said clearly otherwise).
 """
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ def barrier() -> None:
 
 
 def shard_model(model: nn.Module, method_name: str) -> None:
-    """Under ``fsdp``: shard ``model`` in place with FSDP2 (each transformer block, then the root),
-    before the method builds its optimizer. A no-op for other strategies or an already sharded model."""
+    """Under ``fsdp``: shard ``model`` in place with FSDP2 (each transformer block, an untied input
+    embedding and LM head, then the root), before the method builds its optimizer. A no-op for other
+    strategies or an already sharded model."""
     ctx = _CONTEXT
     if ctx.strategy != "fsdp":
         return
@@ -276,10 +277,21 @@ def shard_model(model: nn.Module, method_name: str) -> None:
                          "(_no_split_modules), so it cannot be sharded block by block; use ddp")
     if ctx.mesh is None:
         ctx.mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
-    for block in blocks:
-        fully_shard(block, mesh=ctx.mesh)
+    for unit in [*blocks, *_untied_embeddings(model)]:
+        fully_shard(unit, mesh=ctx.mesh)
     fully_shard(model, mesh=ctx.mesh)
     model.register_forward_hook(_reshard_after_no_grad_forward)
+
+
+def _untied_embeddings(model: nn.Module) -> list[nn.Module]:
+    """The input embedding and the LM head when they do not share their weight: units of their own,
+    gathered only while they compute (the root stays gathered from forward to the end of backward).
+    A tied pair stays in the root (one tensor cannot belong to two units)."""
+    getters = [getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)]
+    pair = [get() if get else None for get in getters]
+    if any(getattr(m, "weight", None) is None for m in pair) or pair[0].weight is pair[1].weight:
+        return []
+    return pair
 
 
 def is_sharded(model: nn.Module) -> bool:

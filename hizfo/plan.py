@@ -24,7 +24,10 @@ one optimizer temporary per gradient), because gradients are freed between steps
 the saved activations are freed as the backward pass creates the gradients. This is a model, not a
 measurement: ``experiments/plan_vs_measured.py`` compares it with the CPU bench's measured peaks.
 Strategies: ``single``; ``ddp`` (each rank holds everything, sees batch/gpus, plus gradient buckets);
-``fsdp`` (weights, gradients and optimizer state sharded over the ranks, plus one unsharded block).
+``fsdp`` (weights, gradients and optimizer state sharded over the ranks, plus the unsharded root
+parameters (final norm, a tied embedding / head: FSDP2 keeps the root gathered from forward to the end
+of backward) and the largest other unit (a block, an untied embedding or head) gathered; the plain
+loss, as hizfo.losses uses for a sharded model).
 """
 
 from __future__ import annotations
@@ -270,6 +273,8 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
     if batch_size % gpus:
         raise ValueError(f"batch_size={batch_size} does not split over gpus={gpus}")
     method_cfg = dict(method_cfg or {})
+    if strategy == "fsdp" and gpus > 1:
+        chunked_loss = False  # a sharded model gets the plain loss (hizfo.losses.chunkable_head)
     compute_bytes = 4 if precision == "fp32" else 2
     store_bytes = 2 if precision == "bf16" else 4
     model = meta_model(config)
@@ -316,14 +321,22 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
     optimizer_temp = gradients if device == "cuda" else 2 * largest_fo
     fsdp_unsharded = 0
     if strategy == "fsdp" and gpus > 1:
+        from hizfo.distributed import _untied_embeddings
         from hizfo.selection.tensors import transformer_blocks
 
-        block = max(_numel(b.parameters()) for b in transformer_blocks(model))
-        # the all-gathered block being computed (and its unsharded gradient when it trains)
-        fsdp_unsharded = (2 if n_fo else 1) * block * store_bytes
+        units = [*transformer_blocks(model), *_untied_embeddings(model)]  # as distributed.shard_model
+        block = max(_numel(u.parameters()) for u in units)
+        root = total - sum(_numel(u.parameters()) for u in units)  # final norm (and a tied embedding)
+        # the gathered root and block being computed (and their unsharded gradients when base
+        # weights train: not for the PEFT methods, whose adapters stay whole and replicated)
+        base_trains = n_fo and method not in ("lora", "prefix", "bilevel_zofo")
+        fsdp_unsharded = (2 if base_trains else 1) * (block + root) * store_bytes
         weights, gradients, optimizer = (-(-x // gpus) for x in (weights, gradients, optimizer))
         optimizer_temp = -(-optimizer_temp // gpus)
-        zo_buffers = -(-zo_buffers // gpus)  # each rank perturbs its own shard
+        # each rank perturbs its own shard, drawing noise one block of the full tensor at a time
+        from hizfo.zo import SHARDED_BLOCK_ELEMS
+
+        zo_buffers = 2 * min(largest_zo, SHARDED_BLOCK_ELEMS) * 4 if zo else 0
     elif strategy == "ddp" and gpus > 1:
         gradients *= 2  # DDP's communication buckets hold a second copy of the gradients
     phases = [gradients + optimizer_temp + zo_buffers]  # after backward: gradients and the update

@@ -52,13 +52,27 @@ def _model_without_dropout():
     return model
 
 
+def _untied_llama():
+    """tiny_model("llama") with its own LM head (no dropout in Llama)."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama")
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.config.use_cache = False
+    assert model.get_input_embeddings().weight is not model.get_output_embeddings().weight
+    return model
+
+
 def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = None, crash_at=None,
            export_to: str | None = None, val_losses: list[float] | None = None, precision: str = "fp32",
-           gradient_checkpointing: bool = False, generate_first: bool = False, **overrides):
+           gradient_checkpointing: bool = False, generate_first: bool = False, untied_llama: bool = False,
+           **overrides):
     """Train on the toy data; returns (flat weights, losses). Dropout off: a single process draws
     one stream of masks, two ranks two streams, so only dropout-free runs can be equal."""
     tok, ds = toy_dataset()
-    model = _model_without_dropout()
+    model = _untied_llama() if untied_llama else _model_without_dropout()
     if gradient_checkpointing:  # as hizfo.train does it
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if generate_first:  # an evaluation before training (eval.before_training), as hizfo.train shards first
@@ -81,6 +95,8 @@ def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = Non
 
     result = train(model, method, ds, collate_train(tok.pad_token_id), cfg, torch.device("cpu"),
                    on_step=on_step, validate=(lambda: next(scripted)) if val_losses else None)
+    if untied_llama and distributed.context().strategy == "fsdp":  # its own FSDP unit
+        assert distributed.is_sharded(model.get_output_embeddings())
     if export_to:  # trainer.save_final
         export_final(method, model, tok, Path(export_to))
     weights = torch.cat([distributed.full_tensor(p).detach().flatten() for p in model.parameters()])
@@ -174,6 +190,8 @@ FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
              "bilevel_zofo": ("bilevel_zofo", {"save_base_weights": True}),
              "full_ft_checkpointed": ("full_ft", {"gradient_checkpointing": True}),
              "full_ft_after_generation": ("full_ft", {"generate_first": True}),
+             # embedding and head are FSDP units of their own when untied (Llama has no dropout)
+             "full_ft_untied_llama": ("full_ft", {"untied_llama": True}),
              "hizfo_bf16_mixed": ("hizfo", {"precision": "bf16-mixed"})}
 BEST_AT_STEP_2 = [3.0, 1.0, 2.0, 4.0]  # trainer.select=best_val_loss scores step 2's weights
 
