@@ -185,6 +185,9 @@ FSDP_RUNS = {"full_ft": ("full_ft", {}), "mezo": ("mezo", {}),
                                                 "model.decoder.layers.1.fc2.weight",
                                                 "model.decoder.final_layer_norm.weight"]}),
              "hizfo_selected": ("hizfo", {}),  # its own importance selection, on the sharded model
+             # ZO AdamW moments of each rank's rows; bit-exact restore from a snapshot of the shards
+             "hizfo_zo_adamw_keep": ("hizfo", {"zo_optimizer": "adamw", "keep_noise": True}),
+             "mezo_rademacher": ("mezo", {"noise": "rademacher"}),
              "greentrainer": ("greentrainer", {"reselect_every_epochs": 1}),
              "ft_topk": ("ft_topk", {}), "lora": ("lora", {}), "prefix": ("prefix", {}),
              "bilevel_zofo": ("bilevel_zofo", {"save_base_weights": True}),
@@ -211,9 +214,11 @@ def _uneven_shapes_noise(rank: int) -> dict:
     module.params = torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in plain])
     fully_shard(module, mesh=distributed.context().mesh)
     sharded = list(module.parameters())
-    local = [z.clone() for _, z in zo.ZONoise(sharded, seed=123).pairs()]
-    offsets = [distributed.local_shard(p)[1] for p in sharded]
-    whole = [z.clone() for _, z in zo.ZONoise(plain, seed=123).pairs()]
+    def noise(params):  # gaussian, then rademacher
+        return [z.clone() for kind in zo.NOISE_KINDS for _, z in zo.ZONoise(params, 123, kind=kind).pairs()]
+
+    local, whole = noise(sharded), noise(plain)
+    offsets = [distributed.local_shard(p)[1] for p in sharded] * len(zo.NOISE_KINDS)
     # a ZO-SGD update of the shards equals the same update of the whole tensors
     zo.ZONoise(sharded, seed=7).update(0.5, 0.1, weight_decay=0.01)
     zo.ZONoise(plain, seed=7).update(0.5, 0.1, weight_decay=0.01)
@@ -278,6 +283,7 @@ def test_fsdp_noise_is_the_full_tensor_draw_whatever_the_world_size(fsdp_two_ran
             covered += local.numel()
             parts.append(local.flatten())
         assert torch.equal(torch.cat(parts), z.flatten())
+    assert len(whole) == 8  # gaussian and rademacher, 4 tensors each
     assert any(r["noise"]["local"][2].numel() == 0 for r in fsdp_two_ranks)  # 1 row, 2 ranks
     for rank in fsdp_two_ranks:
         for got, expected in zip(rank["noise"]["updated"], rank["noise"]["plain"], strict=True):
