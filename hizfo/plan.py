@@ -202,17 +202,17 @@ def _method_trainable(model: nn.Module, method: str, method_cfg: dict[str, Any],
     elif method == "mezo":
         fo, zo = [], base
     elif method == "ft_topk":
-        k = int(method_cfg.get("k", 2))
+        k = int(method_cfg["k"])
         fo, zo = [p for b in transformer_blocks(model)[-k:] for p in b.parameters()], []
     elif method in ("greentrainer", "hizfo"):
         from hizfo.selection.costs import cost_table
         from hizfo.selection.partition import _importance_vector, selection_from_table
 
-        rho = float(method_cfg.get("rho", 0.7 if method == "greentrainer" else 0.6))
+        rho = float(method_cfg["rho"])
         table = cost_table(model, batch_size, seq_len)
         vec, _ = _importance_vector("numel", table, 0)
-        result = selection_from_table(table, vec, rho, int(method_cfg.get("resolution", 10000)),
-                                      bool(method_cfg.get("refine", True)), "numel")
+        result = selection_from_table(table, vec, rho, int(method_cfg["resolution"]),
+                                      bool(method_cfg["refine"]), "numel")
         chosen = set(result.selected)
         named = dict(model.named_parameters())
         fo = [named[n] for n in chosen]
@@ -220,16 +220,16 @@ def _method_trainable(model: nn.Module, method: str, method_cfg: dict[str, Any],
     elif method in ("lora", "prefix", "bilevel_zofo"):
         from hizfo import peft_utils
 
-        kind = method if method != "bilevel_zofo" else str(method_cfg.get("peft", "lora"))
+        kind = method if method != "bilevel_zofo" else str(method_cfg["peft"])
         with torch.device("meta"):
             if kind == "lora":
-                model = peft_utils.wrap_lora(model, r=int(method_cfg.get("r", 8)),
-                                             alpha=float(method_cfg.get("alpha", 32)),
-                                             dropout=float(method_cfg.get("dropout", 0.1)),
-                                             target_modules=method_cfg.get("target_modules"))
+                model = peft_utils.wrap_lora(model, r=int(method_cfg["r"]),
+                                             alpha=float(method_cfg["alpha"]),
+                                             dropout=float(method_cfg["dropout"]),
+                                             target_modules=method_cfg["target_modules"])
             else:
                 model = peft_utils.wrap_prefix(model, num_virtual_tokens=int(
-                    method_cfg.get("num_virtual_tokens", 20)))
+                    method_cfg["num_virtual_tokens"]))
         fo = [p for p in model.parameters() if p.requires_grad]
         if method == "bilevel_zofo":  # two PEFT copies (lower z, upper p), base by ZO
             zo = base
@@ -272,7 +272,13 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
         raise ValueError(f"gpus={gpus}: strategy=single uses exactly one GPU; use ddp or fsdp for more")
     if batch_size % gpus:
         raise ValueError(f"batch_size={batch_size} does not split over gpus={gpus}")
-    method_cfg = dict(method_cfg or {})
+    from omegaconf import OmegaConf
+
+    from hizfo.config_schema import method_config
+
+    # the method's committed config (conf/method/<name>.yaml) under the given settings: one default each
+    merged = OmegaConf.merge(method_config(method), method_cfg or {})
+    method_cfg = OmegaConf.to_container(merged, resolve=True)
     if strategy == "fsdp" and gpus > 1:
         chunked_loss = False  # a sharded model gets the plain loss (hizfo.losses.chunkable_head)
     compute_bytes = 4 if precision == "fp32" else 2
@@ -288,7 +294,7 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
     weights = total * store_bytes + (copies - 1) * n_fo * store_bytes
     gradients = copies * n_fo * store_bytes
     optimizer = copies * 2 * n_fo * store_bytes
-    if method == "hizfo" and method_cfg.get("zo_optimizer") == "adamw":
+    if method == "hizfo" and method_cfg["zo_optimizer"] == "adamw":
         optimizer += 2 * n_zo * store_bytes
     # Bilevel-ZOFO's backward passes see one level's part of the 2:1 split, the larger at most
     traced_batch = rank_batch - rank_batch // 3 if method == "bilevel_zofo" else rank_batch
