@@ -3,7 +3,9 @@
 Layout of a checkpoint folder (one per config fingerprint):
 
     checkpoints.json             the manifest: {"latest": entry, "previous": entry | null}
-    checkpoint-<step>-<rand>.pt  torch.save payloads; entry = {"file", "sha256", "bytes", "step", "code"}
+    checkpoint-<step>-<rand>.pt  torch.save payloads; entry = {"file", "sha256", "bytes", "step", "code",
+                                 "parts" (FSDP: one {"file", "sha256", "bytes"} per rank, else absent)}
+    part-<step>-rank<r>-<rand>.pt  rank r's sharded state (FSDP), written by that rank (``write_part``)
     .lock                        flock-ed by the run using the folder (holds its pid, for the message)
     .manifest.lock               flock-ed while one save renames, updates the manifest and cleans up
 
@@ -75,6 +77,7 @@ class LoadedCheckpoint:
     file: Path
     fell_back_because: str | None = None  # why the newest was skipped, None when it was used
     version_mismatch: str | None = None  # how its code differs from this one's (allowed), None when equal
+    parts: list[dict[str, Any]] | None = None  # FSDP: each rank's part (read_part), None otherwise
 
 
 @cache
@@ -142,8 +145,38 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
                               f"{START_OVER}") from exc
 
 
-def save(folder: Path, payload: dict[str, Any], step: int) -> Path:
-    """Write ``payload`` as the newest checkpoint; the old newest becomes the previous one."""
+def write_part(folder: Path, state: Any, step: int, rank: int) -> dict[str, Any]:
+    """Write one rank's part of the next checkpoint (its FSDP shards, so no rank ever holds another's);
+    returns the part's entry for ``save(..., parts=[entry of rank 0, entry of rank 1, ...])``. A part no
+    manifest names is deleted by the next save."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".part-{step:08d}-rank{rank}-", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        entry = {"file": tmp.name[1:].replace(".tmp", ".pt"), "sha256": _sha256(tmp),
+                 "bytes": tmp.stat().st_size}
+        os.replace(tmp, folder / entry["file"])
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return entry
+
+
+def read_part(folder: Path, entry: dict[str, Any]) -> Any:
+    """A part written by ``write_part``, verified against its entry (CheckpointError if damaged)."""
+    why = _verify(folder, entry)
+    if why is not None:
+        raise CheckpointError(f"checkpoint part {why}; {START_OVER}")
+    return _torch_load(folder / entry["file"])
+
+
+def save(folder: Path, payload: dict[str, Any], step: int, parts: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``payload`` as the newest checkpoint; the old newest becomes the previous one. ``parts``:
+    the entries of the per-rank parts (``write_part``) that belong to it."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".checkpoint-{step:08d}-", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -155,6 +188,8 @@ def save(folder: Path, payload: dict[str, Any], step: int) -> Path:
         entry = {"file": tmp.name[1:].replace(".tmp", ".pt"),  # unique: mkstemp's random part stays
                  "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "step": int(step),
                  "code": code_version()}
+        if parts is not None:
+            entry["parts"] = list(parts)
         with _exclusive(folder / MANIFEST_LOCK):  # rename, manifest and clean-up as one step
             final = folder / entry["file"]
             os.replace(tmp, final)
@@ -167,8 +202,10 @@ def save(folder: Path, payload: dict[str, Any], step: int) -> Path:
             _write_json_atomic(folder / MANIFEST, {"latest": entry, "previous": previous,
                                                    "saved_at": time.time()})
             _fsync_dir(folder)
-            keep = {entry["file"]} | ({previous["file"]} if previous else set())
-            for stale in [*folder.glob("checkpoint-*.pt"), *folder.glob("checkpoint-*.damaged")]:
+            keep = {e["file"] for e in (entry, previous) if e}
+            keep |= {part["file"] for e in (entry, previous) if e for part in e.get("parts") or []}
+            for stale in [*folder.glob("checkpoint-*.pt"), *folder.glob("checkpoint-*.damaged"),
+                          *folder.glob("part-*.pt")]:
                 if stale.name not in keep:
                     stale.unlink(missing_ok=True)
             (folder / LEGACY_FILE).unlink(missing_ok=True)
@@ -268,7 +305,7 @@ def load(folder: Path, allow_version_mismatch: bool = False) -> LoadedCheckpoint
                     log.warning("the newest checkpoint failed verification (%s); resuming from the previous "
                                 "good one, %s (step %s)", fallback, path, entry.get("step"))
                     _retire_latest(folder, manifest)
-                return LoadedCheckpoint(state, path, fallback, mismatch)
+                return LoadedCheckpoint(state, path, fallback, mismatch, entry.get("parts"))
         problems.append(why)
     raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems) + f". To {START_OVER}")
 

@@ -31,8 +31,9 @@ on every rank). Zeroth-order parts perturb and update only each rank's rows, wit
 the full tensor (hizfo.zo: independent of the world size). After a forward under no_grad (ZO passes,
 evaluation) the root is resharded, so a perturbation of the shards is always seen by the next
 all-gather. Evaluation runs on every rank in lockstep (a sharded forward needs all of them); rank 0
-keeps the result. Checkpoints hold every rank's local shards (gathered to rank 0, one file): resume
-needs the same world size and strategy (said clearly otherwise).
+keeps the result. Checkpoints: each rank writes its own shards (a part file), rank 0 the loop state
+and the manifest naming every part; resume needs the same world size and strategy (said clearly
+otherwise).
 """
 
 from __future__ import annotations
@@ -393,12 +394,3 @@ def from_local_state(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(from_local_state(v) for v in obj)
     return obj
-
-
-def gather_to_main(obj: Any) -> list[Any] | None:
-    """Every rank's ``obj`` on rank 0 (None elsewhere); a list of one item without distribution."""
-    if not _CONTEXT.active:
-        return [obj]
-    out: list[Any] | None = [None] * _CONTEXT.world_size if _CONTEXT.is_main else None
-    dist.gather_object(obj, out, dst=0)
-    return out

@@ -141,15 +141,17 @@ def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: di
     parallel the replicas are identical: rank 0 writes, with every rank's RNG state."""
     rng_by_rank = distributed.gather_objects(_rng_state())
     ctx = distributed.context()
-    if ctx.strategy == "fsdp":  # each rank's local shards, gathered into rank 0's one file
-        shards = distributed.gather_to_main(distributed.to_local_state(
-            {"model": model.state_dict(), "method": method.state_dict()}))
-        payload = {"model": None, "method": None, "shards_by_rank": shards}
+    step, parts = int(loop_state["step"]), None
+    if ctx.strategy == "fsdp":  # each rank writes its own shards; rank 0's file names them all
+        local = distributed.to_local_state({"model": model.state_dict(), "method": method.state_dict()})
+        parts = distributed.gather_objects(checkpoints.write_part(path, local, step, ctx.rank))
+        del local
+        payload = {"model": None, "method": None, "sharded": True}
     else:
         payload = {"model": model.state_dict(), "method": method.state_dict()}
     if ctx.is_main:
         checkpoints.save(path, {**payload, "loop": loop_state, "rng": rng_by_rank[0],
-                                "rng_by_rank": rng_by_rank}, step=int(loop_state["step"]))
+                                "rng_by_rank": rng_by_rank}, step=step, parts=parts)
     distributed.barrier()
 
 
@@ -169,11 +171,14 @@ def _apply_checkpoint(loaded: checkpoints.LoadedCheckpoint, model: nn.Module, me
         if len(by_rank) != ctx.world_size:
             raise ValueError(f"it was written by {len(by_rank)} process(es) and this run has "
                              f"{ctx.world_size}: resume with the same number of processes")
-        sharded = state.get("shards_by_rank") is not None
+        sharded = bool(state.get("sharded"))
         if sharded != (ctx.strategy == "fsdp"):
             raise ValueError(f"it holds {'sharded (fsdp)' if sharded else 'unsharded'} state and this run "
                              f"uses trainer.strategy={ctx.strategy}: resume with the strategy that wrote it")
-        mine = distributed.from_local_state(state["shards_by_rank"][ctx.rank]) if sharded else state
+        if sharded and len(loaded.parts or []) != ctx.world_size:
+            raise ValueError(f"it names {len(loaded.parts or [])} rank part(s) for {ctx.world_size} ranks")
+        mine = distributed.from_local_state(checkpoints.read_part(loaded.file.parent, loaded.parts[ctx.rank])
+                                            ) if sharded else state
         model.load_state_dict(mine["model"])
         method.load_state_dict(mine["method"])
         _set_rng_state(by_rank[ctx.rank])

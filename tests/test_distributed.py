@@ -16,7 +16,10 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_loop import Interrupt, toy_dataset  # noqa: E402
 
-from hizfo import distributed  # noqa: E402
+from hizfo import (
+    checkpoints,  # noqa: E402
+    distributed,  # noqa: E402
+)
 from hizfo.checkpoints import CheckpointError  # noqa: E402
 from hizfo.config_schema import method_config  # noqa: E402
 from hizfo.data import collate_train  # noqa: E402
@@ -290,9 +293,25 @@ def test_fsdp_noise_is_the_full_tensor_draw_whatever_the_world_size(fsdp_two_ran
             assert torch.equal(got, expected)
 
 
-def test_killed_fsdp_run_resumes_exactly(fsdp_two_ranks):
+def test_killed_fsdp_run_resumes_exactly(fsdp_two_ranks, spawned):
     for rank in fsdp_two_ranks:
         assert torch.equal(rank["whole"][0], rank["resumed"][0]) and rank["whole"][1] == rank["resumed"][1]
+    # each rank wrote its own part of every checkpoint; only the newest and the previous are kept
+    folder = Path(spawned).parent / "ckpt" / "fsdp-whole"
+    parts = sorted(p.name.split("-")[2] for p in folder.glob("part-*.pt"))
+    assert parts == ["rank0", "rank0", "rank1", "rank1"], parts
+    assert len(list(folder.glob("checkpoint-*.pt"))) == 2
+
+
+def test_a_damaged_checkpoint_part_is_a_clear_error(tmp_path):
+    entry = checkpoints.write_part(tmp_path, {"w": torch.arange(4.0)}, step=3, rank=1)
+    assert torch.equal(checkpoints.read_part(tmp_path, entry)["w"], torch.arange(4.0))
+    path = tmp_path / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{entry['file']}.*sha256.*trainer.resume=false"):
+        checkpoints.read_part(tmp_path, entry)
 
 
 def test_fsdp_best_checkpoint_is_restored_from_every_ranks_shards(fsdp_two_ranks, spawned):
