@@ -24,8 +24,15 @@ from hizfo.records import read_records
 OPERATIONAL_TRAINER_KEYS = ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
                             "num_workers", "cpu_threads", "save_final", "keep_checkpoints",
                             "allow_version_mismatch", "skip_completed")
-# Top-level sections that only say where things go and how they are logged.
-OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra")
+# Top-level sections that only say where things go and how they are logged (``sweep``: the empty node
+# conf/sweep/none.yaml leaves in a single run, absent from a multirun member).
+OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra", "sweep")
+# Settings added after records were written, with the value at which they change nothing: a config
+# holding one at that value is the same member as a record that predates it, so adding a feature
+# never re-runs a finished grid. A new config key that changes nothing at its default goes here
+# (tests/test_resume.py checks the committed study records against today's configs).
+NEUTRAL_WHEN_ABSENT: dict[tuple[str, str], Any] = {("eval", "also_tasks"): [],
+                                                    ("eval", "also_max_examples"): None}
 
 
 def member_key(resolved: dict[str, Any]) -> str:
@@ -33,6 +40,10 @@ def member_key(resolved: dict[str, Any]) -> str:
     keep = {k: v for k, v in resolved.items() if k not in OPERATIONAL_SECTIONS}
     keep["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                        if k not in OPERATIONAL_TRAINER_KEYS}
+    for (section, key), neutral in NEUTRAL_WHEN_ABSENT.items():
+        node = keep.get(section)
+        if isinstance(node, dict) and key in node and node[key] == neutral:
+            keep[section] = {k: v for k, v in node.items() if k != key}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -41,6 +41,31 @@ def test_member_key_ignores_where_and_how_but_not_what():
                     {**base, "method": {"name": "full_ft", "lr": 1e-4}},
                     {**base, "trainer": {**base["trainer"], "num_epochs": 3}}):
         assert member_key(changed) != member_key(base)
+    # a setting added later counts at its neutral value as absent, at any other value as a change
+    later = {**base, "eval": {**base["eval"], "also_tasks": [], "also_max_examples": None}}
+    assert member_key(later) == member_key(base)
+    assert member_key({**later, "eval": {**later["eval"], "also_tasks": ["gsm8k"]}}) != member_key(base)
+
+
+STUDY_RECORDS = sorted((REPO / "results" / "mini" / "runs").glob("*.json"))
+
+
+@pytest.mark.skipif(not STUDY_RECORDS, reason="no committed study records")
+def test_committed_study_records_are_still_completed_members_under_todays_configs():
+    """A config key added since a study record was written must not re-run the finished grid: each
+    committed record's Hydra overrides, composed with today's conf/, give the record's member key
+    (else add the new key's neutral value to hizfo.resume.NEUTRAL_WHEN_ABSENT)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        for path in STUDY_RECORDS[:6]:
+            rec = json.loads(path.read_text())
+            overrides = rec["hydra"]["overrides"]
+            today = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+            assert member_key(today) == member_key(rec["config"]), path.name
+            by_hand = [o for o in overrides if not o.startswith("sweep=")]  # the member run alone
+            alone = OmegaConf.to_container(compose("config", overrides=by_hand), resolve=True)
+            assert member_key(alone) == member_key(rec["config"]), path.name
 
 
 @needs_data
