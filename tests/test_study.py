@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from hizfo.report.tables import load_paper_numbers
 from hizfo.study import arms as A
 from hizfo.study import claims as C
-from hizfo.study.report import Study, build_report, build_tables, render
+from hizfo.study.report import Study, build_report, build_tables, mini_records, render
 from hizfo.study.stats import compare, summarize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -233,3 +233,17 @@ def test_every_grid_member_is_mini_and_fills_one_arm(sweep):
             names.add(cfg["run_name"])
     # unique run names (they contain the seed): two members never write the same record file
     assert len(names) == len({tuple(m) for m in grid_members(sweep)})
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "mini"
+
+
+@pytest.mark.skipif(not (COMMITTED / "REPORT.md").is_file(), reason="no committed study rendering")
+def test_committed_rendering_is_what_the_committed_records_render():
+    """results/mini/*.md come from results/mini/runs only: rendering the committed records again gives the
+    committed files byte for byte (after new records, run `make mini-report` and commit both)."""
+    study = Study(*mini_records(COMMITTED / "runs"))
+    paper = load_paper_numbers()
+    fresh = {**build_tables(study, paper), "REPORT.md": build_report(study, paper)}
+    for name, text in fresh.items():
+        assert (COMMITTED / name).read_text() == text, f"results/mini/{name} is stale: run make mini-report"
