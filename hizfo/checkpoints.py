@@ -145,20 +145,31 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
                               f"{START_OVER}") from exc
 
 
-def write_part(folder: Path, state: Any, step: int, rank: int) -> dict[str, Any]:
-    """Write one rank's part of the next checkpoint (its FSDP shards, so no rank ever holds another's);
-    returns the part's entry for ``save(..., parts=[entry of rank 0, entry of rank 1, ...])``. A part no
-    manifest names is deleted by the next save."""
+def _write_temp(folder: Path, state: Any, prefix: str) -> tuple[Path, dict[str, Any]]:
+    """``state`` written and fsynced to a hidden temporary file in ``folder``; returns it and its entry
+    (final file name: the temporary's without the dot and with .pt, unique by mkstemp's random part;
+    sha256; bytes). The caller renames it into place; a failure here leaves nothing behind."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".part-{step:08d}-rank{rank}-", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{prefix}", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        entry = {"file": tmp.name[1:].replace(".tmp", ".pt"), "sha256": _sha256(tmp),
-                 "bytes": tmp.stat().st_size}
+        return tmp, {"file": tmp.name[1:].replace(".tmp", ".pt"), "sha256": _sha256(tmp),
+                     "bytes": tmp.stat().st_size}
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_part(folder: Path, state: Any, step: int, rank: int) -> dict[str, Any]:
+    """Write one rank's part of the next checkpoint (its FSDP shards, so no rank ever holds another's);
+    returns the part's entry for ``save(..., parts=[entry of rank 0, entry of rank 1, ...])``. A part no
+    manifest names is deleted by the next save."""
+    tmp, entry = _write_temp(folder, state, f"part-{step:08d}-rank{rank}-")
+    try:
         os.replace(tmp, folder / entry["file"])
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -177,17 +188,9 @@ def read_part(folder: Path, entry: dict[str, Any]) -> Any:
 def save(folder: Path, payload: dict[str, Any], step: int, parts: list[dict[str, Any]] | None = None) -> Path:
     """Write ``payload`` as the newest checkpoint; the old newest becomes the previous one. ``parts``:
     the entries of the per-rank parts (``write_part``) that belong to it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".checkpoint-{step:08d}-", suffix=".tmp")
-    tmp = Path(tmp_name)
+    tmp, entry = _write_temp(folder, payload, f"checkpoint-{step:08d}-")
+    entry.update(step=int(step), code=code_version())
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        entry = {"file": tmp.name[1:].replace(".tmp", ".pt"),  # unique: mkstemp's random part stays
-                 "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "step": int(step),
-                 "code": code_version()}
         if parts is not None:
             entry["parts"] = list(parts)
         with _exclusive(folder / MANIFEST_LOCK):  # rename, manifest and clean-up as one step
