@@ -13,7 +13,15 @@ from omegaconf import OmegaConf
 from hizfo.report.tables import load_paper_numbers
 from hizfo.study import arms as A
 from hizfo.study import claims as C
-from hizfo.study.report import Study, build_report, build_tables, mini_records, render
+from hizfo.study.report import (
+    Study,
+    build_report,
+    build_tables,
+    claim_section,
+    mini_records,
+    paired_table,
+    render,
+)
 from hizfo.study.stats import compare, summarize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -247,3 +255,25 @@ def test_committed_rendering_is_what_the_committed_records_render():
     fresh = {**build_tables(study, paper), "REPORT.md": build_report(study, paper)}
     for name, text in fresh.items():
         assert (COMMITTED / name).read_text() == text, f"results/mini/{name} is stale: run make mini-report"
+
+
+def test_paired_view_matches_seeds_and_measures_the_loss_gap_by_hand():
+    """alpha 0.1 vs alpha 0 on seeds 0 and 1 (seed 2 only in one arm: left out). Seed 0's losses
+    (2.0, 1.5, 1.0) vs (2.0, 1.4, 1.3): gaps 0, 0.1, 0.3 -> mean 0.1333, max 0.3 over 3 steps."""
+    def with_losses(rec: dict, losses: list[float]) -> dict:
+        return {**rec, "history": [{"step": i + 1, "loss": v} for i, v in enumerate(losses)]}
+    a0 = A.alpha_arm(0.0)
+    recs = [with_losses(record("hizfo", seed=0, quality=0.012), [2.0, 1.5, 1.0]),
+            with_losses(record("hizfo", seed=0, quality=0.010, alpha=0.0), [2.0, 1.4, 1.3]),
+            with_losses(record("hizfo", seed=1, quality=0.020), [3.0]),
+            with_losses(record("hizfo", seed=1, quality=0.020, alpha=0.0), [3.0]),
+            record("hizfo", seed=2, quality=0.5)]
+    study = Study(recs)
+    claim = C.Claim("t", "t", "g", lambda c: C.Verdict(C.CANNOT_TELL, "x"), (A.HIZFO, a0), "webquestions",
+                    paired=True)
+    text = paired_table(study, A.HIZFO, a0, "webquestions")
+    assert "| 0 | 1.2 | 1.0 | +0.2 | 0.1333 / 0.3000 (3 steps) |" in text
+    assert "| 1 | 2.0 | 2.0 | +0.0 | 0.0000 / 0.0000 (1 steps) |" in text
+    assert "| 2 |" not in text
+    assert text in claim_section(study, [], claim, "X")[0]
+    assert "no seed has a record of both arms" in paired_table(Study(recs[-1:]), A.HIZFO, a0, "webquestions")

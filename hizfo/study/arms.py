@@ -118,10 +118,15 @@ def in_arm(record: dict[str, Any], arm: Arm, task: str) -> bool:
     return arm.exact or int((cfg.get("trainer") or {}).get("num_epochs", epochs)) == int(epochs)
 
 
+def arm_records(records: list[dict[str, Any]], arm: Arm, task: str) -> list[dict[str, Any]]:
+    """The records that fill ``arm`` on ``task``: the newest per seed, ordered by seed."""
+    return newest_per_seed([r for r in records if in_arm(r, arm, task)])
+
+
 def arm_values(records: list[dict[str, Any]], arm: Arm, task: str) -> dict[str, list[float]]:
     """metric -> per-seed values of ``arm`` on ``task``, in the paper's units (%, ROUGE x100), train
     minutes (wall and CPU) and peak memory GB."""
-    chosen = newest_per_seed([r for r in records if in_arm(r, arm, task)])
+    chosen = arm_records(records, arm, task)
     if arm.exact and chosen:
         chosen = [max(chosen, key=record_time)]  # no seed dependence: one point, the newest
     out: dict[str, list[float]] = {}

@@ -180,17 +180,49 @@ def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, numbe
              f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
     if claim.rule:
         lines += [f"Rule for this claim: {claim.rule}.", ""]
+    if claim.note:
+        lines += [f"What the math predicts: {claim.note}.", ""]
     if verdict.verdict == NOT_RUN:
         lines += [f"Not run yet: `make {claim.grid}` has not recorded the arms this claim needs.", ""]
     rows = [[arm.label, *(fmt_cell(study.cell(arm, claim.task, m), 2 if m == "peak_mem_gb" else 1)
                           for m in metrics)] for arm in claim.arms]
     lines.append(md_table(["ours (SmolLM2-135M, CPU)", *(METRIC_NAMES[m] for m in metrics)], rows))
+    if claim.paired:
+        lines.append(paired_table(study, claim.arms[0], claim.arms[1], claim.task))
     if claim.paper:
         prow = [[f"{table} {method} {task} {METRIC_NAMES.get(metric, metric)}",
                  paper_cell(paper, table, method, task, metric)]
                 for table, method, task, metric in claim.paper]
         lines.append(md_table(["the paper (different scale: 1.3B-3B models, GPU)", "value"], prow))
     return "\n".join(lines), verdict.verdict
+
+
+def loss_gap(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, int] | None:
+    """Mean and max |training loss of a - of b| over the steps both records logged, and how many."""
+    la = {h["step"]: h["loss"] for h in a.get("history") or [] if h.get("loss") is not None}
+    lb = {h["step"]: h["loss"] for h in b.get("history") or [] if h.get("loss") is not None}
+    gaps = [abs(la[s] - lb[s]) for s in sorted(la.keys() & lb.keys())]
+    return (sum(gaps) / len(gaps), max(gaps), len(gaps)) if gaps else None
+
+
+def paired_table(study: Study, a: A.Arm, b: A.Arm, task: str) -> str:
+    """The two arms seed by seed: a seed fixes the data order, the selection and the noise stream, so
+    the pair differs only by the arms' setting (a paired view the intervals cannot give)."""
+    quality = A.QUALITY[task]
+    mine = {r["config"]["seed"]: r for r in A.arm_records(study.records, a, task)}
+    other = {r["config"]["seed"]: r for r in A.arm_records(study.records, b, task)}
+    rows = []
+    for seed in sorted(mine.keys() & other.keys()):
+        qa, qb = (A.arm_values([rec], arm, task)[quality][0]
+                  for rec, arm in ((mine[seed], a), (other[seed], b)))
+        gap = loss_gap(mine[seed], other[seed])
+        rows.append([str(seed), f"{qa:.1f}", f"{qb:.1f}", f"{qa - qb:+.1f}",
+                     "–" if gap is None else f"{gap[0]:.4f} / {gap[1]:.4f} ({gap[2]} steps)"])
+    if not rows:
+        return "Seed by seed: no seed has a record of both arms yet.\n"
+    name = METRIC_NAMES[quality]
+    return md_table(["seed", f"{a.label}: {name}", f"{b.label}: {name}", "difference",
+                     "training-loss gap, mean / max over steps"], rows)
 
 
 def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
