@@ -123,21 +123,26 @@ def arm_records(records: list[dict[str, Any]], arm: Arm, task: str) -> list[dict
     return newest_per_seed([r for r in records if in_arm(r, arm, task)])
 
 
+def record_values(rec: dict[str, Any], task: str) -> dict[str, float]:
+    """metric -> value of one record on ``task``, in the study's units: the paper's (%, ROUGE x100),
+    train minutes (wall and CPU) and peak memory GB."""
+    metrics = our_metrics(rec, task)
+    if task == "webquestions" and WEBQ_LENIENT in metrics:
+        metrics[WEBQ_LENIENT] *= 100.0
+    if "train_hours" in metrics:
+        metrics["train_minutes"] = metrics.pop("train_hours") * 60.0
+    if "train_cpu_seconds" in (rec.get("time") or {}):  # records since the study's first grid
+        metrics[TIME] = rec["time"]["train_cpu_seconds"] / 60.0
+    return metrics
+
+
 def arm_values(records: list[dict[str, Any]], arm: Arm, task: str) -> dict[str, list[float]]:
-    """metric -> per-seed values of ``arm`` on ``task``, in the paper's units (%, ROUGE x100), train
-    minutes (wall and CPU) and peak memory GB."""
+    """metric -> per-seed values of ``arm`` on ``task`` (``record_values`` of each chosen record)."""
     chosen = arm_records(records, arm, task)
     if arm.exact and chosen:
         chosen = [max(chosen, key=record_time)]  # no seed dependence: one point, the newest
     out: dict[str, list[float]] = {}
     for rec in chosen:
-        metrics = our_metrics(rec, task)
-        if task == "webquestions" and WEBQ_LENIENT in metrics:
-            metrics[WEBQ_LENIENT] *= 100.0
-        if "train_hours" in metrics:
-            metrics["train_minutes"] = metrics.pop("train_hours") * 60.0
-        if "train_cpu_seconds" in (rec.get("time") or {}):  # records since the study's first grid
-            metrics[TIME] = rec["time"]["train_cpu_seconds"] / 60.0
-        for key, value in metrics.items():
+        for key, value in record_values(rec, task).items():
             out.setdefault(key, []).append(value)
     return out

@@ -213,8 +213,7 @@ def paired_table(study: Study, a: A.Arm, b: A.Arm, task: str) -> str:
     other = {r["config"]["seed"]: r for r in A.arm_records(study.records, b, task)}
     rows = []
     for seed in sorted(mine.keys() & other.keys()):
-        qa, qb = (A.arm_values([rec], arm, task)[quality][0]
-                  for rec, arm in ((mine[seed], a), (other[seed], b)))
+        qa, qb = (A.record_values(rec, task)[quality] for rec in (mine[seed], other[seed]))
         gap = loss_gap(mine[seed], other[seed])
         rows.append([str(seed), f"{qa:.1f}", f"{qb:.1f}", f"{qa - qb:+.1f}",
                      "–" if gap is None else f"{gap[0]:.4f} / {gap[1]:.4f} ({gap[2]} steps)"])
