@@ -277,3 +277,22 @@ def test_paired_view_matches_seeds_and_measures_the_loss_gap_by_hand():
     assert "| 2 |" not in text
     assert text in claim_section(study, [], claim, "X")[0]
     assert "no seed has a record of both arms" in paired_table(Study(recs[-1:]), A.HIZFO, a0, "webquestions")
+
+
+def test_grid_cost_table_sums_member_time_per_grid_by_hand():
+    """Two table-1 members (10 + 20 min of training, 2 + 4 min of evaluation), one zero-shot member
+    (6 min of evaluation, counted under mini-table1) and one table-4 member (30 min): mini-table1 sums
+    to 42 min = 0.70 h, 0.35 h at two at a time, slowest 24 min; all: 72 min = 1.20 h."""
+    def member(method: str, sweep: str, train_min: float, eval_min: float, seed: int = 0) -> dict:
+        rec = record(method, seed=seed, minutes=train_min)
+        rec["hydra"] = {"sweep": sweep}
+        rec["time"].update(epoch_eval_seconds=eval_min * 30.0, final_eval_seconds=eval_min * 30.0)
+        return rec
+    from hizfo.study.report import grid_cost_table
+    recs = [member("full_ft", "mini_table1", 10, 2), member("hizfo", "mini_table1", 20, 4),
+            member("zero_shot", "mini_zero_shot", 0, 6), member("hizfo", "mini_table4", 30, 0, seed=1)]
+    table = grid_cost_table(Study(recs))
+    assert "| `make mini-table1` | 3 | 0.70 | 0.35 | 24.0 |" in table
+    assert "| `make mini-table4` | 1 | 0.50 | 0.25 | 30.0 |" in table
+    assert "| all | 4 | 1.20 | 0.60 | 30.0 |" in table
+    assert "mini-zero-shot" not in table

@@ -224,6 +224,34 @@ def paired_table(study: Study, a: A.Arm, b: A.Arm, task: str) -> str:
                      "training-loss gap, mean / max over steps"], rows)
 
 
+GRID_OF_SWEEP = {"mini_zero_shot": "mini-table1"}   # zero-shot runs as part of `make mini-table1`
+
+
+def member_wall_seconds(rec: dict[str, Any]) -> float:
+    """A member's own wall time: training (all resume segments) plus its evaluations; process start-up
+    and model loading (seconds) are left out."""
+    t = rec.get("time") or {}
+    return sum(float(t.get(k) or 0.0) for k in ("train_seconds", "epoch_eval_seconds", "final_eval_seconds"))
+
+
+def grid_cost_table(study: Study) -> str:
+    """Per grid (the Hydra sweep a record ran in): members, summed member wall time, that sum over two
+    members at a time (the grids' 2 workers), and the slowest member, all from the records."""
+    by_grid: dict[str, list[float]] = {}
+    for rec in study.records:
+        sweep = str((rec.get("hydra") or {}).get("sweep") or "")
+        grid = GRID_OF_SWEEP.get(sweep, sweep.replace("_", "-")) or "(no sweep)"
+        by_grid.setdefault(grid, []).append(member_wall_seconds(rec))
+    rows = [[f"`make {g}`" if g != "(no sweep)" else g, str(len(secs)), f"{sum(secs) / 3600:.2f}",
+             f"{sum(secs) / 7200:.2f}", f"{max(secs) / 60:.1f}"] for g, secs in sorted(by_grid.items())]
+    total = [s for secs in by_grid.values() for s in secs]
+    if total:
+        rows.append(["all", str(len(total)), f"{sum(total) / 3600:.2f}", f"{sum(total) / 7200:.2f}",
+                     f"{max(total) / 60:.1f}"])
+    return md_table(["grid", "completed members", "member wall time, summed (h)",
+                     "at 2 members at a time (h)", "slowest member (min)"], rows)
+
+
 def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
     used = Counter(r["config"]["method"]["name"] for r in study.records)
     sections, summary = [], []
@@ -254,6 +282,12 @@ def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
         "Tables: [Table 1](table1.md), [Table 4](table4.md), [Table 5](table5.md), "
         "[Figure 3](fig3_ratio.md), [Figure 4](fig4_alpha.md), [open questions](checks.md); figures "
         "[rho](fig_rho.png), [alpha](fig_alpha.png), [r](fig_ratio.png).", "",
+        "## Cost of each grid", "",
+        "From the completed records (`time`: training over all resume segments plus evaluation; start-up "
+        "and model loading left out). Wall time is stretched by whatever shared the CPU (the neighbouring "
+        "member, other work); the grids run 2 members at a time on 2 workers, so the summed time over 2 "
+        "estimates a grid's elapsed time on a 2-core machine.", "",
+        grid_cost_table(study),
         "## Claims of the paper", ""]
     failed = [[r["run_name"], (r.get("error") or {}).get("type", "?"),
                str((r.get("error") or {}).get("message", ""))[:80].replace("|", "/")] for r in study.failed]
