@@ -142,6 +142,13 @@ def test_rho_rule():
     tall = rho_values([10, 10.5, 11], [2, 2.5, 3]) | {(A.rho_arm(0.3).key, "accuracy"): [30.0]}
     assert C.rho_inverted_u(cells_of(tall)).verdict == C.CANNOT_TELL
     assert C.rho_inverted_u(cells_of({})).verdict == C.NOT_RUN
+    # rho 0.2 never ran (infeasible budget): rho 0.8 clearly above 0.6 still contradicts; below it cannot
+    no_low = {k: v for k, v in rho_values([1, 1.2, 1.4], [4, 4.2, 4.4]).items() if k[0] != A.rho_arm(0.2).key}
+    verdict = C.rho_inverted_u(cells_of(no_low))
+    assert verdict.verdict == C.CONTRADICTED and "rho 0.8" in verdict.because
+    no_low_below = {k: v for k, v in rho_values([4, 4.2, 4.4], [1, 1.2, 1.4]).items()
+                    if k[0] != A.rho_arm(0.2).key}
+    assert C.rho_inverted_u(cells_of(no_low_below)).verdict == C.NOT_RUN
 
 
 @pytest.mark.parametrize("at_05, at_07, verdict", [
@@ -200,6 +207,19 @@ def test_failed_members_are_listed_until_they_complete(tmp_path):
     tail = report.split("## Members that failed")[1]
     assert "| hizfo_webquestions_s0 | NonFiniteLossError | loss is nan |" in tail
     assert "full_ft" not in tail  # killed, then completed
+
+
+def test_a_claim_whose_arm_only_failed_says_could_not_run():
+    """rho 0.2 below the forward share fails by design; C11 names that failure instead of 'not run yet'."""
+    infeasible = {**record("hizfo", seed=0, rho=0.2), "status": "failed", "run_name": "hz_rho0.2_s0",
+                  "error": {"type": "ValueError", "message": "rho=0.2 is below the forward pass alone. Use"}}
+    recs = [record("hizfo", seed=s, quality=q) for s, q in enumerate((0.01, 0.012, 0.014))]
+    study = Study(recs, failed=[infeasible])
+    rho = next(c for c in C.claims() if "rho" in c.text)
+    text, verdict = claim_section(study, load_paper_numbers(), rho, "C11")
+    assert verdict == C.COULD_NOT_RUN
+    assert "hz_rho0.2_s0: rho=0.2 is below the forward pass alone)" in text
+    assert claim_section(Study(recs), load_paper_numbers(), rho, "C11")[1] == C.NOT_RUN
 
 
 # Every member of every mini grid (the sweep files, plus the Makefile's extra overrides) must compose

@@ -18,6 +18,7 @@ SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 CANNOT_TELL = "cannot tell at this scale"
 NOT_RUN = "not run yet"
+COULD_NOT_RUN = "could not run"   # the grid ran, but an arm it needs has only failed members
 
 # (arm key, task, metric) -> Cell, built by hizfo.study.report from the records
 Cells = Callable[[A.Arm, str, str], "Cell | None"]
@@ -74,10 +75,11 @@ def rho_inverted_u(cells: Cells, task: str = "webquestions") -> Verdict:
     q = A.QUALITY[task]
     mid = A.rho_arm(0.6)
     low, high = _pair(cells, mid, A.rho_arm(0.2), task, q), _pair(cells, mid, A.rho_arm(0.8), task, q)
+    if "<" in (low, high):   # one end above the peak contradicts, whether or not the other end ran
+        end = " and ".join(f"rho {r}" for r, sign in ((0.2, low), (0.8, high)) if sign == "<")
+        return Verdict(CONTRADICTED, f"{end} (an end of the range) lies above rho 0.6, intervals disjoint")
     if low is None or high is None:
         return Verdict(NOT_RUN, "rho 0.2, 0.6 or 0.8 has no record")
-    if "<" in (low, high):
-        return Verdict(CONTRADICTED, "an end of the rho range (0.2 or 0.8) lies above rho 0.6")
     means = {r: c.mean for r in A.RHOS if (c := cells(A.rho_arm(r), task, q)) is not None}
     best = max(means, key=lambda r: (means[r], -abs(r - 0.6)))
     if low == high == ">" and 0.5 <= best <= 0.7:

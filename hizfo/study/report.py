@@ -19,7 +19,17 @@ from hizfo.report.tables import load_paper_numbers
 from hizfo.resources import project_root
 from hizfo.resume import member_key
 from hizfo.study import arms as A
-from hizfo.study.claims import CANNOT_TELL, CONTRADICTED, NOT_RUN, SUPPORTED, Claim, claims, open_questions
+from hizfo.study.claims import (
+    CANNOT_TELL,
+    CONTRADICTED,
+    COULD_NOT_RUN,
+    NOT_RUN,
+    SUPPORTED,
+    Claim,
+    Verdict,
+    claims,
+    open_questions,
+)
 from hizfo.study.stats import Cell, summarize
 
 DEFAULT_RESULTS = "results/mini/runs"   # relative to the checkout (else the current directory)
@@ -173,8 +183,19 @@ def build_tables(study: Study, paper: list[dict[str, Any]]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- REPORT.md
 
+VERDICTS = (SUPPORTED, CONTRADICTED, CANNOT_TELL, NOT_RUN, COULD_NOT_RUN)
+
+
 def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, number: str) -> tuple[str, str]:
     verdict = claim.judge(study.cell)
+    quality = A.QUALITY[claim.task]
+    failed_arms = [(arm, rec) for arm in claim.arms for rec in study.failed
+                   if study.cell(arm, claim.task, quality) is None and A.in_arm(rec, arm, claim.task)]
+    if verdict.verdict == NOT_RUN and failed_arms:
+        arm, rec = failed_arms[0]
+        labels = ", ".join(dict.fromkeys(a.label for a, _ in failed_arms))
+        verdict = Verdict(COULD_NOT_RUN, f"{labels}: every member failed; e.g. {rec['run_name']}: "
+                          + str((rec.get("error") or {}).get("message", "?")).split(". ")[0])
     metrics = (A.QUALITY[claim.task], "train_minutes", A.TIME, "peak_mem_gb")
     lines = [f"### {number}. {claim.text} ({claim.task})", "",
              f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
@@ -272,12 +293,13 @@ def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
         "**Verdict rule.** Two arms differ only when their 95% t-intervals over seeds are disjoint. A "
         f"claim is *{SUPPORTED}* when the difference it predicts is there, *{CONTRADICTED}* when the "
         f"opposite difference is there, *{CANNOT_TELL}* when the intervals overlap or an arm it needs has "
-        f"a single seed, and *{NOT_RUN}* when an arm it needs has no record. Zero-shot has no seed "
+        f"a single seed, *{NOT_RUN}* when an arm it needs has no record, and *{COULD_NOT_RUN}* when "
+        "that arm's members ran and all failed (listed at the end). Zero-shot has no seed "
         "dependence (no training, deterministic beam search): one record is a point. Claim-specific "
         "parts of the rule are stated with each verdict.", "",
         f"Records used: {len(study.records)} completed `mini` records "
         f"({', '.join(f'{m} {n}' for m, n in sorted(used.items())) or 'none'}). Verdicts: "
-        + ", ".join(f"{k} {counts[k]}" for k in (SUPPORTED, CONTRADICTED, CANNOT_TELL, NOT_RUN)) + ".", "",
+        + ", ".join(f"{k} {counts[k]}" for k in VERDICTS) + ".", "",
         md_table(["#", "claim", "verdict"], summary),
         "Tables: [Table 1](table1.md), [Table 4](table4.md), [Table 5](table5.md), "
         "[Figure 3](fig3_ratio.md), [Figure 4](fig4_alpha.md), [open questions](checks.md); figures "
