@@ -147,7 +147,7 @@ mini-fig4: setup model  ## CPU study: alpha 0.01 / 0.4 / 1, one seed (Figure 4)
 	$(MAKE) mini-report
 
 mini-checks: setup model  ## CPU study: ZO optimizer AdamW vs SGD; Hi-ZFO 5 epochs vs 3
-	$(MINI_RUN) sweep=mini_checks method.zo_optimizer=adamw $(ARGS)
+	$(MINI_RUN) sweep=mini_checks method=hizfo method.zo_optimizer=adamw $(ARGS)
 	$(MINI_RUN) sweep=mini_checks trainer.num_epochs=5 $(ARGS)
 	$(MAKE) mini-report
 
