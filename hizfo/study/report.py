@@ -189,14 +189,15 @@ VERDICTS = (SUPPORTED, CONTRADICTED, CANNOT_TELL, NOT_RUN, COULD_NOT_RUN)
 def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, number: str) -> tuple[str, str]:
     verdict = claim.judge(study.cell)
     quality = A.QUALITY[claim.task]
-    failed_arms = [(arm, rec) for arm in claim.arms for rec in study.failed
-                   if study.cell(arm, claim.task, quality) is None and A.in_arm(rec, arm, claim.task)]
-    if verdict.verdict == NOT_RUN and failed_arms:
-        arm, rec = failed_arms[0]
+    failed_arms = [] if verdict.verdict != NOT_RUN else [
+        (arm, rec) for arm in claim.arms for rec in study.failed
+        if study.cell(arm, claim.task, quality) is None and A.in_arm(rec, arm, claim.task)]
+    if failed_arms:
+        _, rec = failed_arms[0]
         labels = ", ".join(dict.fromkeys(a.label for a, _ in failed_arms))
         verdict = Verdict(COULD_NOT_RUN, f"{labels}: every member failed; e.g. {rec['run_name']}: "
                           + str((rec.get("error") or {}).get("message", "?")).split(". ")[0])
-    metrics = (A.QUALITY[claim.task], "train_minutes", A.TIME, "peak_mem_gb")
+    metrics = (quality, "train_minutes", A.TIME, "peak_mem_gb")
     lines = [f"### {number}. {claim.text} ({claim.task})", "",
              f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
     if claim.rule:
