@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -222,11 +223,70 @@ def test_a_claim_whose_arm_only_failed_says_could_not_run():
     assert claim_section(Study(recs), load_paper_numbers(), rho, "C11")[1] == C.NOT_RUN
 
 
-# Every member of every mini grid (the sweep files, plus the Makefile's extra overrides) must compose
-# into the `mini` protocol and fill exactly one arm of the report.
-MAKE_EXTRAS = {"mini_table4": [{"method.rho": "0.2,0.8", "seed": "1,2"}],
-               "mini_fig3": [{"method.zo_lr_ratio": "0.5,0.7", "seed": "1,2"}],
-               "mini_checks": [{"method.zo_optimizer": "adamw"}, {"trainer.num_epochs": "5"}]}
+# Every member of every mini grid (the sweep files, plus the overrides the Makefile adds to them) must
+# compose into the `mini` protocol and fill exactly one arm of the report. The Makefile is read, not
+# copied here, so a test can never check a command line the Makefile does not run.
+MAKEFILE = CONF.parent / "Makefile"
+
+
+def makefile_grid_commands() -> list[tuple[str, list[str]]]:
+    """Each `$(MINI_RUN) ...` recipe line of the Makefile: (its target, its overrides), $(ARGS) dropped."""
+    commands, target = [], ""
+    for line in MAKEFILE.read_text().splitlines():
+        if match := re.match(r"^([\w-]+):", line):
+            target = match[1]
+        elif line.startswith("\t$(MINI_RUN)"):
+            commands.append((target, [w for w in line.split()[1:] if w != "$(ARGS)"]))
+    return commands
+
+
+def makefile_extras(sweep: str) -> list[dict[str, str]]:
+    """The overrides each Makefile command adds to `sweep=<sweep>` (one dict per command line)."""
+    extras = []
+    for _, overrides in makefile_grid_commands():
+        pairs = dict(o.split("=", 1) for o in overrides)
+        if pairs.pop("sweep", None) == sweep:
+            extras.append(pairs)
+    return extras
+
+
+def test_the_makefile_runs_every_mini_sweep_and_only_those():
+    sweeps = {p.stem for p in (CONF / "sweep").glob("mini_*.yaml")}
+    launched = {dict(o.split("=", 1) for o in ov).get("sweep") for _, ov in makefile_grid_commands()}
+    assert launched == sweeps
+    assert {t for t, _ in makefile_grid_commands()} == {"mini-table1", "mini-table4", "mini-table5",
+                                                        "mini-fig3", "mini-fig4", "mini-checks"}
+
+
+def launch_config(overrides: list[str]):
+    """The config Hydra composes for a multirun command line before any member runs: the primary config
+    with the command line's overrides, sweep values set aside, the sweep file's params not yet applied."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return GlobalHydra.instance().config_loader().load_configuration(
+            "config", overrides, run_mode=RunMode.MULTIRUN)
+
+
+@pytest.mark.parametrize("target,overrides", makefile_grid_commands(),
+                         ids=[" ".join(ov) for _, ov in makefile_grid_commands()])
+def test_each_makefile_grid_command_composes_as_hydra_launches_it(target, overrides):
+    """Members composing on their own is not enough: an override of a key the *default* config lacks
+    fails at launch, before any member (see the next test)."""
+    assert launch_config(overrides).hydra.mode.name == "MULTIRUN", target
+
+
+def test_launch_composition_catches_an_override_the_default_config_lacks():
+    """The AdamW pass once read `sweep=mini_checks method.zo_optimizer=adamw`: each member (method=hizfo
+    from the sweep file) composed, but the launch failed since the default method has no zo_optimizer."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="zo_optimizer"):
+        launch_config(["sweep=mini_checks", "method.zo_optimizer=adamw"])
+    assert launch_config(["sweep=mini_checks", "method=hizfo", "method.zo_optimizer=adamw"]
+                         ).method.zo_optimizer == "adamw"
 
 
 def grid_members(sweep: str) -> list[list[str]]:
@@ -235,7 +295,7 @@ def grid_members(sweep: str) -> list[list[str]]:
 
     params = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
     out = []
-    for extra in MAKE_EXTRAS.get(sweep, [{}]):
+    for extra in makefile_extras(sweep) or [{}]:
         merged = {**{k: str(v) for k, v in params.items()}, **extra, "seed": "7"}
         values = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in merged.items()]
         out += [list(combo) for combo in itertools.product(*values)]
