@@ -376,3 +376,32 @@ def test_grid_cost_table_sums_member_time_per_grid_by_hand():
     assert "| `make mini-table4` | 1 | 0.50 | 0.25 | 30.0 |" in table
     assert "| all | 4 | 1.20 | 0.60 | 30.0 |" in table
     assert "mini-zero-shot" not in table
+
+
+def test_fo_set_size_and_depth_are_read_from_the_selected_rows_by_hand():
+    """Selected rows: the final norm (576, in no block), two tensors of block 29 and one of block 28;
+    block 27's row is not selected. FO set = 576 + 884736 + 331776 + 884736 = 2101824 parameters
+    (2.1 M) in 2 blocks. GreenTrainer logs the same rows under `selection`; Full FT logs none."""
+    def row(name: str, layer: int | None, numel: int, selected: bool = True) -> dict:
+        return {"name": name, "layer": layer, "numel": numel, "selected": selected}
+    rows = [row("model.norm.weight", None, 576), row("model.layers.29.mlp.down_proj.weight", 29, 884736),
+            row("model.layers.29.self_attn.q_proj.weight", 29, 331776),
+            row("model.layers.28.mlp.down_proj.weight", 28, 884736),
+            row("model.layers.27.mlp.down_proj.weight", 27, 884736, selected=False)]
+    hz = {**record("hizfo"), "method": {"partition": {"rows": rows}}}
+    gt = {**record("greentrainer"), "method": {"selection": {"rows": rows[:2]}}}
+    full = record("full_ft")
+    assert A.selection_values(hz) == {A.FO_PARAMS: pytest.approx(2.101824), A.FO_BLOCKS: 2.0}
+    assert A.selection_values(gt) == {A.FO_PARAMS: pytest.approx(0.885312), A.FO_BLOCKS: 1.0}
+    assert A.selection_values(full) == {}
+    tables = build_tables(Study([hz, gt, full]), load_paper_numbers())
+    webq = tables["table1.md"].split("## dialogsum")[0]
+    assert "| memory / Full FT | FO set, M params | FO blocks | paper" in webq
+    assert re.search(r"\| Hi-ZFO \|.* \| 2\.1 \(n=1\) \| 2\.0 \(n=1\) \| opt-2\.7b", webq)
+    assert re.search(r"\| GT-0\.7 \|.* \| 0\.9 \(n=1\) \| 1\.0 \(n=1\) \| opt-2\.7b", webq)
+    assert re.search(r"\| Full FT \|.* \| – \| – \| opt-2\.7b", webq)
+    assert "| 0.6 | " in tables["table4.md"] and "2.1 (n=1) | 2.0 (n=1)" in tables["table4.md"]
+    section, _ = claim_section(Study([hz, gt, full]), [], C.claims()[1], "C2")
+    assert "| FO set, M params | FO blocks |" in section
+    # a table whose arms trained no selection shows no FO columns
+    assert "| FO set, M params" not in build_tables(Study([full]), load_paper_numbers())["table1.md"]

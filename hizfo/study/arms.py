@@ -123,9 +123,30 @@ def arm_records(records: list[dict[str, Any]], arm: Arm, task: str) -> list[dict
     return newest_per_seed([r for r in records if in_arm(r, arm, task)])
 
 
+# The first-order tensor set of a selection-based record (Hi-ZFO's partition, GreenTrainer's selection).
+FO_PARAMS = "fo_params_m"   # its parameters, in millions
+FO_BLOCKS = "fo_blocks"     # how many transformer blocks hold at least one of its tensors
+SELECTION = (FO_PARAMS, FO_BLOCKS)
+
+
+def selection_values(rec: dict[str, Any]) -> dict[str, float]:
+    """Size and depth of the tensor set a record trained by first order, from the per-tensor rows its
+    selection logged; {} for a method without a selection. Backpropagation has to reach a block to
+    update it, so the depth is what a FLOPs budget such as rho buys, and it reads quality differences
+    between rho values (or Hi-ZFO and GT-0.7) that the budget alone hides."""
+    method = rec.get("method") or {}
+    rows = (method.get("partition") or method.get("selection") or {}).get("rows") or []
+    chosen = [row for row in rows if row.get("selected")]
+    if not chosen:
+        return {}
+    blocks = {row["layer"] for row in chosen if row.get("layer") is not None}
+    return {FO_PARAMS: sum(int(row["numel"]) for row in chosen) / 1e6, FO_BLOCKS: float(len(blocks))}
+
+
 def record_values(rec: dict[str, Any], task: str) -> dict[str, float]:
     """metric -> value of one record on ``task``, in the study's units: the paper's (%, ROUGE x100),
-    train minutes (wall and CPU) and peak memory GB."""
+    train minutes (wall and CPU), peak memory GB and, for selection-based methods, the FO set's size
+    and depth (``selection_values``)."""
     metrics = our_metrics(rec, task)
     if task == "webquestions" and WEBQ_LENIENT in metrics:
         metrics[WEBQ_LENIENT] *= 100.0
@@ -133,7 +154,7 @@ def record_values(rec: dict[str, Any], task: str) -> dict[str, float]:
         metrics["train_minutes"] = metrics.pop("train_hours") * 60.0
     if "train_cpu_seconds" in (rec.get("time") or {}):  # records since the study's first grid
         metrics[TIME] = rec["time"]["train_cpu_seconds"] / 60.0
-    return metrics
+    return {**metrics, **selection_values(rec)}
 
 
 def arm_values(records: list[dict[str, Any]], arm: Arm, task: str) -> dict[str, list[float]]:

@@ -39,7 +39,7 @@ METRIC_NAMES = {"accuracy": "accuracy % (strict EM)", A.WEBQ_LENIENT: "any-answe
                 "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                 "rouge1_max_stem": "ROUGE-1 max-ref stemmed", "train_minutes": "train min",
                 "train_cpu_minutes": "train CPU min",
-                "peak_mem_gb": "peak RSS GB"}
+                "peak_mem_gb": "peak RSS GB", A.FO_PARAMS: "FO set, M params", A.FO_BLOCKS: "FO blocks"}
 
 
 class Study:
@@ -120,17 +120,26 @@ def cost_cells(study: Study, arm: A.Arm, task: str) -> list[str]:
             fmt_cell(study.cell(arm, task, mem), 2), fmt_num(study.ratio(arm, task, mem))]
 
 
+def selection_metrics(study: Study, arms: Iterable[A.Arm], task: str) -> list[str]:
+    """The FO-set columns (A.SELECTION) when some arm shown trained a selection, else none."""
+    arms = list(arms)
+    return [m for m in A.SELECTION if any(study.cell(arm, task, m) is not None for arm in arms)]
+
+
 def arm_table(study: Study, paper: list[dict[str, Any]], arms: Iterable[A.Arm], task: str,
               paper_table: str = "table1") -> str:
     """Quality (paper column + secondary metrics), time and memory (also / Full FT), paper beside."""
+    arms = list(arms)
     q = A.QUALITY[task]
     metrics = (q, *A.EXTRA[task])
-    header = ["arm", *(METRIC_NAMES[m] for m in metrics), *COST_HEADER,
+    selection = selection_metrics(study, arms, task)
+    header = ["arm", *(METRIC_NAMES[m] for m in metrics), *COST_HEADER, *(METRIC_NAMES[m] for m in selection),
               f"paper {METRIC_NAMES[q]} (3B-class models, GPU)"]
     rows = []
     for arm in arms:
         rows.append([arm.label, *(fmt_cell(study.cell(arm, task, m)) for m in metrics),
-                     *cost_cells(study, arm, task), paper_cell(paper, paper_table, arm.paper_key, task, q)])
+                     *cost_cells(study, arm, task), *(fmt_cell(study.cell(arm, task, m)) for m in selection),
+                     paper_cell(paper, paper_table, arm.paper_key, task, q)])
     return md_table(header, rows)
 
 
@@ -138,9 +147,11 @@ def sweep_table(study: Study, arms: list[tuple[float, A.Arm]], name: str, task: 
                 paper_points: dict[str, dict[float, float]]) -> str:
     q = A.QUALITY[task]
     models = sorted(paper_points)
-    header = [name, METRIC_NAMES[q], *COST_HEADER,
+    selection = selection_metrics(study, (arm for _, arm in arms), task)
+    header = [name, METRIC_NAMES[q], *COST_HEADER, *(METRIC_NAMES[m] for m in selection),
               *(f"paper {m} (DialogSum ROUGE-1, GPU)" for m in models)]
     rows = [[f"{x:g}", fmt_cell(study.cell(arm, task, q)), *cost_cells(study, arm, task),
+             *(fmt_cell(study.cell(arm, task, m)) for m in selection),
              *(fmt_num(paper_points[m].get(x), 1) for m in models)] for x, arm in arms]
     return md_table(header, rows)
 
@@ -150,7 +161,9 @@ SCALE_NOTE = ("Ours: SmolLM2-135M-Instruct, fp32, CPU (protocol `mini`, conf/pro
               "interval of the mean; time = training time (selection profiling included, evaluation "
               "excluded) in minutes, wall-clock and CPU time of the 1-thread training process (the ratio "
               "and the time claims use CPU time: wall-clock is stretched by whatever shares the CPU); "
-              "memory = the process's peak RSS; ratios = mean / Full FT's mean in this study. The paper's "
+              "memory = the process's peak RSS; ratios = mean / Full FT's mean in this study; FO set and FO "
+              "blocks = the parameters and transformer blocks (SmolLM2 has 30) of the tensors a selection-"
+              "based method trained by first order (Hi-ZFO's FO set, GT-0.7's selection). The paper's "
               "numbers come from 1.3B-3B models on GPUs: a different scale, for direction only.")
 
 
@@ -197,7 +210,8 @@ def claim_section(study: Study, paper: list[dict[str, Any]], claim: Claim, numbe
         labels = ", ".join(dict.fromkeys(a.label for a, _ in failed_arms))
         verdict = Verdict(COULD_NOT_RUN, f"{labels}: every member failed; e.g. {rec['run_name']}: "
                           + str((rec.get("error") or {}).get("message", "?")).split(". ")[0])
-    metrics = (quality, "train_minutes", A.TIME, "peak_mem_gb")
+    metrics = (quality, "train_minutes", A.TIME, "peak_mem_gb",
+               *selection_metrics(study, claim.arms, claim.task))
     lines = [f"### {number}. {claim.text} ({claim.task})", "",
              f"**Verdict: {verdict.verdict}** ({verdict.because}). Grid: `make {claim.grid}`.", ""]
     if claim.rule:
