@@ -278,12 +278,13 @@ def grid_cost_table(study: Study) -> str:
         sweep = str((rec.get("hydra") or {}).get("sweep") or "")
         grid = GRID_OF_SWEEP.get(sweep, sweep.replace("_", "-")) or "(no sweep)"
         by_grid.setdefault(grid, []).append(member_wall_seconds(rec))
-    rows = [[f"`make {g}`" if g != "(no sweep)" else g, str(len(secs)), f"{sum(secs) / 3600:.2f}",
-             f"{sum(secs) / 7200:.2f}", f"{max(secs) / 60:.1f}"] for g, secs in sorted(by_grid.items())]
+    def row(name: str, secs: list[float]) -> list[str]:
+        return [name, str(len(secs)), f"{sum(secs) / 3600:.2f}", f"{sum(secs) / 7200:.2f}",
+                f"{max(secs) / 60:.1f}"]
+    rows = [row(f"`make {g}`" if g != "(no sweep)" else g, secs) for g, secs in sorted(by_grid.items())]
     total = [s for secs in by_grid.values() for s in secs]
     if total:
-        rows.append(["all", str(len(total)), f"{sum(total) / 3600:.2f}", f"{sum(total) / 7200:.2f}",
-                     f"{max(total) / 60:.1f}"])
+        rows.append(row("all", total))
     return md_table(["grid", "completed members", "member wall time, summed (h)",
                      "at 2 members at a time (h)", "slowest member (min)"], rows)
 
