@@ -121,8 +121,8 @@ demo-methods: setup model  ## every method at demo scale on this CPU (results/de
 # Re-running a target trains only the members without a completed record (a killed member resumes from
 # its checkpoint) and re-renders results/mini/ from the records.
 MINI_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
-.PHONY: mini mini-table1 mini-table4 mini-table5 mini-fig3 mini-fig4 mini-checks mini-report
-mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks  ## all the CPU-scale study grids (about 7.8 h on 2 cores)
+.PHONY: mini mini-table1 mini-table4 mini-table5 mini-fig3 mini-fig4 mini-checks mini-depth mini-report
+mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks mini-depth  ## all the CPU-scale study grids (about 7.8 h on 2 cores)
 
 mini-table1: setup model  ## CPU study: zero-shot + 8 methods x 2 tasks x 3 seeds (Table 1)
 	$(MINI_RUN) sweep=mini_zero_shot $(ARGS)
@@ -150,6 +150,11 @@ mini-fig4: setup model  ## CPU study: alpha 0.01 / 0.4 / 1, one seed (Figure 4)
 mini-checks: setup model  ## CPU study: ZO optimizer AdamW vs SGD; Hi-ZFO 5 epochs vs 3
 	$(MINI_RUN) sweep=mini_checks method=hizfo method.zo_optimizer=adamw $(ARGS)
 	$(MINI_RUN) sweep=mini_checks trainer.num_epochs=5 $(ARGS)
+	$(MAKE) mini-report
+
+mini-depth: setup model  ## CPU study: Hi-ZFO on DialogSum at rho 0.7, and at 0.6 with the ZO part off
+	$(MINI_RUN) sweep=mini_depth method=hizfo method.rho=0.7 $(ARGS)
+	$(MINI_RUN) sweep=mini_depth method=hizfo method.zo_enabled=false method.alpha=0.0 $(ARGS)
 	$(MAKE) mini-report
 
 mini-report: setup  ## re-render results/mini/ from the records only

@@ -255,7 +255,8 @@ def test_the_makefile_runs_every_mini_sweep_and_only_those():
     launched = {dict(o.split("=", 1) for o in ov).get("sweep") for _, ov in makefile_grid_commands()}
     assert launched == sweeps
     assert {t for t, _ in makefile_grid_commands()} == {"mini-table1", "mini-table4", "mini-table5",
-                                                        "mini-fig3", "mini-fig4", "mini-checks"}
+                                                        "mini-fig3", "mini-fig4", "mini-checks",
+                                                        "mini-depth"}
 
 
 def launch_config(overrides: list[str]):

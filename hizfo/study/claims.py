@@ -126,6 +126,12 @@ ALPHA_NOTE = (
     "selection and the noise)")
 
 
+DEPTH_NOTE = (
+    "backpropagation has to reach a block to update it, so a FLOPs budget buys FO depth: the FO blocks "
+    "column. Hi-ZFO's budget also pays for its ZO forward passes, so at rho 0.6 its FO set is shallower "
+    "than GT-0.7's; at rho 0.7 it reaches about as deep")
+
+
 def _q(task: str) -> str:
     return A.QUALITY[task]
 
@@ -178,8 +184,8 @@ def claims() -> list[Claim]:
 
 def open_questions() -> list[Claim]:
     """Comparisons the paper leaves open (no verdict of the paper to test; same rule)."""
-    webq = "webquestions"
-    a0 = A.alpha_arm(0.0)
+    webq, dsum = "webquestions", "dialogsum"
+    a0, deeper = A.alpha_arm(0.0), A.rho_arm(0.7)
     return [
         Claim("zo_update", "The ZO update itself helps: alpha = 0 (ZO update on) vs the ZO part off",
               "mini-table5", lambda c: better_than(c, a0, A.ZO_OFF, webq), (a0, A.ZO_OFF), webq,
@@ -192,4 +198,10 @@ def open_questions() -> list[Claim]:
               (A.FIVE_EPOCHS, A.HIZFO, A.TABLE1[1]), webq),
         Claim("five_epochs_quality", "Hi-ZFO at 5 epochs beats Hi-ZFO at 3", "mini-checks",
               lambda c: better_than(c, A.FIVE_EPOCHS, A.HIZFO, webq), (A.FIVE_EPOCHS, A.HIZFO), webq),
+        Claim("fo_depth", "A deeper FO set helps: Hi-ZFO at rho 0.7 beats rho 0.6", "mini-depth",
+              lambda c: better_than(c, deeper, A.HIZFO, dsum), (deeper, A.HIZFO, A.TABLE1[6]), dsum,
+              note=DEPTH_NOTE),
+        Claim("zo_part_dialogsum", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
+              "mini-depth", lambda c: better_than(c, A.HIZFO, A.ZO_OFF, dsum), (A.HIZFO, A.ZO_OFF), dsum,
+              paired=True),
     ]

@@ -191,6 +191,9 @@ def build_tables(study: Study, paper: list[dict[str, Any]]) -> dict[str, str]:
     out["checks.md"] = "\n".join([
         "# Open questions: the ZO optimizer and Hi-ZFO's schedule (WebQuestions)\n", SCALE_NOTE + "\n",
         arm_table(study, paper, [A.HIZFO, A.ZO_ADAMW, A.FIVE_EPOCHS, A.TABLE1[1]], webq)])
+    out["depth.md"] = "\n".join([
+        "# Why Hi-ZFO trails on DialogSum: the FO set's depth and the ZO part\n", SCALE_NOTE + "\n",
+        arm_table(study, paper, [A.HIZFO, A.rho_arm(0.7), A.ZO_OFF, A.TABLE1[6], A.TABLE1[1]], "dialogsum")])
     return out
 
 
@@ -318,7 +321,8 @@ def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
         + ", ".join(f"{k} {counts[k]}" for k in VERDICTS) + ".", "",
         md_table(["#", "claim", "verdict"], summary),
         "Tables: [Table 1](table1.md), [Table 4](table4.md), [Table 5](table5.md), "
-        "[Figure 3](fig3_ratio.md), [Figure 4](fig4_alpha.md), [open questions](checks.md); figures "
+        "[Figure 3](fig3_ratio.md), [Figure 4](fig4_alpha.md), open questions [ZO optimizer and epochs]"
+        "(checks.md), [FO depth and the ZO part on DialogSum](depth.md); figures "
         "[rho](fig_rho.png), [alpha](fig_alpha.png), [r](fig_ratio.png).", "",
         "## Cost of each grid", "",
         "From the completed records (`time`: training over all resume segments plus evaluation; start-up "
