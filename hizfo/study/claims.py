@@ -127,9 +127,11 @@ ALPHA_NOTE = (
 
 
 DEPTH_NOTE = (
-    "backpropagation has to reach a block to update it, so a FLOPs budget buys FO depth: the FO blocks "
-    "column. Hi-ZFO's budget also pays for its ZO forward passes, so at rho 0.6 its FO set is shallower "
-    "than GT-0.7's; at rho 0.7 it reaches about as deep")
+    "backpropagation has to reach a block to update it, so a FLOPs budget buys FO depth (the FO blocks "
+    "column). Hi-ZFO and GT select under the same budget rule, rho*(t_fp + t_bp) = t_fp + rho_bp*t_bp "
+    "(method-notes): rho 0.6 leaves the backward pass rho_bp = 0.40 of its FLOPs, rho 0.7 leaves 0.55 "
+    "(each record's `rho_bp`). The paper pits Hi-ZFO at rho 0.6 against GT at 0.7 and counts on the ZO "
+    "part to make up for the shallower FO set; Q6 asks whether that part does anything here")
 
 
 def _q(task: str) -> str:
