@@ -116,13 +116,13 @@ demo-methods: setup model  ## every method at demo scale on this CPU (results/de
 	bash experiments/demo_methods.sh
 
 # ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` took
-# about 7.8 h of a 2-core CPU, measured). Each grid is a Hydra multirun, 2 members at a time, one
+# about 8.5 h of a 2-core CPU, measured). Each grid is a Hydra multirun, 2 members at a time, one
 # torch thread each.
 # Re-running a target trains only the members without a completed record (a killed member resumes from
 # its checkpoint) and re-renders results/mini/ from the records.
 MINI_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
 .PHONY: mini mini-table1 mini-table4 mini-table5 mini-fig3 mini-fig4 mini-checks mini-depth mini-report
-mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks mini-depth  ## all the CPU-scale study grids (about 7.8 h on 2 cores)
+mini: mini-table1 mini-table5 mini-table4 mini-fig3 mini-fig4 mini-checks mini-depth  ## all the CPU-scale study grids (about 8.5 h on 2 cores)
 
 mini-table1: setup model  ## CPU study: zero-shot + 8 methods x 2 tasks x 3 seeds (Table 1)
 	$(MINI_RUN) sweep=mini_zero_shot $(ARGS)
