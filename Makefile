@@ -115,9 +115,9 @@ notebook: $(VENV)/.notebook  ## execute notebooks/analysis.ipynb headless on the
 demo-methods: setup model  ## every method at demo scale on this CPU (results/demo/summary.md)
 	bash experiments/demo_methods.sh
 
-# ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` took
-# about 8.5 h of a 2-core CPU, measured). Each grid is a Hydra multirun, 2 members at a time, one
-# torch thread each.
+# ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` is about 8.5 h
+# of a 2-core CPU: the records' summed member times over two). Each grid is a Hydra multirun, 2 members
+# at a time, one torch thread each.
 # Re-running a target trains only the members without a completed record (a killed member resumes from
 # its checkpoint) and re-renders results/mini/ from the records.
 MINI_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train

@@ -382,15 +382,19 @@ def test_grid_cost_table_sums_member_time_per_grid_by_hand():
 def test_fo_set_size_and_depth_are_read_from_the_selected_rows_by_hand():
     """Selected rows: the final norm (576, in no block), two tensors of block 29 and one of block 28;
     block 27's row is not selected. FO set = 576 + 884736 + 331776 + 884736 = 2101824 parameters
-    (2.1 M) in 2 blocks. GreenTrainer logs the same rows under `selection`; Full FT logs none."""
+    (2.1 M) in 2 blocks. GreenTrainer logs the same fields under `selection`; Full FT logs none."""
     def row(name: str, layer: int | None, numel: int, selected: bool = True) -> dict:
         return {"name": name, "layer": layer, "numel": numel, "selected": selected}
     rows = [row("model.norm.weight", None, 576), row("model.layers.29.mlp.down_proj.weight", 29, 884736),
             row("model.layers.29.self_attn.q_proj.weight", 29, 331776),
             row("model.layers.28.mlp.down_proj.weight", 28, 884736),
             row("model.layers.27.mlp.down_proj.weight", 27, 884736, selected=False)]
-    hz = {**record("hizfo"), "method": {"partition": {"rows": rows}}}
-    gt = {**record("greentrainer"), "method": {"selection": {"rows": rows[:2]}}}
+    def logged(rows: list[dict]) -> dict:   # as SelectionResult.to_dict() logs it
+        chosen = [r for r in rows if r["selected"]]
+        return {"selected": [r["name"] for r in chosen], "rows": rows,
+                "selected_params": sum(r["numel"] for r in chosen)}
+    hz = {**record("hizfo"), "method": {"partition": logged(rows)}}
+    gt = {**record("greentrainer"), "method": {"selection": logged(rows[:2])}}
     full = record("full_ft")
     assert A.selection_values(hz) == {A.FO_PARAMS: pytest.approx(2.101824), A.FO_BLOCKS: 2.0}
     assert A.selection_values(gt) == {A.FO_PARAMS: pytest.approx(0.885312), A.FO_BLOCKS: 1.0}

@@ -130,17 +130,17 @@ SELECTION = (FO_PARAMS, FO_BLOCKS)
 
 
 def selection_values(rec: dict[str, Any]) -> dict[str, float]:
-    """Size and depth of the tensor set a record trained by first order, from the per-tensor rows its
-    selection logged; {} for a method without a selection. Backpropagation has to reach a block to
-    update it, so the depth is what a FLOPs budget such as rho buys, and it reads quality differences
-    between rho values (or Hi-ZFO and GT-0.7) that the budget alone hides."""
+    """Size and depth of the tensor set a record trained by first order, from the selection it logged
+    (hizfo.selection.partition.SelectionResult: `selected_params`, and the per-tensor rows for the
+    blocks); {} for a method without a selection. Backpropagation has to reach a block to update it, so
+    the depth is what a FLOPs budget such as rho buys, and it reads quality differences between rho
+    values (or Hi-ZFO and GT-0.7) that the budget alone hides."""
     method = rec.get("method") or {}
-    rows = (method.get("partition") or method.get("selection") or {}).get("rows") or []
-    chosen = [row for row in rows if row.get("selected")]
-    if not chosen:
+    selection = method.get("partition") or method.get("selection") or {}
+    if not selection.get("selected"):
         return {}
-    blocks = {row["layer"] for row in chosen if row.get("layer") is not None}
-    return {FO_PARAMS: sum(int(row["numel"]) for row in chosen) / 1e6, FO_BLOCKS: float(len(blocks))}
+    blocks = {row["layer"] for row in selection["rows"] if row["selected"] and row["layer"] is not None}
+    return {FO_PARAMS: selection["selected_params"] / 1e6, FO_BLOCKS: float(len(blocks))}
 
 
 def record_values(rec: dict[str, Any], task: str) -> dict[str, float]:
