@@ -53,7 +53,7 @@ lock: $(LOCK_TOOLS)  ## re-resolve requirements-cpu.txt and requirements-cuda.tx
 		--index-url https://pypi.org/simple --output-file requirements-cuda.txt pyproject.toml
 
 $(MODEL_DIR)/config.json: | $(VENV)/.installed
-	$(PY) -m hizfo.prepare_model --out $(MODEL_DIR)
+	$(PY) -m hizfo.models.prepare --out $(MODEL_DIR)
 
 model: $(MODEL_DIR)/config.json  ## build the embedded SmolLM2-135M-Instruct in artifacts/models (once)
 

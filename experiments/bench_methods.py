@@ -152,7 +152,7 @@ def _reset_cpu_peak() -> bool:
 def build_model(name: str, dtype: str, device):
     import torch
 
-    from hizfo.models import resolve_dtype
+    from hizfo.models.loading import resolve_dtype
 
     if name == "opt-350m-shape":
         from transformers import AutoModelForCausalLM, OPTConfig
@@ -164,7 +164,7 @@ def build_model(name: str, dtype: str, device):
     if name == "smollm2":
         from omegaconf import OmegaConf
 
-        from hizfo.models import load_model_and_tokenizer
+        from hizfo.models.loading import load_model_and_tokenizer
 
         spec = OmegaConf.create({"source": "local", "path": str(MODELS["smollm2"])})
         precision = "bf16" if resolve_dtype(dtype) == torch.bfloat16 else "fp32"  # pure storage dtype
@@ -195,9 +195,9 @@ def calibration_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Per-unit costs of this machine at this shape (experiments/step_cost.py), in its own process."""
     from step_cost import calibrate
 
-    from hizfo.losses import configure_loss
-    from hizfo.models import resolve_device
+    from hizfo.models.loading import resolve_device
     from hizfo.selection.costs import cost_table
+    from hizfo.training.losses import configure_loss
 
     configure_loss(chunked=not args.plain_loss)
     device = resolve_device(args.device)
@@ -211,10 +211,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from step_cost import PhaseTimer
 
-    from hizfo.losses import configure_loss
     from hizfo.methods import TrainSetup, build_method
-    from hizfo.models import resolve_device
+    from hizfo.models.loading import resolve_device
     from hizfo.selection.costs import cost_table
+    from hizfo.training.losses import configure_loss
 
     registered, overrides = BENCH_METHODS[args.worker]
     configure_loss(chunked=not args.plain_loss)

@@ -73,7 +73,8 @@ class PhaseTimer:
     def install(self) -> PhaseTimer:
         import torch
 
-        from hizfo import losses, zo
+        from hizfo import zo
+        from hizfo.training import losses
 
         original_loss = losses.causal_lm_loss
         for module in [m for n, m in sys.modules.items() if n.startswith("hizfo") and m is not None]:
@@ -128,7 +129,7 @@ def calibrate(model: Any, batch: dict[str, Any], t_fp: float, t_bp: float, cuda:
     """Per-unit costs on this machine (module docstring); leaves the model's weights unchanged."""
     import torch
 
-    from hizfo.losses import causal_lm_loss
+    from hizfo.training.losses import causal_lm_loss
     from hizfo.zo import ZONoise
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hizfo.records import read_records  # noqa: E402
+from hizfo.runs.records import read_records  # noqa: E402
 
 
 def main(results_dir: str = "results/demo") -> None:

@@ -27,7 +27,7 @@ Strategies: ``single``; ``ddp`` (each rank holds everything, sees batch/gpus, pl
 ``fsdp`` (weights, gradients and optimizer state sharded over the ranks, plus the unsharded root
 parameters (final norm, a tied embedding / head: FSDP2 keeps the root gathered from forward to the end
 of backward) and the largest other unit (a block, an untied embedding or head) gathered; the plain
-loss, as hizfo.losses uses for a sharded model).
+loss, as hizfo.training.losses uses for a sharded model).
 """
 
 from __future__ import annotations
@@ -129,12 +129,12 @@ def trace_activations(model: nn.Module, batch_size: int, seq_len: int,
     """Run one training-mode forward + loss on the meta device and measure what autograd saves.
 
     ``chunked_loss``: the model runs without its LM head and nothing per-vocabulary is saved, as in
-    ``hizfo.losses.chunked_causal_lm_loss`` (its per-chunk buffers are a transient, see ``plan``).
+    ``hizfo.training.losses.chunked_causal_lm_loss`` (its per-chunk buffers are a transient, see ``plan``).
     """
     from contextlib import nullcontext
 
-    from hizfo.losses import _head_removed, chunkable_head
     from hizfo.selection.tensors import transformer_blocks
+    from hizfo.training.losses import _head_removed, chunkable_head
 
     params = {id(p) for p in model.parameters()}
     blocks = transformer_blocks(model)
@@ -218,7 +218,7 @@ def _method_trainable(model: nn.Module, method: str, method_cfg: dict[str, Any],
         fo = [named[n] for n in chosen]
         zo = [p for n, p in named.items() if n not in chosen] if method == "hizfo" else []
     elif method in ("lora", "prefix", "bilevel_zofo"):
-        from hizfo import peft_utils
+        from hizfo.models import peft_utils
 
         kind = method if method != "bilevel_zofo" else str(method_cfg["peft"])
         with torch.device("meta"):
@@ -245,7 +245,7 @@ def _method_trainable(model: nn.Module, method: str, method_cfg: dict[str, Any],
 
 
 def _chunkable(model: nn.Module) -> bool:
-    from hizfo.losses import chunkable_head
+    from hizfo.training.losses import chunkable_head
 
     return chunkable_head(model) is not None
 
@@ -274,13 +274,13 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
         raise ValueError(f"batch_size={batch_size} does not split over gpus={gpus}")
     from omegaconf import OmegaConf
 
-    from hizfo.config_schema import method_config
+    from hizfo.runs.config_schema import method_config
 
     # the method's committed config (conf/method/<name>.yaml) under the given settings: one default each
     merged = OmegaConf.merge(method_config(method), method_cfg or {})
     method_cfg = OmegaConf.to_container(merged, resolve=True)
     if strategy == "fsdp" and gpus > 1:
-        chunked_loss = False  # a sharded model gets the plain loss (hizfo.losses.chunkable_head)
+        chunked_loss = False  # a sharded model gets the plain loss (hizfo.training.losses.chunkable_head)
     compute_bytes = 4 if precision == "fp32" else 2
     store_bytes = 2 if precision == "bf16" else 4
     model = meta_model(config)
@@ -308,7 +308,7 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
         activations = trace.saved_bytes
     logits = traced_batch * seq_len * int(config.vocab_size) * 4
     if chunked_loss and _chunkable(model):
-        from hizfo.losses import DEFAULT_CHUNK_ELEMS
+        from hizfo.training.losses import DEFAULT_CHUNK_ELEMS
 
         # one chunk's logits and softmax; with a backward, the hidden states' gradient and the
         # head's fp32 gradient, both formed during the loss's forward
@@ -327,8 +327,8 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
     optimizer_temp = gradients if device == "cuda" else 2 * largest_fo
     fsdp_unsharded = 0
     if strategy == "fsdp" and gpus > 1:
-        from hizfo.distributed import _untied_embeddings
         from hizfo.selection.tensors import transformer_blocks
+        from hizfo.training.distributed import _untied_embeddings
 
         units = [*transformer_blocks(model), *_untied_embeddings(model)]  # as distributed.shard_model
         block = max(_numel(u.parameters()) for u in units)
@@ -394,7 +394,7 @@ def _compose(model: str, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The repo's model and method configs by name (conf/model/<name>.yaml, conf/method/<name>.yaml)."""
     from omegaconf import OmegaConf
 
-    from hizfo.resources import conf_dir
+    from hizfo.runs.resources import conf_dir
 
     conf = conf_dir()
     model_file = conf / "model" / f"{model}.yaml"
@@ -411,8 +411,8 @@ def _compose(model: str, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def model_config(model_cfg: dict[str, Any]):
     """A transformers config for a conf/model entry, without weights or network when possible."""
-    from hizfo.models import tiny_config
-    from hizfo.resources import project_path
+    from hizfo.models.loading import tiny_config
+    from hizfo.runs.resources import project_path
     from hizfo.selection.partition import load_config
 
     source = model_cfg.get("source")

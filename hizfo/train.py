@@ -21,21 +21,24 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo import __version__, checkpoints, distributed, records, resume, run_context
-from hizfo.config_schema import validate_config
+from hizfo import __version__
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.evaluation.predictions import attach_predictions
-from hizfo.export import export_final, final_model_dir
-from hizfo.loop import LoopConfig, seed_everything, train
-from hizfo.losses import configure_loss
 from hizfo.methods import build_method
-from hizfo.models import count_parameters, load_model_and_tokenizer, resolve_device
-from hizfo.precision import check_precision
-from hizfo.protocols import protocol_of
-from hizfo.resources import CHECKOUT_ROOT, conf_dir, hydra_config_path, in_checkout, project_path
-from hizfo.wandb_log import WandbLogger
+from hizfo.models.loading import count_parameters, load_model_and_tokenizer, resolve_device
+from hizfo.runs import context as run_context
+from hizfo.runs import records
+from hizfo.runs.config_schema import validate_config
+from hizfo.runs.protocols import protocol_of
+from hizfo.runs.resources import CHECKOUT_ROOT, conf_dir, hydra_config_path, in_checkout, project_path
+from hizfo.runs.wandb_log import WandbLogger
+from hizfo.training import checkpoints, distributed, resume
+from hizfo.training.export import export_final, final_model_dir
+from hizfo.training.loop import LoopConfig, seed_everything, train
+from hizfo.training.losses import configure_loss
+from hizfo.training.precision import check_precision
 
 log = logging.getLogger("hizfo.train")
 _abs = project_path  # relative config paths: against the checkout, else the current directory

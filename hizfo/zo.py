@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from hizfo.distributed import local_shard
+from hizfo.training.distributed import local_shard
 
 _SEED_HIGH = 2**62  # torch seeds are 64-bit; stay well inside int64 for torch.randint
 _M32, _M64 = 2**32 - 1, 2**64 - 1
@@ -101,7 +101,7 @@ def draw_seed(generator: torch.Generator) -> int:
 def lr_factor(step: int, total_steps: int, schedule: str = "constant") -> float:
     """The LR multiplier after ``step`` updates: 1 (constant) or 1 -> 0 linearly (linear).
 
-    Same formula as ``hizfo.optim.linear_decay`` so ZO and FO rates decay together.
+    Same formula as ``hizfo.training.optim.linear_decay`` so ZO and FO rates decay together.
     """
     if schedule == "constant":
         return 1.0
@@ -211,7 +211,7 @@ class ZONoise:
                  kind: str = "gaussian", threads: int = 1) -> None:
         self.params = _unique(list(params))
         # this process's part of each tensor and its offset in the flattened full tensor (None: not
-        # sharded); see hizfo.distributed.local_shard
+        # sharded); see hizfo.training.distributed.local_shard
         shards = [local_shard(p) for p in self.params]
         self.locals = [t for t, _ in shards]
         self.offsets = [off for _, off in shards]

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from test_runner import CONF, HAS_DATA, make_cfg
 
-from hizfo import records
 from hizfo.evaluation.rescore import rescore_record
 from hizfo.report.tables import group_records
+from hizfo.runs import records
 from hizfo.train import run
 
 pytestmark = pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")

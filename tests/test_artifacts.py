@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_runner import HAS_DATA, make_cfg
 
-import hizfo.checkpoints as ckpt
-from hizfo.models import load_model_and_tokenizer
+import hizfo.training.checkpoints as ckpt
+from hizfo.models.loading import load_model_and_tokenizer
 from hizfo.train import run
 
 needs_data = pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
@@ -97,7 +97,7 @@ def test_checkpoint_from_another_code_version_is_refused_naming_the_override(tmp
         ckpt.load(tmp_path)
     assert "commit " + "a" * 40 + " -> " + "b" * 40 in str(err.value)
     assert "trainer.resume=false" in str(err.value)
-    with caplog.at_level(logging.WARNING, logger="hizfo.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hizfo.training.checkpoints"):
         loaded = ckpt.load(tmp_path, allow_version_mismatch=True)
     assert torch.equal(loaded.state["x"], torch.ones(3)) and "commit" in loaded.version_mismatch
     assert "another code version" in caplog.text
@@ -141,7 +141,7 @@ class _AdapterAndBaseMethod:  # Bilevel-ZOFO's shape: adapters plus zeroth-order
         self.peft_model = peft_model
 
     def save_artifacts(self, out_dir: Path) -> None:
-        from hizfo.peft_utils import save_adapters
+        from hizfo.models.peft_utils import save_adapters
 
         save_adapters(self.peft_model, Path(out_dir) / "adapters")
 
@@ -153,9 +153,9 @@ def test_export_final_writes_the_model_or_the_adapter_with_the_base_weights(tmp_
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from hizfo.export import export_final, final_model_dir
-    from hizfo.models import tiny_model
-    from hizfo.peft_utils import wrap_lora
+    from hizfo.models.loading import tiny_model
+    from hizfo.models.peft_utils import wrap_lora
+    from hizfo.training.export import export_final, final_model_dir
 
     assert final_model_dir("/x/out", "/c/abc") == Path("/x/out/final_model")
     assert final_model_dir(None, "/c/abc") == Path("/c/abc-final")

@@ -13,11 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hizfo import peft_utils
-from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
 from hizfo.methods.bilevel_zofo import LOWER, UPPER, dev_indices, split_examples
-from hizfo.models import tiny_model
+from hizfo.models import peft_utils
+from hizfo.models.loading import tiny_model
+from hizfo.training.losses import causal_lm_loss
 from hizfo.zo import ZONoise
 
 LAM, EPS, ZO_LR, UPPER_LR = 2.0, 1e-3, 1e-3, 1e-3

@@ -7,13 +7,13 @@ import pytest
 import torch
 from test_loop import Interrupt, toy_dataset
 
-from hizfo.checkpoint_select import BEST_FILE, CheckpointSelector
-from hizfo.config_schema import method_config
 from hizfo.data import collate_train
 from hizfo.evaluation import validation_loss
-from hizfo.loop import LoopConfig, train
 from hizfo.methods import build_method
-from hizfo.models import tiny_model
+from hizfo.models.loading import tiny_model
+from hizfo.runs.config_schema import method_config
+from hizfo.training.checkpoint_select import BEST_FILE, CheckpointSelector
+from hizfo.training.loop import LoopConfig, train
 
 FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from test_loop import FULL_FT, run_training, toy_dataset
 
-from hizfo import checkpoints
-from hizfo.checkpoints import CheckpointError, CheckpointLockedError
 from hizfo.data import collate_train
-from hizfo.loop import LoopConfig, train
 from hizfo.methods import build_method
-from hizfo.models import tiny_model
+from hizfo.models.loading import tiny_model
+from hizfo.training import checkpoints
+from hizfo.training.checkpoints import CheckpointError, CheckpointLockedError
+from hizfo.training.loop import LoopConfig, train
 
 ONE_AND_A_HALF = torch.tensor(1.5).numpy().tobytes()  # float32 1.5 = 0x3FC00000 (little-endian bytes)
 
@@ -71,7 +71,7 @@ def _flip_exponent(path):
 def test_damaged_newest_falls_back_to_the_previous_and_says_so(tmp_path, caplog, damage):
     newest = save_two(tmp_path)
     damage(newest)
-    with caplog.at_level(logging.WARNING, logger="hizfo.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hizfo.training.checkpoints"):
         loaded = checkpoints.load(tmp_path)
     assert loaded.state["step"] == 1 and torch.equal(loaded.state["w"], torch.full((64,), 1.0))
     assert str(newest) in loaded.fell_back_because

@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from hizfo.config_schema import METHOD_SCHEMAS, ConfigError, method_config, validate_config
 from hizfo.methods import build_method
-from hizfo.resources import conf_dir
+from hizfo.runs.config_schema import METHOD_SCHEMAS, ConfigError, method_config, validate_config
+from hizfo.runs.resources import conf_dir
 
 CONF = conf_dir()
 

@@ -31,7 +31,7 @@ from hizfo.data import (
     tokenize_example,
     tokenize_prompt_for_generation,
 )
-from hizfo.models import byte_level_tokenizer
+from hizfo.models.loading import byte_level_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HIZFO_DATA_DIR") or sources.DEFAULT_DATA_DIR)
@@ -387,7 +387,7 @@ def test_collate_generation_pads_left(tok):
 
 
 def test_collated_batch_trains_a_tiny_model(tok):
-    from hizfo.models import tiny_model
+    from hizfo.models.loading import tiny_model
 
     model = tiny_model("opt")
     ds = TrainDataset([summary_example("some text", "sum"), summary_example("x", "y z")], tok, 32, 8)

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 import hizfo.evaluation as ev
 from hizfo.data.base import Example
-from hizfo.losses import causal_lm_loss
-from hizfo.models import byte_level_tokenizer, tiny_model
+from hizfo.models.loading import byte_level_tokenizer, tiny_model
+from hizfo.training.losses import causal_lm_loss
 
 DATA = Path("/work/shared/data")
 

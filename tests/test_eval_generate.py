@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hizfo.evaluation.generation import GenerationSettings, cut_at_stop, generate
-from hizfo.models import byte_level_tokenizer, tiny_model
+from hizfo.models.loading import byte_level_tokenizer, tiny_model
 
 PROMPTS = ["Hello there, how", "A much longer prompt that needs padding on the left side", "x"]
 GREEDY = GenerationSettings(max_new_tokens=10)

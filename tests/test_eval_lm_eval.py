@@ -10,7 +10,7 @@ import yaml
 
 from hizfo.evaluation.lm_eval_bridge import TASKS, render_task_dir, run_lm_eval, task_files
 from hizfo.evaluation.reasoning_scores import GSM8K_METRICS, MATH_METRICS, gsm8k_example
-from hizfo.models import byte_level_tokenizer, tiny_model
+from hizfo.models.loading import byte_level_tokenizer, tiny_model
 
 DATA = Path("/work/shared/data")
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file() or

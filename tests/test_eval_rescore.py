@@ -16,7 +16,7 @@ from hizfo.data.base import Example
 from hizfo.evaluation.predictions import read_predictions, sidecar_path, store_predictions
 from hizfo.evaluation.rescore import main as rescore_main
 from hizfo.evaluation.rescore import rescore_details, rescore_record
-from hizfo.models import byte_level_tokenizer, tiny_model
+from hizfo.models.loading import byte_level_tokenizer, tiny_model
 
 DATA = Path("/work/shared/data")
 CONF = Path(__file__).resolve().parents[1] / "conf"

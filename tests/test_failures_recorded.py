@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_runner import HAS_DATA, make_cfg
 
-from hizfo import records
 from hizfo.data.sources import DataFileError, read_json_array, read_jsonl, read_zip_pyrepr_lines
 from hizfo.data.tasks import load_split
+from hizfo.runs import records
 from hizfo.train import run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ import torch
 from helpers import make_batch
 from omegaconf import OmegaConf
 
-from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.models import tiny_model
-from hizfo.optim import param_groups
+from hizfo.models.loading import tiny_model
+from hizfo.training.losses import causal_lm_loss
+from hizfo.training.optim import param_groups
 from hizfo.zo import lr_factor
 
 LR, TOTAL = 1e-2, 12

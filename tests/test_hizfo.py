@@ -14,10 +14,10 @@ from helpers import make_batch, reference_noise
 from omegaconf import OmegaConf
 
 import hizfo.methods.hizfo as hizfo_mod
-from hizfo.losses import NonFiniteLossError, causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.models import tiny_model
-from hizfo.optim import make_adamw
+from hizfo.models.loading import tiny_model
+from hizfo.training.losses import NonFiniteLossError, causal_lm_loss
+from hizfo.training.optim import make_adamw
 from hizfo.zo import draw_seed, seed_generator
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method" / "hizfo.yaml"

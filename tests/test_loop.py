@@ -10,13 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hizfo.config_schema import method_config
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.base import Example
-from hizfo.loop import LoopConfig, split_micro_batches, train
 from hizfo.methods import build_method
-from hizfo.models import byte_level_tokenizer, tiny_model
-from hizfo.progress import progress_bar
+from hizfo.models.loading import byte_level_tokenizer, tiny_model
+from hizfo.runs.config_schema import method_config
+from hizfo.runs.progress import progress_bar
+from hizfo.training.loop import LoopConfig, split_micro_batches, train
 
 FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 
@@ -119,7 +119,7 @@ def test_unknown_method_lists_known_names():
 def test_log_gets_loss_lr_and_step_time_every_log_every_steps(caplog):
     tok, ds = toy_dataset()
     cfg = LoopConfig(num_epochs=2, batch_size=4, log_every_steps=2)  # 3 steps per epoch: 6 steps
-    with caplog.at_level(logging.INFO, logger="hizfo.loop"):
+    with caplog.at_level(logging.INFO, logger="hizfo.training.loop"):
         result = train(tiny_model("opt", seed=0), build_method("full_ft", FULL_FT), ds,
                        collate_train(tok.pad_token_id), cfg, torch.device("cpu"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hizfo import losses
-from hizfo.losses import (
+from hizfo.models.loading import tiny_model
+from hizfo.training import losses
+from hizfo.training.losses import (
     causal_lm_loss,
     chunkable_head,
     chunked_causal_lm_loss,
     configure_loss,
     plain_causal_lm_loss,
 )
-from hizfo.models import tiny_model
 
 
 def padded_batch(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -11,10 +11,10 @@ from helpers import make_batch, reference_noise
 from omegaconf import OmegaConf
 
 import hizfo.methods.mezo as mezo_mod
-from hizfo.config_schema import method_config
-from hizfo.losses import NonFiniteLossError, causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.models import tiny_model
+from hizfo.models.loading import tiny_model
+from hizfo.runs.config_schema import method_config
+from hizfo.training.losses import NonFiniteLossError, causal_lm_loss
 from hizfo.zo import draw_seed, seed_generator
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method" / "mezo.yaml"

@@ -8,8 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hizfo import records
-from hizfo.models import TINY_FAMILIES, byte_level_tokenizer, ensure_pad_token, load_model_and_tokenizer
+from hizfo.models.loading import (
+    TINY_FAMILIES,
+    byte_level_tokenizer,
+    ensure_pad_token,
+    load_model_and_tokenizer,
+)
+from hizfo.runs import records
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

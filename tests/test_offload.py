@@ -8,8 +8,8 @@ import torch
 from helpers import make_batch
 from test_selection_methods import make_method
 
-from hizfo.models import tiny_model
-from hizfo.offload import offloaded
+from hizfo.models.loading import tiny_model
+from hizfo.training.offload import offloaded
 
 
 @pytest.mark.parametrize("target", ["auto", "disk", "host"])

@@ -103,7 +103,7 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
     assert record["status"] == "completed" and record["time"]["steps"] == 2
     assert record["config"]["model"]["name"] == "my-tiny" and record["history"][-1]["loss"] > 0
     assert record["git"]["commit"] is None and record["git"]["hizfo_version"]
-    probe = ("import hizfo.resources as r; "
+    probe = ("import hizfo.runs.resources as r; "
              "print(r.in_checkout(), r.hydra_config_path(), r.paper_numbers_csv().is_file())")
     out = subprocess.run([python, "-c", probe], cwd=work, env=env, check=True,
                          capture_output=True, text=True).stdout.split()

@@ -8,11 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hizfo import peft_utils
-from hizfo.config_schema import method_config
-from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.models import TINY_FAMILIES, byte_level_tokenizer, tiny_model
+from hizfo.models import peft_utils
+from hizfo.models.loading import TINY_FAMILIES, byte_level_tokenizer, tiny_model
+from hizfo.runs.config_schema import method_config
+from hizfo.training.losses import causal_lm_loss
 
 EXPECTED_TARGETS = {"opt": ["q_proj", "v_proj"], "bloom": ["query_key_value"],
                     "qwen2": ["q_proj", "v_proj"], "llama": ["q_proj", "v_proj"]}
@@ -237,7 +237,7 @@ def loop_run(name, ckpt=None, crash_at=None, n_examples=12, **overrides):
     """Two epochs of the real loop on a toy task (checkpoint every step); returns (method, result)."""
     from hizfo.data.base import Example
     from hizfo.data.collate import TrainDataset, collate_train
-    from hizfo.loop import LoopConfig, train
+    from hizfo.training.loop import LoopConfig, train
 
     tok = byte_level_tokenizer()
     examples = [Example(prompt=f"count {i} TL;DR:", target=f" number {i % 3}", references=[str(i)])

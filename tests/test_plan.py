@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from hizfo import plan as planner
-from hizfo.models import tiny_config
+from hizfo.models.loading import tiny_config
 from hizfo.selection.partition import load_config, meta_model
 
 
 def _real_saved_bytes(model: nn.Module, batch: int, seq: int, chunked: bool) -> int:
     """What autograd really saves on CPU under hizfo's loss (distinct storages, no parameters)."""
-    from hizfo.losses import chunkable_head, chunked_causal_lm_loss, plain_causal_lm_loss
+    from hizfo.training.losses import chunkable_head, chunked_causal_lm_loss, plain_causal_lm_loss
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}

@@ -9,10 +9,10 @@ import torch
 from helpers import make_batch
 from test_runner import HAS_DATA, make_cfg
 
-from hizfo.losses import causal_lm_loss
-from hizfo.models import tiny_model
-from hizfo.precision import autocast, check_precision, storage_dtype
+from hizfo.models.loading import tiny_model
 from hizfo.train import run
+from hizfo.training.losses import causal_lm_loss
+from hizfo.training.precision import autocast, check_precision, storage_dtype
 
 
 def test_precision_names():

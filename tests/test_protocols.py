@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from hizfo.protocols import CONF_DIR, named_protocols, paper_mismatches, protocol_of, record_protocol
+from hizfo.runs.protocols import CONF_DIR, named_protocols, paper_mismatches, protocol_of, record_protocol
 
 
 def resolved(*overrides: str) -> dict:

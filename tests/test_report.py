@@ -9,13 +9,13 @@ import math
 import pytest
 from test_protocols import resolved
 
-from hizfo import records
-from hizfo.protocols import protocol_of
 from hizfo.report.__main__ import main as report_main
 from hizfo.report.aggregate import aggregate, newest_per_seed, seed_stats
 from hizfo.report.plots import build_plots, sweep_points
 from hizfo.report.tables import build_tables, load_paper_numbers
-from hizfo.resources import CHECKOUT_ROOT
+from hizfo.runs import records
+from hizfo.runs.protocols import protocol_of
+from hizfo.runs.resources import CHECKOUT_ROOT
 
 CUDA = {"kind": "cuda_max_allocated", "bytes": 45.1e9}
 

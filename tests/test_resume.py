@@ -16,7 +16,7 @@ from test_runner import HAS_DATA, make_cfg
 
 import hizfo.train as train_mod
 from hizfo.methods.full_ft import FullFT
-from hizfo.resume import completed_record, member_key
+from hizfo.training.resume import completed_record, member_key
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = ("method=full_ft", "trainer.num_epochs=2", "trainer.skip_completed=true",
@@ -54,7 +54,7 @@ STUDY_RECORDS = sorted((REPO / "results" / "mini" / "runs").glob("*.json"))
 def test_committed_study_records_are_still_completed_members_under_todays_configs():
     """A config key added since a study record was written must not re-run the finished grid: each
     committed record's Hydra overrides, composed with today's conf/, give the record's member key
-    (else add the new key's neutral value to hizfo.resume.NEUTRAL_WHEN_ABSENT)."""
+    (else add the new key's neutral value to hizfo.training.resume.NEUTRAL_WHEN_ABSENT)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

@@ -11,13 +11,13 @@ import torch
 from test_loop import Interrupt, toy_dataset
 from test_runner import HAS_DATA, make_cfg
 
-from hizfo.config_schema import method_config
 from hizfo.data import collate_train
-from hizfo.loop import LoopConfig, load_checkpoint, planned_steps, train
 from hizfo.methods import build_method
-from hizfo.models import tiny_model
-from hizfo.records import max_peak_memory
+from hizfo.models.loading import tiny_model
+from hizfo.runs.config_schema import method_config
+from hizfo.runs.records import max_peak_memory
 from hizfo.train import run
+from hizfo.training.loop import LoopConfig, load_checkpoint, planned_steps, train
 
 FULL_FT = method_config("full_ft", lr=1e-2, weight_decay=0.0)
 

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from hizfo import records
-from hizfo.run_context import member_name, set_cpu_threads, sweep_group, wandb_identity
-from hizfo.wandb_log import WandbLogger
+from hizfo.runs import records
+from hizfo.runs.context import member_name, set_cpu_threads, sweep_group, wandb_identity
+from hizfo.runs.wandb_log import WandbLogger
 
 CPU = torch.device("cpu")
 MEMBER = {"mode": "multirun", "sweep": "none", "sweep_dir": "multirun/2026-11-23/01-06-14", "job_num": 1,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -188,13 +189,37 @@ def test_kill_everything_reaches_nothing_outside(ns_sandbox):
         bystander.wait()
 
 
+def _others_can_reach(folder: Path) -> bool:
+    """True when every folder from / down to ``folder`` lets any user through (o+x)."""
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (folder, *folder.parents))
+
+
+def _folder_others_can_reach() -> Path:
+    """A writable folder outside /tmp that an unprivileged user can traverse to: the checkout when
+    it can (the usual case), else the first of a few system folders root may write to."""
+    for folder in (Path(__file__).resolve().parents[1], Path("/var/lib"), Path("/srv"), Path("/")):
+        if folder.is_dir() and _others_can_reach(folder) and not folder.is_relative_to("/tmp"):
+            return folder
+    pytest.skip("no folder outside /tmp that an unprivileged user can reach")
+
+
+def test_a_checkout_under_a_private_folder_still_gets_a_reachable_home(tmp_path):
+    private = tmp_path / "private dir"
+    private.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o700)
+    assert not _others_can_reach(private)
+    folder = _folder_others_can_reach()
+    assert _others_can_reach(folder) and not folder.is_relative_to("/tmp")
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not shutil.which("setpriv"),
                     reason="needs root (to become an ordinary user), setpriv and /usr/bin/python3")
 def test_non_root_evaluator_keeps_its_files_and_its_life(tmp_path):
     """As an ordinary cluster user: namespaces still protect the user's files and processes."""
     uid = 50000 + os.getpid() % 9000
-    # outside /tmp (which the sandbox replaces by its own): the repo's folder stands in for $HOME
-    home = Path(tempfile.mkdtemp(prefix=".hizfo-user-", dir=Path(__file__).resolve().parents[1]))
+    # outside /tmp (which the sandbox replaces by its own), in a folder the user can reach: it stands
+    # in for $HOME. The checkout may sit under a 0700 folder (a mktemp dir, root's home).
+    home = Path(tempfile.mkdtemp(prefix=".hizfo-user-", dir=_folder_others_can_reach()))
     try:
         os.chmod(home, 0o755)
         os.chown(home, uid, uid)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hizfo.models import TINY_FAMILIES, tiny_config, tiny_model
+from hizfo.models.loading import TINY_FAMILIES, tiny_config, tiny_model
 from hizfo.selection.costs import cost_table
 from hizfo.selection.partition import meta_model
 from hizfo.selection.tensors import ordered_tensors, trace_forward, transformer_blocks

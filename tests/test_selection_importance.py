@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import make_batch
 
-from hizfo.losses import causal_lm_loss
-from hizfo.models import tiny_model
-from hizfo.optim import make_adamw
+from hizfo.models.loading import tiny_model
 from hizfo.selection.importance import adamw_update, tensor_importance
+from hizfo.training.losses import causal_lm_loss
+from hizfo.training.optim import make_adamw
 
 
 def trained_optimizer(model, steps: int = 2):

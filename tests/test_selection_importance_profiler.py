@@ -14,9 +14,7 @@ from helpers import make_batch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hizfo.losses import NonFiniteLossError, causal_lm_loss, check_finite
-from hizfo.models import TINY_FAMILIES, tiny_model
-from hizfo.optim import make_adamw
+from hizfo.models.loading import TINY_FAMILIES, tiny_model
 from hizfo.selection.importance import (
     _back_to_w0,
     _step_to_w1,
@@ -25,6 +23,8 @@ from hizfo.selection.importance import (
     checkpointed_blocks,
     tensor_importance,
 )
+from hizfo.training.losses import NonFiniteLossError, causal_lm_loss, check_finite
+from hizfo.training.optim import make_adamw
 
 MODEL = Path(__file__).resolve().parents[1] / "artifacts" / "models" / "smollm2-135m-instruct"
 
@@ -233,7 +233,7 @@ def test_peak_no_longer_holds_all_gradients_and_all_updates():
 def test_smollm2_same_values_and_selection_as_the_previous_profiler():
     from omegaconf import OmegaConf
 
-    from hizfo.models import load_model_and_tokenizer
+    from hizfo.models.loading import load_model_and_tokenizer
     from hizfo.selection.partition import select_tensors
 
     model = load_model_and_tokenizer(OmegaConf.create({"source": "local", "path": str(MODEL)}))[0]

@@ -10,10 +10,10 @@ import torch
 from helpers import make_batch
 from omegaconf import OmegaConf
 
-from hizfo.losses import causal_lm_loss
 from hizfo.methods import TrainSetup, build_method
-from hizfo.models import tiny_model
+from hizfo.models.loading import tiny_model
 from hizfo.selection.partition import EmptySelectionError
+from hizfo.training.losses import causal_lm_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import make_batch
 from test_runner import HAS_DATA
 
-from hizfo.models import tiny_config, tiny_model
+from hizfo.models.loading import tiny_config, tiny_model
 from hizfo.selection.__main__ import main as cli_main
 from hizfo.selection.costs import cost_table
 from hizfo.selection.partition import EmptySelectionError, profile_only_selection, select_tensors

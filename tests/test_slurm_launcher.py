@@ -67,8 +67,8 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 
 def _task_environment(monkeypatch, **variables: str) -> dict[str, str | None]:
-    """torchrun's variables as hizfo.distributed derives them from one task's environment."""
-    from hizfo import distributed
+    """torchrun's variables as hizfo.training.distributed derives them from one task's environment."""
+    from hizfo.training import distributed
 
     for name in (*TORCHRUN_VARIABLES, "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS"):
         monkeypatch.delenv(name, raising=False)  # restored (deleted) after the test

@@ -12,8 +12,8 @@ from helpers import make_batch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from step_cost import PhaseTimer, predict_step_s  # noqa: E402
 
-from hizfo import losses  # noqa: E402
-from hizfo.models import tiny_model  # noqa: E402
+from hizfo.models.loading import tiny_model  # noqa: E402
+from hizfo.training import losses  # noqa: E402
 from hizfo.zo import ZONoise  # noqa: E402
 
 CAL = {"fwd_s_per_mac": 1e-9, "bwd_s_per_mac": 2e-9, "adam_s_per_param": 5e-9,
@@ -44,7 +44,7 @@ def test_phase_timer_counts_each_phase_once_and_uninstalls():
     original_loss, original_backward = losses.causal_lm_loss, torch.Tensor.backward
     timer = PhaseTimer().install()
     try:
-        loss = sys.modules["hizfo.losses"].causal_lm_loss(model, make_batch(0))
+        loss = sys.modules["hizfo.training.losses"].causal_lm_loss(model, make_batch(0))
         loss.backward()
         opt.step()
         noise = ZONoise(list(model.parameters()), 0)

@@ -307,7 +307,7 @@ def grid_members(sweep: str) -> list[list[str]]:
 def test_every_grid_member_is_mini_and_fills_one_arm(sweep):
     from hydra import compose, initialize_config_dir
 
-    from hizfo.protocols import protocol_of
+    from hizfo.runs.protocols import protocol_of
     from hizfo.study.report import _all_arms
 
     names = set()

@@ -17,11 +17,11 @@ from helpers import make_batch
 from omegaconf import OmegaConf
 from test_zo import restore_bound
 
-from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods import TrainSetup, build_method
 from hizfo.methods.hizfo import get_rng_state, set_rng_state
 from hizfo.methods.mezo import mean_loss
-from hizfo.models import eval_mode, tiny_model
+from hizfo.models.loading import eval_mode, tiny_model
+from hizfo.training.losses import causal_lm_loss, check_finite
 from hizfo.zo import ZONoise, draw_seed, lr_factor
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"

@@ -1,4 +1,7 @@
-"""Task data: release-file loaders, prompt formatting, tokenization and collation."""
+"""Task data: release-file loaders, prompt formatting, tokenization and collation.
+
+A leaf: imports no other hizfo package, so evaluation, the runner and the study can all read tasks.
+"""
 
 from hizfo.data.base import Example
 from hizfo.data.collate import PromptDataset, TrainDataset, collate_generation, collate_train

@@ -79,7 +79,7 @@ def _pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an EOS token; call "
-                         "hizfo.models.ensure_pad_token or set tokenizer.pad_token")
+                         "hizfo.models.loading.ensure_pad_token or set tokenizer.pad_token")
     return int(pad)
 
 

@@ -9,6 +9,9 @@
 ``evaluate_task`` returns an :class:`EvalResult`: a plain ``dict[str, float]`` of metrics whose
 ``.samples`` attribute holds a few predictions for the run record (kept out of the float metrics)
 and ``.predictions`` all of them (the record's sidecar file, hizfo.evaluation.predictions).
+
+May import ``hizfo.runs``, ``hizfo.training`` (loss, distribution), ``hizfo.models`` and ``hizfo.data``;
+never a method or the runner, so a saved model can be scored on its own (`python -m hizfo.evaluation`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 
 from hizfo.data.base import Example
 from hizfo.evaluation.generation import GenerationSettings, cfg_get, generate, model_device
-from hizfo.models import eval_mode
+from hizfo.models.loading import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +166,10 @@ def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, dev
 def validation_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
     """Mean causal-LM loss over every target token of ``batches`` (no grad, eval mode).
 
-    Each batch's mean loss (hizfo.losses.causal_lm_loss) is weighted by its number of target tokens,
+    Each batch's mean loss (hizfo.training.losses.causal_lm_loss) is weighted by its number of target tokens,
     so the value is the per-token mean over the whole set, independent of how it was batched.
     """
-    from hizfo.losses import causal_lm_loss
+    from hizfo.training.losses import causal_lm_loss
 
     dev = model_device(model)
     total, count = 0.0, 0

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from hizfo.resources import conf_dir
+from hizfo.runs.resources import conf_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from hizfo.data.tasks import load_task
     from hizfo.evaluation import evaluate_task
-    from hizfo.models import load_model_and_tokenizer, resolve_device
+    from hizfo.models.loading import load_model_and_tokenizer, resolve_device
 
     task_cfg = OmegaConf.load(conf_dir() / "task" / f"{args.task}.yaml")
     t0 = time.perf_counter()

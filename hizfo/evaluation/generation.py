@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from hizfo.distributed import is_sharded
-from hizfo.models import eval_mode
-from hizfo.progress import progress_bar
+from hizfo.models.loading import eval_mode
+from hizfo.runs.progress import progress_bar
+from hizfo.training.distributed import is_sharded
 
 log = logging.getLogger(__name__)
 

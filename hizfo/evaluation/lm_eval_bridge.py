@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from hizfo.evaluation.reasoning_scores import DEFAULT_ACCURACY, GSM8K_METRICS, MATH_METRICS
-from hizfo.models import eval_mode
+from hizfo.models.loading import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ def attach_predictions(record_path: str | Path, by_phase: Mapping[str, Sequence[
                        ) -> dict[str, Any]:
     """Write the sidecar beside an already written record and add its entry to that record (atomic
     rewrite), so the record names its file wherever the record itself landed."""
-    from hizfo.records import write_json_atomic
+    from hizfo.runs.records import write_json_atomic
 
     entry = store_predictions(record_path, by_phase)
     record = json.loads(Path(record_path).read_text(encoding="utf-8"))

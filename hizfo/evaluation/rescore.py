@@ -62,7 +62,7 @@ def current_definitions(task_cfg: dict[str, Any]) -> dict[str, Any]:
     """``task_cfg`` with its metric settings replaced by today's conf/task/<name>.yaml ones."""
     from omegaconf import OmegaConf
 
-    from hizfo.resources import conf_dir
+    from hizfo.runs.resources import conf_dir
 
     path = Path(conf_dir()) / "task" / f"{task_cfg.get('name')}.yaml"
     if not path.is_file():

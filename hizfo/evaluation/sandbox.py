@@ -474,7 +474,7 @@ class Sandbox:
     def run_many(self, programs: Sequence[str], progress: bool = False,
                  desc: str = "execute") -> list[ExecResult]:
         """Run programs ``workers`` at a time; results in input order."""
-        from hizfo.progress import progress_bar
+        from hizfo.runs.progress import progress_bar
 
         slots: queue.Queue[int] = queue.Queue()
         for s in range(self.workers):

@@ -1,5 +1,9 @@
-"""Every module in this package defines one method and registers it; importing the package
-imports them all, so ``build_method`` sees every registered name."""
+"""One file per fine-tuning method behind one small interface (``hizfo.training.method.Method``).
+
+Every module here defines one method and registers it; importing the package imports them all, so
+``build_method`` sees every registered name. May import ``hizfo.runs``, ``hizfo.training``,
+``hizfo.models``, ``hizfo.zo`` and ``hizfo.selection``.
+"""
 
 import importlib
 import pkgutil

@@ -1,90 +1,19 @@
-"""The one small interface every fine-tuning method implements.
+"""The registry of fine-tuning methods: ``@register_method("name")`` and ``build_method``.
 
-A method decides which tensors change and how one optimisation step runs. The training loop
-(`hizfo.loop`) owns everything else: data order, epochs, LR schedule progress, evaluation,
-checkpoints, timing and memory. A step receives the micro-batches of one logical batch
-(gradient accumulation) and returns scalar metrics; it must include ``"loss"`` (the clean
-training loss of the batch, averaged over micro-batches).
+The interface itself (``Method``, ``TrainSetup``, ``Batch``) is defined beside the loop that drives
+it, in ``hizfo.training.method``, and re-exported here for method authors.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-import torch
 from omegaconf import OmegaConf
-from torch import nn
-from torch.utils.data import Dataset
 
-Batch = dict[str, torch.Tensor]
+from hizfo.training.method import Batch, Method, TrainSetup
 
-
-@dataclass
-class TrainSetup:
-    """What a method may look at when it prepares itself (and on epoch boundaries)."""
-
-    total_steps: int
-    steps_per_epoch: int
-    num_epochs: int
-    device: torch.device
-    seed: int
-    profile_batch: Batch  # one training batch, on device (importance profiling, cost model shapes)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Method(ABC):
-    """Base class. Subclasses register with ``@register_method("name")``."""
-
-    name: ClassVar[str] = "base"
-    #: False for methods that never train (zero-shot): the loop skips training entirely.
-    trains: ClassVar[bool] = True
-
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-
-    @abstractmethod
-    def setup(self, model: nn.Module, setup: TrainSetup) -> None:
-        """Choose trainable tensors, build optimizers/schedulers. Called once before training."""
-
-    @abstractmethod
-    def step(self, model: nn.Module, micro_batches: list[Batch], step: int) -> dict[str, float]:
-        """Run one optimisation step on one logical batch; return metrics including "loss"."""
-
-    def split_training_data(self, dataset: Dataset, seed: int) -> Dataset:
-        """The part of the training set the loop iterates; Bilevel-ZOFO holds out its upper level's
-        dev part here (called once, before ``setup``). Default: all of it."""
-        return dataset
-
-    def on_epoch_start(self, model: nn.Module, epoch: int, setup: TrainSetup) -> None:
-        """Hook for per-epoch work (GreenTrainer re-selects tensors every 2 epochs)."""
-
-    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Tensors this method changes (FO and ZO alike). Default: requires_grad ones."""
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def changed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Every tensor training may have changed so far (what a best checkpoint must keep).
-        Default: the trainable ones; GreenTrainer adds the tensors it froze at a re-selection."""
-        return self.trainable_parameters(model)
-
-    def eval_model(self, model: nn.Module) -> nn.Module:
-        """The model to evaluate (Bilevel-ZOFO evaluates with its upper PEFT copy)."""
-        return model
-
-    def describe(self) -> dict[str, Any]:
-        """Method-specific facts for the run record (partition, parameter counts, ...)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer/scheduler/RNG state needed to resume exactly."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-
+__all__ = ["METHODS", "Batch", "Method", "TrainSetup", "build_method", "register_method"]
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -108,7 +37,7 @@ def build_method(name: str, cfg: Any) -> Method:
         known = ", ".join(sorted(METHODS))
         raise ValueError(f"unknown method {name!r}; known methods: {known}. "
                          f"Pick one with method=<name> (configs live in conf/method/).")
-    from hizfo.config_schema import method_schema, validate_group
+    from hizfo.runs.config_schema import method_schema, validate_group
 
     cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
     validate_group(method_schema(name), cfg, "method")  # complete and typed: methods read cfg.<key>

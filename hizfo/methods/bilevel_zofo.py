@@ -34,10 +34,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from hizfo import distributed, peft_utils
-from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.optim import is_no_decay, make_adamw
+from hizfo.models import peft_utils
+from hizfo.training import distributed
+from hizfo.training.losses import causal_lm_loss, check_finite
+from hizfo.training.optim import is_no_decay, make_adamw
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
 
 LOWER, UPPER = "lower", "upper"
@@ -160,9 +161,9 @@ class BilevelZOFO(Method):
             return given
         if self.dev_set is None or "collate" not in setup.extra:
             raise ValueError("bilevel_zofo needs its upper-level dev split: train it through "
-                             "hizfo.loop.train (which calls split_training_data), or pass "
+                             "hizfo.training.loop.train (which calls split_training_data), or pass "
                              "TrainSetup.extra['dev_batches'] = lambda j: [batch, ...]")
-        from hizfo.loop import split_micro_batches
+        from hizfo.training.loop import split_micro_batches
 
         collate, bs = setup.extra["collate"], int(setup.extra["batch_size"])
         accum, dev_set, seed = int(setup.extra.get("grad_accum", 1)), self.dev_set, self.split_seed

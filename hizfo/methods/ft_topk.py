@@ -14,9 +14,9 @@ from torch import nn
 
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import adamw_step
-from hizfo.optim import decay_settings, make_adamw
 from hizfo.selection.costs import module_kind
 from hizfo.selection.tensors import ordered_tensors, transformer_blocks
+from hizfo.training.optim import decay_settings, make_adamw
 
 
 def output_side_tensors(model: nn.Module) -> dict[str, list[str]]:

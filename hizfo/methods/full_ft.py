@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from hizfo import distributed
-from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.optim import decay_settings, make_adamw
+from hizfo.training import distributed
+from hizfo.training.losses import causal_lm_loss, check_finite
+from hizfo.training.optim import decay_settings, make_adamw
 
 
 def fo_backward(model: nn.Module, micro_batches: list[Batch], where: str) -> float:

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hizfo import distributed
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_backward, fo_grad_norm
-from hizfo.offload import check_target, offloaded
-from hizfo.optim import decay_settings, make_adamw
 from hizfo.selection.partition import select_tensors
+from hizfo.training import distributed
+from hizfo.training.offload import check_target, offloaded
+from hizfo.training.optim import decay_settings, make_adamw
 from hizfo.zo import lr_factor
 
 log = logging.getLogger(__name__)

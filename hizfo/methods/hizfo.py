@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hizfo import distributed
-from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import fo_grad_norm
 from hizfo.methods.mezo import noise_options
-from hizfo.offload import offloaded
-from hizfo.optim import is_no_decay, make_adamw
+from hizfo.training import distributed
+from hizfo.training.losses import causal_lm_loss, check_finite
+from hizfo.training.offload import offloaded
+from hizfo.training.optim import is_no_decay, make_adamw
 from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def set_rng_state(state: RngState) -> None:
 class HiZFO(Method):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.eps = float(cfg.eps)  # ranges and allowed values: hizfo/config_schema.py (HiZFO)
+        self.eps = float(cfg.eps)  # ranges and allowed values: hizfo/runs/config_schema.py (HiZFO)
         self.lr = float(cfg.lr)
         self.alpha = float(cfg.alpha)
         self.rho = float(cfg.rho)

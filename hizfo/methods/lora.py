@@ -12,10 +12,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from hizfo import distributed, peft_utils
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
 from hizfo.methods.full_ft import adamw_step
-from hizfo.optim import decay_settings, make_adamw
+from hizfo.models import peft_utils
+from hizfo.training import distributed
+from hizfo.training.optim import decay_settings, make_adamw
 
 
 class PeftFineTune(Method):

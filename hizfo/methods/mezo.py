@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hizfo import distributed
-from hizfo.losses import causal_lm_loss, check_finite
 from hizfo.methods.base import Batch, Method, TrainSetup, register_method
-from hizfo.models import eval_mode
-from hizfo.optim import is_no_decay
+from hizfo.models.loading import eval_mode
+from hizfo.training import distributed
+from hizfo.training.losses import causal_lm_loss, check_finite
+from hizfo.training.optim import is_no_decay
 from hizfo.zo import ZONoise, check_noise_kind, draw_seed, lr_factor, seed_generator
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from hizfo import peft_utils
 from hizfo.methods.base import TrainSetup, register_method
 from hizfo.methods.lora import PeftFineTune
+from hizfo.models import peft_utils
 
 
 @register_method("prefix")

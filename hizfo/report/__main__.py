@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from hizfo.protocols import PAPER
 from hizfo.report.plots import build_plots
 from hizfo.report.tables import build_tables
-from hizfo.resources import project_path
+from hizfo.runs.protocols import PAPER
+from hizfo.runs.resources import project_path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hizfo.protocols import PAPER, record_protocol
-from hizfo.records import read_records
 from hizfo.report.aggregate import SeedStats, aggregate
 from hizfo.report.tables import load_paper_numbers
+from hizfo.runs.protocols import PAPER, record_protocol
+from hizfo.runs.records import read_records
 
 # Points the paper states in its text for Figures 3 (r) and 4 (alpha): OPT-2.7B, DialogSum, ROUGE-1.
 PAPER_TEXT_POINTS = {"zo_lr_ratio": {"opt-2.7b": {0.1: 26.7, 0.7: 14.2}},

@@ -3,7 +3,7 @@
     python -m hizfo.report tables [--results results/runs] [--out results/tables]
 
 Each cell reads "ours / paper". Ours comes only from completed run records of the protocol the table
-renders (``paper`` by default, see hizfo/protocols.py): the newest record per seed, as mean ± std over
+renders (``paper`` by default, see hizfo/runs/protocols.py): the newest record per seed, as mean ± std over
 seeds with n (hizfo/report/aggregate.py). "–" marks a run that does not exist yet; "*" a cell whose
 records exist but cannot stand beside the paper's number (another protocol, or CPU memory against the
 paper's GPU memory), with a footnote saying why.
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hizfo.protocols import PAPER, paper_mismatches, record_protocol
-from hizfo.records import read_records
 from hizfo.report.aggregate import aggregate, newest_per_seed
-from hizfo.resources import paper_numbers_csv
+from hizfo.runs.protocols import PAPER, paper_mismatches, record_protocol
+from hizfo.runs.records import read_records
+from hizfo.runs.resources import paper_numbers_csv
 
 PAPER_CSV = paper_numbers_csv()
 TABLE_TITLES = {

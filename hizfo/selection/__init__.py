@@ -2,6 +2,9 @@
 
 tensors.py (forward order), costs.py (analytic t_dw / t_dy / t_fp), importance.py (one trial AdamW
 step), solver.py (exact DP + brute force), partition.py (the public API below).
+
+May import ``hizfo.runs``, ``hizfo.training`` (loss, distribution) and ``hizfo.models``; plain functions
+that need no training run, so a 7B partition can be profiled without one.
 """
 
 from hizfo.selection.costs import CostTable, cost_table

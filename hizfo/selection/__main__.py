@@ -41,7 +41,7 @@ IMPORTANCE_NOTE = {"uniform": "uniform: every tensor counts 1 (not what training
 
 def parse(argv: list[str]) -> tuple[dict[str, str | None], list[str], str | None]:
     """(selection-only options, Hydra overrides, a model spec that is not a conf/model name)."""
-    from hizfo.resources import conf_dir
+    from hizfo.runs.resources import conf_dir
 
     opts: dict[str, str | None] = dict(SELECT_KEYS)
     overrides: list[str] = []
@@ -73,7 +73,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
 
-    from hizfo.resources import conf_dir, in_checkout
+    from hizfo.runs.resources import conf_dir, in_checkout
 
     init = initialize_config_dir(str(conf_dir()), version_base=None) if in_checkout() \
         else initialize_config_module("hizfo.conf", version_base=None)
@@ -87,12 +87,12 @@ def profiled_selection(cfg: Any, seed: int) -> tuple[Any, int]:
     from omegaconf import OmegaConf
 
     from hizfo.data import TrainDataset, collate_train
-    from hizfo.loop import LoopConfig, epoch_loader, seed_everything
-    from hizfo.models import load_model_and_tokenizer
-    from hizfo.precision import check_precision
-    from hizfo.resources import project_path
+    from hizfo.models.loading import load_model_and_tokenizer
+    from hizfo.runs.resources import project_path
     from hizfo.selection.partition import select_tensors
     from hizfo.train import load_train_examples
+    from hizfo.training.loop import LoopConfig, epoch_loader, seed_everything
+    from hizfo.training.precision import check_precision
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if model_cfg.get("source") == "local":

@@ -42,9 +42,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from hizfo.distributed import local_shard, sum_over_shards
-from hizfo.losses import Batch, causal_lm_loss, check_finite
 from hizfo.selection.tensors import transformer_blocks
+from hizfo.training.distributed import local_shard, sum_over_shards
+from hizfo.training.losses import Batch, causal_lm_loss, check_finite
 
 DEFAULT_BETAS = (0.9, 0.999)
 DEFAULT_EPS = 1e-8

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hizfo.losses import Batch, causal_lm_loss
 from hizfo.selection.costs import CostTable, cost_table
 from hizfo.selection.importance import tensor_importance
 from hizfo.selection.solver import backward_fraction, solve_selection
+from hizfo.training.losses import Batch, causal_lm_loss
 
 #: DP budget units: costs are rounded up to 1/DEFAULT_RESOLUTION of the budget (README: 1000 loses ~13%).
 DEFAULT_RESOLUTION = 10000
@@ -178,14 +178,14 @@ def select_tensors(model: nn.Module, batch: Batch, rho: float, resolution: int =
 
 def load_config(model_name_or_config: Any):
     """A transformers config from a config object, a config.json path, a folder, a hub id, or
-    'tiny:<family>' (the test configs of hizfo.models)."""
+    'tiny:<family>' (the test configs of hizfo.models.loading)."""
     from transformers import AutoConfig, PretrainedConfig
 
     if isinstance(model_name_or_config, PretrainedConfig):
         return model_name_or_config
     spec = str(model_name_or_config)
     if spec.startswith("tiny:"):
-        from hizfo.models import tiny_config
+        from hizfo.models.loading import tiny_config
 
         return tiny_config(spec.split(":", 1)[1])
     path = Path(spec)

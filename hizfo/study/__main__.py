@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hizfo.resources import project_root
+from hizfo.runs.resources import project_root
 from hizfo.study.report import DEFAULT_OUT, DEFAULT_RESULTS, render
 
 

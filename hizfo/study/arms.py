@@ -17,10 +17,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from hizfo.evaluation.webq import LENIENT as WEBQ_LENIENT
-from hizfo.protocols import protocol_of
 from hizfo.report.aggregate import newest_per_seed, record_time
 from hizfo.report.tables import our_metrics
-from hizfo.resources import conf_dir
+from hizfo.runs.protocols import protocol_of
+from hizfo.runs.resources import conf_dir
 
 # The time the study judges by: CPU minutes of the training process (one torch thread, so on an idle
 # machine equal to its wall-clock minutes; unlike wall-clock, not stretched by whatever else shares

@@ -14,10 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hizfo.records import read_records
 from hizfo.report.tables import load_paper_numbers
-from hizfo.resources import project_root
-from hizfo.resume import member_key
+from hizfo.runs.records import read_records
+from hizfo.runs.resources import project_root
 from hizfo.study import arms as A
 from hizfo.study.claims import (
     CANNOT_TELL,
@@ -31,6 +30,7 @@ from hizfo.study.claims import (
     open_questions,
 )
 from hizfo.study.stats import Cell, summarize
+from hizfo.training.resume import member_key
 
 DEFAULT_RESULTS = "results/mini/runs"   # relative to the checkout (else the current directory)
 DEFAULT_OUT = "results/mini"

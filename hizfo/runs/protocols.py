@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hizfo.resources import conf_dir, paper_numbers_csv
+from hizfo.runs.resources import conf_dir, paper_numbers_csv
 
 CONF_DIR = conf_dir()
 PAPER = "paper"

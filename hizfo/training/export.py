@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from hizfo import distributed
-from hizfo.methods.base import Method
+from hizfo.training import distributed
+from hizfo.training.method import Method
 
 
 def final_model_dir(hydra_output_dir: str | None, checkpoint_dir: str | Path) -> Path:

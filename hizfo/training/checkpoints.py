@@ -44,8 +44,8 @@ from typing import Any
 import torch
 
 from hizfo import __version__
-from hizfo.records import git_info
-from hizfo.resources import CHECKOUT_ROOT, in_checkout
+from hizfo.runs.records import git_info
+from hizfo.runs.resources import CHECKOUT_ROOT, in_checkout
 
 log = logging.getLogger(__name__)
 

@@ -120,7 +120,7 @@ class Task(Schema):
 # --------------------------------------------------------------------------- methods
 
 
-Select = Literal["last", "best_val_loss"]            # hizfo/checkpoint_select.py
+Select = Literal["last", "best_val_loss"]            # hizfo/training/checkpoint_select.py
 
 
 class Method(Schema):
@@ -192,7 +192,7 @@ class GreenTrainer(Selection, GreenTrainerProtocol):
     reselect_every_epochs: Annotated[int, NON_NEGATIVE]
     importance_lr: Annotated[float, POSITIVE]
     importance_optimizer_state: bool
-    reselect_offload: Literal["auto", "host", "disk", "none"]  # hizfo.offload.OFFLOAD_TARGETS
+    reselect_offload: Literal["auto", "host", "disk", "none"]  # hizfo.training.offload.OFFLOAD_TARGETS
 
 
 class HiZFO(Selection):
@@ -251,8 +251,8 @@ class Trainer(Schema):
     batch_size: Annotated[int, POSITIVE]
     grad_accum: Annotated[int, POSITIVE]
     device: str
-    strategy: Literal["auto", "single", "ddp", "fsdp"]  # hizfo.distributed.STRATEGIES
-    precision: Literal["fp32", "bf16-mixed", "bf16"]    # hizfo.precision.PRECISIONS
+    strategy: Literal["auto", "single", "ddp", "fsdp"]  # hizfo.training.distributed.STRATEGIES
+    precision: Literal["fp32", "bf16-mixed", "bf16"]    # hizfo.training.precision.PRECISIONS
     gradient_checkpointing: bool
     eval_every_epoch: bool
     eval_every_steps: Annotated[int | None, POSITIVE_OR_NULL]
@@ -260,7 +260,7 @@ class Trainer(Schema):
     checkpoint_every_steps: Annotated[int | None, POSITIVE_OR_NULL]
     resume: bool
     checkpoint_lock: Literal["fail", "wait"]
-    keep_checkpoints: Literal["last", "none"]         # hizfo.checkpoints.KEEP_CHECKPOINTS
+    keep_checkpoints: Literal["last", "none"]         # hizfo.training.checkpoints.KEEP_CHECKPOINTS
     allow_version_mismatch: bool
     save_final: bool
     skip_completed: bool
@@ -319,7 +319,7 @@ class Root(Schema):
     eval: Eval
     paths: Paths
     logger: Logger
-    # A training method planning 0 steps (num_epochs 0) is refused by hizfo.loop.planned_steps.
+    # A training method planning 0 steps (num_epochs 0) is refused by hizfo.training.loop.planned_steps.
 
 
 # --------------------------------------------------------------------------- the validator
@@ -354,7 +354,7 @@ def validate_group(schema: type[Schema], cfg: Any, path: str) -> None:
 
 def method_config(name: str, **overrides: Any) -> DictConfig:
     """conf/method/<name>.yaml with ``overrides``: a complete method config for use outside Hydra."""
-    from hizfo.resources import conf_dir
+    from hizfo.runs.resources import conf_dir
 
     path = conf_dir() / "method" / f"{name}.yaml"
     if not path.is_file():

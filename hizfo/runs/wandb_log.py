@@ -33,7 +33,7 @@ class WandbLogger:
 
     def __init__(self, enabled: bool, project: str, mode: str, run_name: str, config: dict[str, Any],
                  **identity: Any):
-        """``identity``: W&B's id / group / job_type / tags / dir (hizfo.run_context.wandb_identity);
+        """``identity``: W&B's id / group / job_type / tags / dir (hizfo.runs.context.wandb_identity);
         with an id the run resumes (resume="allow"), so a resumed training run continues its W&B run."""
         self.run = None
         self.info: dict[str, Any] = {}

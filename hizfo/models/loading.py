@@ -108,7 +108,7 @@ def tiny_model(family: str, seed: int = 0, **kw) -> nn.Module:
 def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
                              precision: str = "fp32"):
     """Build (model, tokenizer) from a conf/model entry, stored in ``precision``'s dtype
-    (hizfo.precision: float32 for fp32 and bf16-mixed, bfloat16 for bf16).
+    (hizfo.training.precision: float32 for fp32 and bf16-mixed, bfloat16 for bf16).
 
     model_cfg.source: "hub" (hub id in ``path``), "local" (a folder saved by save_pretrained),
     "gguf" (``path`` folder + ``gguf_file``) or "tiny" (``family``).
@@ -116,7 +116,7 @@ def load_model_and_tokenizer(model_cfg: Any, device: torch.device | str = "cpu",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
-    from hizfo.precision import storage_dtype
+    from hizfo.training.precision import storage_dtype
 
     torch_dtype = storage_dtype(precision)
     source = model_cfg.source

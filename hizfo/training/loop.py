@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hizfo import checkpoints, distributed
-from hizfo.checkpoint_select import CheckpointSelector
-from hizfo.methods.base import Batch, Method, TrainSetup
-from hizfo.precision import autocast
-from hizfo.progress import progress_bar, step_log_line
-from hizfo.records import max_peak_memory, peak_memory_bytes
+from hizfo.runs.progress import progress_bar, step_log_line
+from hizfo.runs.records import max_peak_memory, peak_memory_bytes
+from hizfo.training import checkpoints, distributed
+from hizfo.training.checkpoint_select import CheckpointSelector
+from hizfo.training.method import Batch, Method, TrainSetup
+from hizfo.training.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,13 @@ class LoopConfig:
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int | None = None
     resume: bool = True
-    checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (hizfo.checkpoints)
+    checkpoint_lock: str = "fail"  # a second run on the same folder: "fail" or "wait" (training.checkpoints)
     allow_version_mismatch: bool = False  # resume a checkpoint of other code (warns) instead of refusing
     log_every_steps: int = 1  # loss / lr / step time to the log (train.log) every N steps
     num_workers: int = 0
-    eval_every_steps: int | None = None  # validation loss every N steps (hizfo.checkpoint_select)
+    eval_every_steps: int | None = None  # validation loss every N steps (hizfo.training.checkpoint_select)
     select: str = "last"                 # which checkpoint is scored: last | best_val_loss
-    precision: str = "fp32"  # hizfo.precision: bf16-mixed runs each step under bf16 autocast
+    precision: str = "fp32"  # hizfo.training.precision: bf16-mixed runs each step under bf16 autocast
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
-    """Hashed, unique temporary file, atomic manifest update (hizfo.checkpoints). Under data
+    """Hashed, unique temporary file, atomic manifest update (hizfo.training.checkpoints). Under data
     parallel the replicas are identical: rank 0 writes, with every rank's RNG state."""
     rng_by_rank = distributed.gather_objects(_rng_state())
     ctx = distributed.context()
@@ -211,7 +211,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     ``validate`` returns the validation loss of the current weights; with ``cfg.eval_every_steps``
     it runs every that many steps, and ``cfg.select="best_val_loss"`` leaves the model holding the
-    best-scoring weights at the end (see hizfo.checkpoint_select)."""
+    best-scoring weights at the end (see hizfo.training.checkpoint_select)."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
     dataset = method.split_training_data(dataset, cfg.seed)

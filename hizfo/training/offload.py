@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hizfo.distributed import local_shard
+from hizfo.training.distributed import local_shard
 
 OFFLOAD_TARGETS = ("auto", "host", "disk", "none")
 BUFFER_BYTES = 1 << 24  # host buffer for file transfers

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from hizfo.resources import project_path
+from hizfo.runs.resources import project_path
 
 # Overrides already spelled out by run_name, or that only steer the launch, never name a member.
 _NAMED_BY_RUN_NAME = ("model", "task", "method", "seed", "sweep", "experiment")
