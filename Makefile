@@ -159,3 +159,18 @@ mini-depth: setup model  ## CPU study: Hi-ZFO on DialogSum at rho 0.7, and at 0.
 
 mini-report: setup  ## re-render results/mini/ from the records only
 	$(PY) -m hizfo.study
+
+# ---- the tuned CPU-scale study (protocol `study`, results/study/): DialogSum, a learning-rate grid
+# per method at seed 0 chosen on dev ROUGE-1, then seeds at the chosen rate, scored on all 500 test
+# dialogues (conf/experiment/study_dialogsum.yaml). Two members at a time, one torch thread each;
+# re-running a target trains only members without a completed record and re-renders results/study/.
+STUDY_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
+STUDY_LR_METHODS ?= full_ft,hizfo,greentrainer,lora
+.PHONY: study-lr study-report
+study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
+	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
+	$(STUDY_RUN) -m sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
+	$(MAKE) study-report
+
+study-report: setup  ## re-render results/study/ from its records only
+	$(PY) -m hizfo.study.tuned

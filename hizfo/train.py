@@ -30,7 +30,7 @@ from hizfo.methods import build_method
 from hizfo.models.loading import count_parameters, load_model_and_tokenizer, resolve_device
 from hizfo.runs import context as run_context
 from hizfo.runs import records
-from hizfo.runs.config_schema import validate_config
+from hizfo.runs.config_schema import register_resolvers, validate_config
 from hizfo.runs.protocols import protocol_of
 from hizfo.runs.resources import CHECKOUT_ROOT, conf_dir, hydra_config_path, in_checkout, project_path
 from hizfo.runs.wandb_log import WandbLogger
@@ -41,6 +41,7 @@ from hizfo.training.losses import configure_loss
 from hizfo.training.precision import check_precision
 
 log = logging.getLogger("hizfo.train")
+register_resolvers()  # before Hydra composes: conf/sweep/study_*.yaml use them
 _abs = project_path  # relative config paths: against the checkout, else the current directory
 
 
@@ -223,6 +224,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
         predictions["final"] = getattr(final, "predictions", [])
+        if cfg.eval.get("score_validation") and val_examples and evaluates:  # model selection on dev
+            dev = evaluate(val_examples)
+            record["metrics"]["validation"] = dev
+            predictions["validation"] = getattr(dev, "predictions", [])
+            logger.summary({f"validation/{k}": v for k, v in dev.items()})
+            log.info("final (%s): %s", cfg.eval.split, _fmt(dev))
         for name, task_cfg in also_tasks.items():  # the same trained model, other tasks
             if not evaluates:
                 break
@@ -259,7 +266,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if device is not None:
             segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
             record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
-                                "scope": memory_scope}
+                                "scope": memory_scope,
+                                # training alone (every segment up to its end), before the final evaluation
+                                "train": loop_result.peak_memory if loop_result else None}
         if model is not None:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}

@@ -274,7 +274,8 @@ def load_split(task_cfg: Mapping[str, Any], split: str, data_dir: str | Path | N
     """The single entry point: one split of the task named by a conf/task node, subsampled.
 
     ``task_cfg.splits[split]`` null means "no such split" (error); train uses
-    ``max_train_examples``, other splits ``max_eval_examples``, both with ``subsample_seed``.
+    ``max_train_examples``, validation ``max_validation_examples`` when set (else ``max_eval_examples``),
+    test ``max_eval_examples``, all with ``subsample_seed``.
     """
     name = task_cfg["name"]
     if split not in SPLITS:
@@ -289,5 +290,7 @@ def load_split(task_cfg: Mapping[str, Any], split: str, data_dir: str | Path | N
                          validation_seed=int(task_cfg.get("validation_seed", 0) or 0),
                          prompt_style=task_cfg.get("prompt_style", "completion") or "completion")
     key = "max_train_examples" if split == "train" else "max_eval_examples"
+    if split == "validation" and task_cfg.get("max_validation_examples") is not None:
+        key = "max_validation_examples"
     limit = task_cfg.get(key)
     return subsample(examples, None if limit is None else int(limit), int(task_cfg.get("subsample_seed", 0)))

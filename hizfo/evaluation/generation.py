@@ -47,6 +47,7 @@ class GenerationSettings:
     num_beams: int = 1
     do_sample: bool = False
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # 0 = off; n > 0 forbids repeating any n-gram of the output
     length_penalty: float = 1.0
     early_stopping: bool = False
     stop_sequences: tuple[str, ...] = ()
@@ -58,6 +59,7 @@ class GenerationSettings:
                    num_beams=int(cfg_get(gen_cfg, "num_beams", cls.num_beams)),
                    do_sample=bool(cfg_get(gen_cfg, "do_sample", cls.do_sample)),
                    repetition_penalty=float(cfg_get(gen_cfg, "repetition_penalty", cls.repetition_penalty)),
+                   no_repeat_ngram_size=int(cfg_get(gen_cfg, "no_repeat_ngram_size", 0) or 0),
                    length_penalty=float(cfg_get(gen_cfg, "length_penalty", cls.length_penalty)),
                    early_stopping=bool(cfg_get(gen_cfg, "early_stopping", cls.early_stopping)),
                    stop_sequences=tuple(str(s) for s in stops))
@@ -66,6 +68,8 @@ class GenerationSettings:
         """Keyword arguments for ``model.generate``; beam-only knobs only when beams are used."""
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
                               "do_sample": self.do_sample, "repetition_penalty": self.repetition_penalty}
+        if self.no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.num_beams > 1:
             kw["length_penalty"] = self.length_penalty
             kw["early_stopping"] = self.early_stopping

@@ -83,6 +83,7 @@ class Generation(Schema):
     do_sample: bool
     num_beams: Annotated[int, POSITIVE]
     repetition_penalty: Annotated[float, POSITIVE]
+    no_repeat_ngram_size: Annotated[int, NON_NEGATIVE, MayBeAbsent]
     length_penalty: Annotated[float, MayBeAbsent]
     early_stopping: Annotated[bool, MayBeAbsent]
     max_new_tokens: Annotated[int, POSITIVE]
@@ -106,6 +107,7 @@ class Task(Schema):
     generation: Generation
     max_train_examples: Annotated[int | None, POSITIVE_OR_NULL]
     max_eval_examples: Annotated[int | None, POSITIVE_OR_NULL]
+    max_validation_examples: Annotated[int | None, POSITIVE_OR_NULL, MayBeAbsent]  # else max_eval_examples
     subsample_seed: Annotated[int, NON_NEGATIVE]
     prompt_style: Annotated[Literal["completion", "qa"], MayBeAbsent]
     train_task: Annotated[str | None, MayBeAbsent]
@@ -288,6 +290,7 @@ class Eval(Schema):
     split: str | None
     final_split: str | None
     before_training: bool
+    score_validation: Annotated[bool, MayBeAbsent]  # also generate + score the validation split at the end
     max_loss_batches: Annotated[int | None, POSITIVE_OR_NULL]
     also_tasks: list[str]  # conf/task names also scored after training (Table 2: one training, 3 tasks)
     also_max_examples: Annotated[int | None, POSITIVE_OR_NULL]
@@ -313,6 +316,7 @@ class Root(Schema):
     trainer: Trainer
     training_protocol: Literal["greentrainer", "bilevel_zofo"]  # conf/training_protocol/*.yaml
     sweep: Annotated[dict[str, Any], MayBeAbsent]     # sweeps are @package _global_: {} or absent
+    study: Annotated[dict[str, Any], MayBeAbsent]     # a study's grid (conf/experiment/study_*.yaml)
     seed: Annotated[int, NON_NEGATIVE]
     run_name: str
     data: Data
@@ -323,6 +327,23 @@ class Root(Schema):
 
 
 # --------------------------------------------------------------------------- the validator
+
+
+def _grid_item(grid: Any, index: Any) -> Any:
+    """``${grid_item:<list>,<index>}``: one entry of a grid by its position (a sweep over positions
+    pairs each method with its own list, e.g. study.lr_grid.<method>; OmegaConf's own key
+    interpolation cannot take an integer index)."""
+    if index is None:
+        raise ConfigError("grid_item: the index is null; a grid sweep sets it (e.g. study.lr_index=0,1,2)")
+    if not 0 <= int(index) < len(grid):
+        raise ConfigError(f"grid_item: index {index} is outside the grid {list(grid)}")
+    return grid[int(index)]
+
+
+def register_resolvers() -> None:
+    """The config resolvers hizfo's configs use (idempotent; hizfo.train registers them at import)."""
+    if not OmegaConf.has_resolver("grid_item"):
+        OmegaConf.register_new_resolver("grid_item", _grid_item)
 
 
 class ConfigError(ValueError):
