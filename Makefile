@@ -81,8 +81,8 @@ clean:  ## remove outputs, multirun, wandb and the pytest cache
 # LAUNCHER picks the Hydra launcher (conf/hydra/launcher/). local (default): the joblib launcher, JOBS
 # members at a time, each in its own worker process when JOBS >= 2 (1 torch thread each on CPU). One
 # GPU: keep JOBS=1 (also keeps the timings undisturbed; each run's peak memory is its own either way).
-# slurm: each member is its own SLURM job, one task per GPU (conf/hydra/launcher/slurm.yaml, README
-# "Clusters"), e.g.
+# slurm: each member is its own SLURM job, one task per GPU (conf/hydra/launcher/slurm.yaml,
+# conf/README.md "Clusters"), e.g.
 #   make table3 LAUNCHER=slurm ARGS="hydra.launcher.gpus_per_node=8 hydra.launcher.partition=gpu"
 # make waits for the jobs (run it in tmux/screen), then renders the table from the records.
 LAUNCHER    ?= local
@@ -115,7 +115,7 @@ notebook: $(VENV)/.notebook  ## execute notebooks/analysis.ipynb headless on the
 demo-methods: setup model  ## every method at demo scale on this CPU (results/demo/summary.md)
 	bash experiments/demo_methods.sh
 
-# ---- the paper's claims at CPU scale (README "Reproduction at CPU scale"; `make mini` is about 8.5 h
+# ---- the paper's claims at CPU scale (results/README.md; `make mini` is about 8.5 h
 # of a 2-core CPU: the records' summed member times over two). Each grid is a Hydra multirun, 2 members
 # at a time, one torch thread each.
 # Re-running a target trains only the members without a completed record (a killed member resumes from

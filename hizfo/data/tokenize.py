@@ -1,6 +1,6 @@
 """Examples -> token ids: prompt tokens (loss-masked) + target tokens + EOS.
 
-Decisions (the README lists them):
+Decisions (experiments/DEVIATIONS.md lists them):
 - BOS: whatever the tokenizer adds by default in front of a text (OPT/Llama add one, Qwen2 and the
   byte-level test tokenizer none); nothing is inserted between prompt and target, and specials a
   tokenizer would append after a text are not used.

@@ -19,7 +19,7 @@ GSM8K-trained models write, Table 2), else none.
 lm-eval's minerva utils refuse to import unless antlr4-python3-runtime is 4.11 (for sympy's LaTeX
 parser), while hydra/omegaconf pin antlr4 4.9. We import them with that version check bypassed and
 give ``is_equiv`` latex2sympy2_extended's parser (the one math_verify uses, built for antlr 4.9.3;
-sympy's parse_latex grew out of the same latex2sympy grammar). README "Deviations" says so.
+sympy's parse_latex grew out of the same latex2sympy grammar). experiments/DEVIATIONS.md says so.
 
 Legacy (lenient, own names): the scorers this project used before (hizfo.evaluation.gsm8k:
 "####" else the last number, numeric equality; hizfo.evaluation.math_answer: our extraction and

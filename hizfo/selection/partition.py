@@ -22,7 +22,8 @@ from hizfo.selection.importance import tensor_importance
 from hizfo.selection.solver import backward_fraction, solve_selection
 from hizfo.training.losses import Batch, causal_lm_loss
 
-#: DP budget units: costs are rounded up to 1/DEFAULT_RESOLUTION of the budget (README: 1000 loses ~13%).
+#: DP budget units: costs are rounded up to 1/DEFAULT_RESOLUTION of the budget
+#: (experiments/DEVIATIONS.md: 1000 loses ~13%).
 DEFAULT_RESOLUTION = 10000
 IMPORTANCE_RULES = ("uniform", "numel", "random")
 #: Architecture configs (no weights) of the paper's hub models, used when the hub is unreachable.
