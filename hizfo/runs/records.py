@@ -59,10 +59,23 @@ def git_info(repo: Path | None = None) -> dict[str, Any]:
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo): machines of one kind differ (Intel or AMD)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def hardware_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"device": str(device), "platform": platform.platform(),
                             "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "cpu_model": _cpu_model()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()

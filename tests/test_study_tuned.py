@@ -1,0 +1,113 @@
+"""The tuned study's report from hand-made records: the learning-rate choice, the arms, the labels,
+a verdict worked out by hand, and a byte-identical re-render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hizfo.evaluation.predictions import attach_predictions
+from hizfo.study import tuned
+
+N_TEST, N_DEV = 40, 10
+
+
+def _write(folder: Path, name: str, method: str, seed: int, lr: float | None, steps: int,
+           test: list[float], dev: list[float], val_curve=(), **knobs) -> None:
+    """One completed record whose per-example ROUGE-1 is the generation itself (the test's scorer)."""
+    method_cfg = {"name": method, **({"lr": lr} if lr is not None else {}), **knobs}
+    record = {
+        "run_name": name, "status": "completed", "protocol": "study",
+        "finished_at": f"2026-12-02T00:00:{seed:02d}",
+        "config": {"seed": seed, "method": method_cfg, "task": {"rouge_reference_aggregation": "mean"}},
+        "metrics": {"final": {"rouge1": sum(test) / len(test)},
+                    "validation": {"rouge1": sum(dev) / len(dev)}},
+        "time": {"steps": steps, "total_seconds": 600.0},
+        "memory": {"train": {"kind": "cpu_peak_rss", "bytes": int(2e9 if method == "full_ft" else 1.5e9)}},
+        "parameters": {"total": 100, "trainable": 100},
+        "val_evaluations": [{"step": s, "val_loss": v} for s, v in val_curve],
+        "history": [{"loss": 2.0}] * 10,
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    rows = {phase: [{"id": f"{phase}_{i}", "generation": str(v), "references": ["r"]}
+                    for i, v in enumerate(scores)]
+            for phase, scores in (("final", test), ("validation", dev))}
+    attach_predictions(path, rows)
+
+
+@pytest.fixture
+def study_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuned, "rouge_example", lambda gen, refs, agg: {"rouge1": float(gen)})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]      # zero-shot's scores, mean 12
+    _write(runs, "zs", "zero_shot", 0, None, 0, base, [12.0] * N_DEV)
+    full_curve = [(25, 2.0), (50, 1.9), (100, 1.8), (200, 1.70), (250, 1.695)]
+    for lr, dev in ((2e-5, 14.0), (6.3e-5, 20.0), (2e-4, 17.0)):    # 6.3e-5 is best on dev
+        _write(runs, f"full_{lr}", "full_ft", 0, lr, 250, [b + 10 for b in base], [dev] * N_DEV, full_curve)
+    for seed in (1, 2):
+        _write(runs, f"full_s{seed}", "full_ft", seed, 6.3e-5, 250, [b + 10 for b in base], [20.0] * N_DEV,
+               full_curve)
+    hz_curve = [(25, 2.1), (150, 1.69)]
+    for lr, dev in ((2e-5, 19.0), (6.3e-5, 18.0), (2e-4, 19.0)):    # tie: the lower rate wins
+        _write(runs, f"hz_{lr}", "hizfo", 0, lr, 150, [b + 9.8 for b in base], [dev] * N_DEV, hz_curve)
+    _write(runs, "hz_s1", "hizfo", 1, 2e-5, 150, [b + 9.8 for b in base], [19.0] * N_DEV, hz_curve)
+    # the equal-steps arm has no grid of its own: it takes Hi-ZFO's chosen rate
+    _write(runs, "hz_250", "hizfo", 0, 2e-5, 250, [b + 10.5 for b in base], [19.0] * N_DEV)
+    _write(runs, "mezo", "mezo", 0, 1e-6, 400, base, [12.0] * N_DEV)   # identical to zero-shot
+    return tmp_path
+
+
+def test_the_rate_with_the_best_dev_score_is_chosen_per_method(study_dir):
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    assert tuned.chosen_rates(study) == {"full_ft": 6.3e-5, "hizfo": 2e-5}
+    equal_steps = study.find("hizfo", 250)
+    assert equal_steps.lr == 2e-5 and [m.name for m in equal_steps.members] == ["hz_250"]
+    full = study.find("full_ft", 250)
+    assert sorted(m.seed for m in full.members) == [0, 1, 2] and full.lr == 6.3e-5
+
+
+def test_cells_labels_and_a_verdict_by_hand(study_dir):
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    assert study.cell(full).mean == pytest.approx(22.0)  # zero-shot's mean 12 + 10
+    # every example: Hi-ZFO = Full FT - 0.2 -> the paired difference is exactly -0.2, within the margin 1
+    d = study.diff(hz, full)
+    assert (d.mean, d.lo, d.hi) == pytest.approx((-0.2, -0.2, -0.2))
+    assert tuned.at_least_claim(study, hz, full).verdict == tuned.SUPPORTED
+    assert study.learned(full)[0] == "learned"
+    mezo = study.find("mezo")
+    assert study.learned(mezo)[0] == "did not learn"
+    verdict = tuned.mezo_claim(study)  # 10 points below Full FT, equal to zero-shot
+    assert verdict.verdict == tuned.SUPPORTED and "did not learn" in verdict.because
+    assert tuned.memory_claim(study).verdict == tuned.SUPPORTED  # 1.5 GB < 2.0 GB
+    assert tuned.time_claim(study, None).verdict == tuned.NOT_RUN
+    timing = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
+              "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
+    assert tuned.time_claim(study, timing).verdict == tuned.SUPPORTED  # 150 x 11 < 250 x 8
+    assert tuned.rho_claim(study).verdict == tuned.NOT_RUN
+
+
+def test_a_claim_on_an_arm_that_did_not_learn_says_so(study_dir):
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    verdict = tuned.beats_claim(study, study.find("full_ft", 250), study.find("mezo"))
+    assert verdict.verdict == tuned.SUPPORTED
+    assert "rests on MeZO" in verdict.because and "did not learn" in verdict.because
+
+
+def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate(study_dir, capsys):
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    first = (study_dir / "REPORT.md").read_bytes()
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    assert (study_dir / "REPORT.md").read_bytes() == first
+    text = first.decode()
+    assert "6.3e-05 **chosen**" in text and "| C6 |" in text and "| C1 |" in text
+    assert "Dev loss every 25 steps" in text and "still falling" not in text  # 1.70 -> 1.695: flat
+    assert json.loads((study_dir / "chosen_lr.json").read_text()) == {"full_ft": 6.3e-5, "hizfo": 2e-5}
+    capsys.readouterr()
+    assert tuned.main(["chosen-lr", "full_ft", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out.strip() == "6.3e-05"
+    assert tuned.main(["chosen-lr", "lora", "--dir", str(study_dir)]) == 2
