@@ -166,10 +166,39 @@ mini-report: setup  ## re-render results/mini/ from the records only
 # re-running a target trains only members without a completed record and re-renders results/study/.
 STUDY_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
 STUDY_LR_METHODS ?= full_ft,hizfo,greentrainer,lora
-.PHONY: study-lr study-report
+STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
+.PHONY: study-lr study-timing study-mezo study-seeds study-ablations study-sweeps study-report
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
-	$(STUDY_RUN) -m sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
+	$(MAKE) study-report
+
+study-timing: setup model  ## tuned study: s/step of each arm alone on an idle machine, 3 repeats (timing.json)
+	$(PY) experiments/study_timing.py --out results/study/timing.json $(ARGS)
+
+study-mezo: setup model  ## tuned study: MeZO's 3 learning rates at Full FT's CPU time (after study-timing)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=mezo \
+		study.horizon.mezo=$$($(PY) experiments/study_timing.py --mezo-steps results/study/timing.json) $(ARGS)
+	$(MAKE) study-report
+
+study-seeds: setup model  ## tuned study: seeds 1-2 of every method at its chosen rate (after study-lr)
+	for m in full_ft hizfo greentrainer lora mezo; do \
+		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$(call STUDY_LR,$$m) seed=1,2 $(ARGS) || exit 1; \
+	done
+	$(MAKE) study-report
+
+study-ablations: setup model  ## tuned study: Hi-ZFO at equal steps, and with the ZO part off, seeds 0-2
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) study.horizon.hizfo=250 \
+		seed=0,1,2 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.zo_enabled=false \
+		method.alpha=0.0 seed=0,1,2 $(ARGS)
+	$(MAKE) study-report
+
+study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.7/1.0 at seed 0 (Table 4, Fig. 3)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.rho=0.5,0.7,0.8 \
+		seed=0 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) \
+		method.zo_lr_ratio=0.5,0.7,1.0 seed=0 $(ARGS)
 	$(MAKE) study-report
 
 study-report: setup  ## re-render results/study/ from its records only

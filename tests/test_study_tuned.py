@@ -4,12 +4,16 @@ a verdict worked out by hand, and a byte-identical re-render."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from hizfo.evaluation.predictions import attach_predictions
 from hizfo.study import tuned
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 N_TEST, N_DEV = 40, 10
 
@@ -111,3 +115,65 @@ def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate
     assert tuned.main(["chosen-lr", "full_ft", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out.strip() == "6.3e-05"
     assert tuned.main(["chosen-lr", "lora", "--dir", str(study_dir)]) == 2
+
+
+# --------------------------------------------------------------------------- the Makefile's study grids
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study_commands() -> list[tuple[str, list[str]]]:
+    """(target, overrides) of every `$(STUDY_RUN)` line of the Makefile, as the shell would pass them:
+    `$(STUDY_LR_METHODS)` expanded, a chosen rate or step count read at run time replaced by a number."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    methods = next(line.split("?=")[1].strip() for line in text.splitlines()
+                   if line.startswith("STUDY_LR_METHODS"))
+    out, target = [], None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and ":" in line and not line.startswith((".", "STUDY", "#")):
+            target = line.split(":")[0].strip()
+        if "$(STUDY_RUN)" in line and "STUDY_RUN :=" not in line:
+            command = line.split("$(STUDY_RUN)", 1)[1].split("$(ARGS)")[0]
+            command = re.sub(r"\$\(call STUDY_LR,[^)]*\)", "1e-4", command)        # a chosen rate
+            command = re.sub(r"\$\$\(\$\(PY\) [^)]*\)", "300", command)            # MeZO's steps
+            command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
+            words = command.split()
+            assert not any("$" in w for w in words), f"unexpanded make text in {words}"
+            out.append((target, [w for w in words if w != "-m"]))
+    return out
+
+
+def test_the_makefile_has_every_study_grid():
+    targets = {t for t, _ in study_commands()}
+    assert targets == {"study-lr", "study-mezo", "study-seeds", "study-ablations", "study-sweeps"}
+
+
+@pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
+def test_each_study_command_launches_and_its_members_follow_the_study_protocol(target, overrides):
+    """The launch (primary config + command line, before the sweep's own params) composes, and every
+    member is a valid config of protocol `study` with a run name of its own."""
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from test_study import launch_config
+
+    from hizfo.runs.config_schema import register_resolvers, validate_config
+    from hizfo.runs.protocols import protocol_of
+
+    register_resolvers()
+    launch = launch_config(overrides)
+    swept = {k: v.split(",") for k, v in (o.split("=", 1) for o in overrides) if "," in v}
+    fixed = [o for o in overrides if o.split("=", 1)[0] not in swept]
+    params = dict(launch.hydra.sweeper.params or {})
+    swept.update({k: str(v).split(",") for k, v in params.items()})
+    names = set()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for combo in itertools.product(*swept.values()):
+            member = fixed + [f"{k}={v}" for k, v in zip(swept, combo, strict=True)]
+            cfg = compose("config", overrides=member)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            validate_config(cfg)
+            assert protocol_of(resolved) == "study", (target, member)
+            names.add(resolved["run_name"])
+    assert len(names) == max(1, len(list(itertools.product(*swept.values()))))

@@ -340,10 +340,41 @@ def _grid_item(grid: Any, index: Any) -> Any:
     return grid[int(index)]
 
 
+# Method knobs that make a study arm (the rest stay at conf/method/<name>.yaml's values), with their
+# short names in run names.
+ARM_KNOBS: dict[str, dict[str, str]] = {
+    "hizfo": {"rho": "rho", "zo_lr_ratio": "r", "alpha": "alpha", "zo_enabled": "zo", "zo_optimizer": "zo"},
+    "greentrainer": {"rho": "rho"},
+}
+
+
+def arm_knobs(method: Mapping[str, Any]) -> dict[str, Any]:
+    """The knobs of ``method`` (a method config) that differ from its conf/method/<name>.yaml."""
+    from hizfo.runs.resources import conf_dir
+
+    name = str(method.get("name"))
+    path = conf_dir() / "method" / f"{name}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    return {k: method[k] for k in ARM_KNOBS.get(name, {}) if k in method and method[k] != defaults.get(k)}
+
+
+def _arm_tag(method: Any) -> str:
+    """``${arm_tag:${method}}``: "_rho0.7_zooff" for the knobs that differ from the method's defaults."""
+    node = OmegaConf.to_container(method, resolve=True) if OmegaConf.is_config(method) else dict(method)
+    short = ARM_KNOBS.get(str(node.get("name")), {})
+    parts = []
+    for key, value in arm_knobs(node).items():
+        text = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        parts.append(f"_{short[key]}{text}")
+    return "".join(parts)
+
+
 def register_resolvers() -> None:
     """The config resolvers hizfo's configs use (idempotent; hizfo.train registers them at import)."""
     if not OmegaConf.has_resolver("grid_item"):
         OmegaConf.register_new_resolver("grid_item", _grid_item)
+    if not OmegaConf.has_resolver("arm_tag"):
+        OmegaConf.register_new_resolver("arm_tag", _arm_tag)
 
 
 class ConfigError(ValueError):

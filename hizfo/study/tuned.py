@@ -30,19 +30,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from hizfo.evaluation.rouge import rouge_example
+from hizfo.runs.config_schema import arm_knobs
 from hizfo.runs.records import read_records
-from hizfo.runs.resources import conf_dir, project_path
+from hizfo.runs.resources import project_path
 from hizfo.study import bootstrap as bs
 
 PROTOCOL = "study"
 METRIC = "rouge1"
 MARGIN = 1.0            # ROUGE-1 points: "at least as good" = the paired interval lies above -MARGIN
 STUDY_DIR = "results/study"
-# Method knobs that make an arm (others are the paper's defaults in conf/method/<name>.yaml).
-ARM_KNOBS = {"hizfo": ("rho", "zo_lr_ratio", "alpha", "zo_enabled", "zo_optimizer"), "greentrainer": ("rho",)}
 NAMES = {"zero_shot": "zero-shot", "full_ft": "Full FT", "greentrainer": "GT", "lora": "LoRA",
          "mezo": "MeZO", "hizfo": "Hi-ZFO", "ft_topk": "FT-Top2", "prefix": "Prefix",
          "bilevel_zofo": "Bilevel-ZOFO"}
@@ -76,17 +73,10 @@ _KNOB_TEXT = {"zo_lr_ratio": "r", "zo_enabled": "ZO part", "alpha": "alpha", "rh
               "zo_optimizer": "ZO optimizer"}
 
 
-def _defaults(method: str) -> dict[str, Any]:
-    path = conf_dir() / "method" / f"{method}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
-
-
 def signature(record: dict[str, Any]) -> Signature:
     cfg = record["config"]
     method = cfg["method"]["name"]
-    defaults = _defaults(method)
-    knobs = tuple((k, cfg["method"][k]) for k in ARM_KNOBS.get(method, ())
-                  if k in cfg["method"] and cfg["method"][k] != defaults.get(k))
+    knobs = tuple(sorted(arm_knobs(cfg["method"]).items()))
     if method == "greentrainer":
         knobs = (("rho", cfg["method"]["rho"]),)
     steps = None if method == "zero_shot" else int(record.get("time", {}).get("steps") or 0)

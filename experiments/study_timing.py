@@ -1,0 +1,146 @@
+"""The tuned study's timing pilot: seconds per optimizer step of each arm, measured alone, 3 repeats.
+
+Why a pilot: grid members run two at a time and their step times moved by up to 40% with the
+neighbour's load, so the study's time column is (seconds per step here) x (the arm's steps). Each
+(arm, repeat) is its own process running the study's configuration (conf/experiment/study_dialogsum.yaml,
+one torch thread) for ``--steps`` steps through the runner, with evaluation off; the per-step seconds
+the runner reports to its logger are kept, the first ``--warmup`` steps (tensor selection, allocator
+warm-up) dropped, and the median of the rest is the repeat's figure. Repeats go round the arms in
+turn, so a drift of the machine touches every arm alike. Start it on an idle machine: it refuses
+when the 1-minute load average is above ``--max-load`` (``--force`` to override, and the file says so).
+
+    python experiments/study_timing.py --out results/study/timing.json      # make study-timing
+    python experiments/study_timing.py --mezo-steps results/study/timing.json  # MeZO's equal-time steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_STEPS = 250   # the baselines' horizon in the study (one epoch of 1000 dialogues at batch 4)
+# arm -> overrides of the study's configuration
+ARMS: dict[str, list[str]] = {
+    "full_ft": ["method=full_ft"],
+    "greentrainer": ["method=greentrainer"],
+    "lora": ["method=lora"],
+    "mezo": ["method=mezo"],
+    "hizfo": ["method=hizfo"],
+    "hizfo_zo_off": ["method=hizfo", "method.zo_enabled=false", "method.alpha=0.0"],
+}
+
+
+def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = ()) -> None:
+    """In this process: one short run of the study's configuration; writes the per-step seconds."""
+    from hydra import compose, initialize_config_dir
+
+    import hizfo.train as runner
+    from hizfo.runs.resources import conf_dir
+
+    seconds: list[float] = []
+
+    class Capture(runner.WandbLogger):
+        def log(self, metrics, step=None):  # the runner reports each step's seconds here
+            if "step_seconds" in metrics:
+                seconds.append(float(metrics["step_seconds"]))
+            super().log(metrics, step=step)
+
+    runner.WandbLogger = Capture
+    with tempfile.TemporaryDirectory(prefix="hizfo-timing-") as tmp, \
+            initialize_config_dir(str(conf_dir()), version_base=None):
+        method = next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
+        cfg = compose("config", overrides=[
+            "experiment=study_dialogsum", *overrides, f"study.horizon.{method}={steps}",
+            "trainer.eval_every_steps=null", "trainer.eval_every_epoch=false", "eval.final_split=null",
+            "eval.score_validation=false", "eval.split=null", "trainer.checkpoint_every_steps=null",
+            "trainer.skip_completed=false", "logger.wandb=false", f"paths.results_dir={tmp}/runs",
+            f"paths.checkpoint_dir={tmp}/ckpt", f"run_name=timing_{method}", *extra])
+        runner.run(cfg)
+    out.write_text(json.dumps({"seconds": seconds}))
+
+
+def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[str] = ()) -> dict[str, dict]:
+    results: dict[str, dict] = {arm: {"seconds_per_step": [], "all_step_seconds": []} for arm in arms}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    for rep in range(repeats):
+        for arm in arms:
+            with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+                cmd = [sys.executable, __file__, "--one", arm, "--steps", str(steps), "--result", fh.name,
+                       *(f"--set={o}" for o in extra)]
+                print(f"[timing] repeat {rep + 1}/{repeats}: {arm} ({steps} steps)", flush=True)
+                subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+                seconds = json.loads(Path(fh.name).read_text())["seconds"]
+            if len(seconds) <= warmup:
+                raise RuntimeError(f"{arm}: {len(seconds)} step times for {warmup} warm-up steps")
+            results[arm]["seconds_per_step"].append(statistics.median(seconds[warmup:]))
+            results[arm]["all_step_seconds"].append(seconds)
+    return results
+
+
+def mezo_steps(timing: dict) -> int:
+    """MeZO's steps at Full FT's training time: 250 x (Full FT's s/step) / (MeZO's s/step)."""
+    full = statistics.mean(timing["arms"]["full_ft"]["seconds_per_step"])
+    mezo = statistics.mean(timing["arms"]["mezo"]["seconds_per_step"])
+    return round(BASELINE_STEPS * full / mezo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the timings here (JSON)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="steps per run (the first --warmup dropped)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--max-load", type=float, default=0.5, help="refuse above this 1-min load average")
+    parser.add_argument("--force", action="store_true", help="measure even on a busy machine (recorded)")
+    parser.add_argument("--mezo-steps", type=Path, metavar="TIMING_JSON",
+                        help="print MeZO's equal-CPU-time steps from a timing file and exit")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more config override for every run (tests: model=tiny-llama)")
+    parser.add_argument("--one", choices=list(ARMS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        run_one(ARMS[args.one], args.steps, args.result, args.set)
+        return 0
+    if args.mezo_steps:
+        if not args.mezo_steps.is_file():
+            print(f"{args.mezo_steps}: no timing file; run `make study-timing` first", file=sys.stderr)
+            return 2
+        print(mezo_steps(json.loads(args.mezo_steps.read_text())))
+        return 0
+    if args.out is None:
+        parser.error("--out is required (or --mezo-steps)")
+    load = os.getloadavg()[0]
+    if load > args.max_load and not args.force:
+        print(f"the 1-minute load average is {load:.2f} (> {args.max_load}): something else is running, "
+              "and its load would be measured too. Stop it, or pass --force (the file records the load).",
+              file=sys.stderr)
+        return 2
+    import torch
+
+    from hizfo.runs.records import hardware_info
+
+    timing = {"arms": measure(args.arms, args.repeats, args.steps, args.warmup, args.set),
+              "overrides": args.set,
+              "steps_per_run": args.steps, "warmup_steps_dropped": args.warmup, "repeats": args.repeats,
+              "load_average_at_start": round(load, 2), "forced": bool(args.force),
+              "hardware": hardware_info(torch.device("cpu")), "torch_threads": 1}
+    if {"full_ft", "mezo"} <= set(args.arms):
+        timing["mezo_equal_time_steps"] = mezo_steps(timing)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
+    for arm, r in timing["arms"].items():
+        print(f"{arm:14s} s/step: " + ", ".join(f"{s:.2f}" for s in r["seconds_per_step"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
