@@ -59,6 +59,7 @@ import os
 import pwd
 import queue
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -193,6 +194,8 @@ def _prepare():
         resource.setrlimit(res, (value, value))
     out = int(p["result_fd"])
     os.set_inheritable(out, False)
+    os.closerange(3, out)  # nothing else inherited stays open
+    os.closerange(out + 1, 1 << 16)
     with open(p["path"], encoding="utf-8") as f:
         code = compile(f.read(), p["path"], "exec")
     sys.argv = [p["path"]]
@@ -692,12 +695,13 @@ class Sandbox:
             fds += [secret_r, secret_w, result_r, result_w]
             argv, env, params = self._argv(work, uid, result_w)
             pass_fds: tuple[int, ...] = (result_w,)
-            if self.cgroup is not None:
+            gate = work / "gate"
+            if self.cgroup is not None:  # the child waits until it is in its cgroup, then execs
                 group = self.cgroup.create(self.limits.memory_mb * 2**20)
-                gate_r, gate_w = os.pipe()
-                fds += [gate_r, gate_w]
-                argv = ["/bin/sh", "-c", f'read -r _ <&{gate_r}; exec {gate_r}<&-; exec "$@"', "sh", *argv]
-                pass_fds += (gate_r,)
+                os.mkfifo(gate, 0o600)
+                if uid is not None:
+                    os.chown(gate, uid, uid)
+                argv = ["/bin/sh", "-c", f'read -r _ < {shlex.quote(str(gate))}; exec "$@"', "sh", *argv]
             os.write(secret_w, params + key)  # both fit in the pipe buffer
             os.close(secret_w)
             fds.remove(secret_w)
@@ -712,13 +716,13 @@ class Sandbox:
                 except OSError as exc:  # e.g. the sandbox uid may not execute this interpreter
                     return ExecResult("error", None, "", f"cannot start {argv[0]}: {exc}",
                                       time.perf_counter() - t0)
-                for fd in (secret_r, result_w, *pass_fds[1:]):
+                for fd in (secret_r, result_w):
                     os.close(fd)
                     fds.remove(fd)
                 try:
                     if group is not None:
                         MemoryCgroup.add(group, proc.pid)
-                        os.write(gate_w, b"go\n")
+                        self._open_gate(gate, proc)
                     returncode = proc.wait(timeout=self.limits.timeout_s)
                     status = "ok" if returncode == 0 else "error"
                 except subprocess.TimeoutExpired:
@@ -751,6 +755,21 @@ class Sandbox:
             shutil.rmtree(work, ignore_errors=True)
             if logs is not None:
                 shutil.rmtree(logs, ignore_errors=True)
+
+    def _open_gate(self, gate: Path, proc: subprocess.Popen) -> None:
+        """Let the child waiting on the FIFO ``gate`` go on (once it is reading it)."""
+        deadline = time.monotonic() + self.limits.timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: the child has not opened it yet
+                time.sleep(0.002)
+                continue
+            try:
+                os.write(fd, b"go\n")
+            finally:
+                os.close(fd)
+            return
 
     def run(self, program: str) -> ExecResult:
         """Run one program (in worker slot 0)."""
