@@ -325,9 +325,11 @@ def record_problems(rec: dict[str, Any], now: datetime | None = None) -> list[st
         return [*out, "no `config` mapping"]
     for key in ("model", "task", "method", "trainer", "eval", "data", "paths"):
         want(cfg.get(key) is None or isinstance(cfg[key], dict), f"`config.{key}` is not a mapping")
+    completed = rec.get("status") == "completed"  # a failed record may hold a partial config
     for key in ("model", "task", "method"):
         section = cfg.get(key)
-        want(not isinstance(section, dict) or section.get("name") is None or isinstance(section["name"], str),
+        name = section.get("name") if isinstance(section, dict) else None
+        want(isinstance(name, str) or (not completed and name is None),
              f"`config.{key}.name` is not a string")
     seed = cfg.get("seed")
     want(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
