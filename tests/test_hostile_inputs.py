@@ -233,3 +233,80 @@ def test_killed_writes_leave_no_temporary_behind_the_next_save(tmp_path):
         p.write_bytes(b"half")
     checkpoints.save(folder, {"x": torch.zeros(1)}, step=1)
     assert not [p for p in stale if p.exists()]
+
+
+# ---------------------------------------------------------------- run names, trainer, command line
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/olute", "a/b", "..", ".hidden", "x" * 300, ""])
+def test_a_bad_run_name_is_refused_before_training_and_its_record_stays_home(tmp_path, name):
+    """Drill: run_name=../../x wrote the record two levels above results_dir and the checkpoints beside
+    the checkout (exit 0); an absolute name escaped too; 300 characters trained fully, then lost the
+    record. Now: a clear error before anything is built, and the failed record in results_dir."""
+    from test_runner import make_cfg
+
+    from hizfo.runs.config_schema import ConfigError
+    from hizfo.train import run
+
+    results = tmp_path / "deep" / "er" / "runs"
+    cfg = make_cfg(tmp_path, "method=full_ft", f"paths.results_dir={results}",
+                   f"paths.checkpoint_dir={tmp_path}/deep/er/ckpt/${{run_name}}")
+    cfg.run_name = name
+    with pytest.raises(ConfigError, match="run_name"):
+        run(cfg)
+    [path] = list(results.glob("*.json"))
+    assert path.name.startswith(("invalid-run-name-", "unnamed-run__"))
+    assert json.loads(path.read_text())["status"] == "failed"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == [
+        path.relative_to(tmp_path)]  # nothing written anywhere else (no checkpoint folder)
+
+
+def test_ordinary_run_names_pass():
+    for name in ("mini_dialogsum_hizfo_rho0.6_zoFalse_s0", "opt-2.7b_dialogsum_hizfo_s0", "a=1,b@2+x"):
+        assert records.run_name_problem(name) is None, name
+
+
+def test_max_steps_minus_one_is_accepted_as_the_loop_documents():
+    """Drill: max_steps=-1 was refused although hizfo/training/loop.py recommends it."""
+    from test_runner import make_cfg
+
+    from hizfo.runs.config_schema import ConfigError, validate_config
+
+    validate_config(make_cfg(Path("/nonexistent"), "method=full_ft", "trainer.max_steps=-1"))
+    validate_config(make_cfg(Path("/nonexistent"), "method=full_ft", "trainer.max_steps=null"))
+    with pytest.raises(ConfigError, match="max_steps: 0 plans no step"):
+        validate_config(make_cfg(Path("/nonexistent"), "method=full_ft", "trainer.max_steps=0"))
+    with pytest.raises(ConfigError, match="max_steps"):
+        validate_config(make_cfg(Path("/nonexistent"), "method=full_ft", "trainer.max_steps=-2"))
+
+
+def test_total_seconds_sums_every_resume_segment():
+    """Drill: time.total_seconds covered only the last resume segment."""
+    segments = [{"train_seconds": 100.0, "eval_seconds": 20.0}, {"train_seconds": 50.0, "eval_seconds": 5.0},
+                {"train_seconds": 7.0, "eval_seconds": 1.0}]  # the last one is this process's
+    assert records.total_seconds(30.0, segments) == 30.0 + 120.0 + 55.0
+    assert records.total_seconds(30.0, None) == 30.0
+
+
+@pytest.mark.parametrize("override", ["method.rhoo=1", "model=no-such-model"])
+def test_overrides_hydra_refuses_write_a_failed_record(tmp_path, override):
+    """Drill: errors Hydra raises reading overrides left no failed record."""
+    from hizfo.runs.override_failure import record_refused_overrides
+
+    path = record_refused_overrides([override, f"paths.results_dir={tmp_path}", "-m"])
+    rec = json.loads(path.read_text())
+    assert path.parent == tmp_path and rec["status"] == "failed" and rec["error"]["phase"] == "overrides"
+    assert override.split("=")[0].split(".")[-1] in rec["error"]["message"]
+    assert records.record_problems(rec) == []
+    assert record_refused_overrides(["method=hizfo", f"paths.results_dir={tmp_path}"]) is None
+
+
+def test_the_command_line_writes_the_record_hydra_refused(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hizfo.train", "method.rhoo=1",
+                           f"paths.results_dir={tmp_path}"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(CHECKOUT_ROOT)})
+    assert proc.returncode == 1
+    [path] = tmp_path.glob("*.json")
+    assert "failed run record" in proc.stderr and json.loads(path.read_text())["status"] == "failed"

