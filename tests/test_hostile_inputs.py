@@ -229,10 +229,14 @@ def test_killed_writes_leave_no_temporary_behind_the_next_save(tmp_path):
     folder.mkdir()
     stale = [folder / ".checkpoint-00000001-abc.tmp", folder / ".part-00000001-rank0-x.tmp",
              folder / f".{checkpoints.MANIFEST}.k.tmp"]
+    old = __import__("time").time() - checkpoints.STALE_TEMPORARY_S - 60
     for p in stale:
         p.write_bytes(b"half")
+        os.utime(p, (old, old))  # untouched for longer than any live write
+    live = folder / ".checkpoint-00000002-live.tmp"  # a concurrent save still writing
+    live.write_bytes(b"being written")
     checkpoints.save(folder, {"x": torch.zeros(1)}, step=1)
-    assert not [p for p in stale if p.exists()]
+    assert not [p for p in stale if p.exists()] and live.exists()
 
 
 # ---------------------------------------------------------------- run names, trainer, command line

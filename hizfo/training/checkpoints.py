@@ -211,15 +211,31 @@ def save(folder: Path, payload: dict[str, Any], step: int, parts: list[dict[str,
             keep = {e["file"] for e in (entry, previous) if e}
             keep |= {part["file"] for e in (entry, previous) if e for part in e.get("parts") or []}
             for stale in [*folder.glob("checkpoint-*.pt"), *folder.glob("checkpoint-*.damaged"),
-                          *folder.glob("part-*.pt"), *folder.glob(".checkpoint-*.tmp"),
-                          *folder.glob(".part-*.tmp"), *folder.glob(f".{MANIFEST}.*.tmp")]:
-                if stale.name not in keep and stale != tmp:  # temporaries of killed writes too
+                          *folder.glob("part-*.pt")]:
+                if stale.name not in keep:
                     stale.unlink(missing_ok=True)
+            _remove_abandoned_temporaries(folder)
             (folder / LEGACY_FILE).unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+STALE_TEMPORARY_S = 900.0  # a temporary nobody wrote to for this long belongs to a killed write
+
+
+def _remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete the temporaries of killed writes. A concurrent save writes its temporary outside the
+    manifest lock, so only files untouched for STALE_TEMPORARY_S go (a live write keeps its mtime fresh)."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for tmp in [*folder.glob(".checkpoint-*.tmp"), *folder.glob(".part-*.tmp"),
+                *folder.glob(f".{MANIFEST}.*.tmp")]:
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 @contextmanager
