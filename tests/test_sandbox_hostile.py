@@ -236,7 +236,7 @@ def _as_ordinary_user(home: Path, uid: int, programs: dict[str, str], groups: tu
         "out = {'isolation': s.isolation, 'memory': s.memory_control, 'groups': os.getgroups()}\n"
         "for name, prog in progs.items():\n"
         "    r = s.run(prog.replace('PIDS', repr((os.getpid(), os.getppid()))))\n"
-        "    out[name] = {'ok': r.ok, 'out': r.stdout_tail, 'err': r.stderr_tail}\n"
+        "    out[name] = {'ok': r.ok, 'completed': r.completed, 'out': r.stdout_tail, 'err': r.stderr_tail}\n"
         "print(json.dumps(out))\n")
     for p in (home / "sandbox_copy.py", home / "programs.json", driver):
         os.chmod(p, 0o644)
@@ -280,12 +280,23 @@ def test_non_root_evaluator_keeps_its_files_its_secrets_and_its_life(tmp_path):
             "read": read % ([str(netrc), str(group_file)],),
             "nested": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                       "print(libc.unshare(0x10000000), ctypes.get_errno())\n",
+            "forge": _FORGE + "forge()\nos._exit(0)\n",
+            "shm": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                   "print(libc.shmget(0, 64 * 2**20, 0o1600), ctypes.get_errno())\n",
+            "inodes": "n = 0\ntry:\n    while n < 50000:\n        open('/var/tmp/f%d' % n, 'w').close()\n"
+                      "        n += 1\nexcept OSError as exc:\n    print(n, exc.errno)\n",
+            "root": "import os\nprint(sorted(os.listdir('/')))\n",
         }, groups=(gid,))
         assert gid in result["groups"]  # the evaluator could read the group file itself
         assert result["isolation"] == "namespaces" and result["attack"]["ok"], result
         assert result["attack"]["out"].split() == ["2"]  # ENOENT: the user's files are not even there
         assert result["read"]["out"].split() == ["2", "2"], result["read"]
         assert result["nested"]["out"].split() == ["-1", "28"], result["nested"]
+        assert not result["forge"]["completed"], result["forge"]
+        assert result["shm"]["out"].split() == ["-1", "22"], result["shm"]  # EINVAL: over shmmax
+        n, errno_ = map(int, result["inodes"]["out"].split())
+        assert n <= sandbox_mod.SCRATCH_INODES and errno_ == 28
+        assert "home" not in result["root"]["out"] and "work" not in result["root"]["out"], result["root"]
         assert precious.read_text() == "keep me"
     finally:
         shutil.rmtree(home, ignore_errors=True)
