@@ -105,9 +105,13 @@ def readonly(target, extra=0):
 try:
     with open(p["program"], "rb") as f:
         program = f.read()
-    for name, value in p["sysctl"]:  # this IPC and user namespace's own limits
-        with open("/proc/sys/" + name, "w") as f:
-            f.write(str(value))
+    for name, value, required in p["sysctl"]:  # this IPC and user namespace's own limits
+        try:
+            with open("/proc/sys/" + name, "w") as f:
+                f.write(str(value))
+        except OSError:
+            if required:
+                raise
     for line in open("/proc/self/mountinfo", encoding="utf-8"):
         fields = line.split()
         target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
@@ -248,12 +252,14 @@ class SandboxLimits:
                              f"max_procs={self.max_procs} (>= 64 needed): raise memory_mb or lower max_procs")
         return per_mb * 2**20
 
-    def sysctls(self) -> list[tuple[str, int]]:
-        """Kernel limits of the sandbox's own IPC and user namespaces."""
+    def sysctls(self, cgroup: bool = False) -> list[tuple[str, int, bool]]:
+        """Kernel limits of the sandbox's own IPC and user namespaces: (name, value, required). The IPC
+        ones are optional under a memory cgroup (which charges shm too): kernels before 5.17 keep them
+        read-only inside a user namespace."""
         shm = self.scratch_mb * 2**20
-        return [("kernel/shmmax", shm), ("kernel/shmall", shm // 4096), ("kernel/shmmni", 16),
-                ("kernel/msgmni", 8), ("kernel/msgmnb", 16384), ("fs/mqueue/queues_max", 4),
-                ("user/max_user_namespaces", 0)]
+        ipc = [("kernel/shmmax", shm), ("kernel/shmall", shm // 4096), ("kernel/shmmni", 16),
+               ("kernel/msgmni", 8), ("kernel/msgmnb", 16384), ("fs/mqueue/queues_max", 4)]
+        return [(name, value, not cgroup) for name, value in ipc] + [("user/max_user_namespaces", 0, True)]
 
 
 @dataclass
@@ -657,7 +663,7 @@ class Sandbox:
         setup = {"program": str(work / "program.py"), "root": str(work / "root"),
                  "scratch": list(SCRATCH_DIRS), "scratch_kb": lim.scratch_mb * 1024,
                  "scratch_inodes": SCRATCH_INODES,
-                 "sysctl": lim.sysctls(), "bootstrap": bootstrap, **self._layout}
+                 "sysctl": lim.sysctls(self.cgroup is not None), "bootstrap": bootstrap, **self._layout}
         assert self.unshare is not None
         return [self.unshare, *_UNSHARE_FLAGS, "--", self.python, "-I", "-B", "-c", _SETUP,
                 json.dumps(setup)], env, stdin
