@@ -572,9 +572,58 @@ def test_cgroups_and_temp_folders_are_left_behind_by_no_run(ns_sandbox):
         assert not list(ns_sandbox.cgroup.parent.glob(f"hizfo-sbx-{os.getpid()}-*"))
 
 
-def test_memory_cgroup_finder_handles_none_and_says_so(monkeypatch):
-    """Without a writable memory cgroup (no mount found) the finder says None and the sandbox states
-    that the per-process fallback holds (v1 and v2 are exercised by the tests above where present)."""
+def test_memory_cgroup_finder_handles_v1_v2_and_none(monkeypatch, tmp_path):
+    """The finder maps /proc/self/cgroup onto the mounts (v1 memory controller, v2 unified, a cgroup
+    namespace whose mount root is the process's own cgroup); with none writable it says None and the
+    sandbox states that the per-process fallback holds. Plain folders stand in for cgroupfs here."""
+    cases = {
+        "v1": ([["4", "memory", "/jobs/a"]], [("/", str(tmp_path / "v1"), "cgroup", "rw,memory")],
+               tmp_path / "v1" / "jobs" / "a", 1),
+        "v2": ([["0", "", "/user.slice/x"]], [("/", str(tmp_path / "v2"), "cgroup2", "rw")],
+               tmp_path / "v2" / "user.slice" / "x", 2),
+        "v2 in a cgroup namespace": ([["0", "", "/user.slice/x"]],
+                                     [("/user.slice/x", str(tmp_path / "ns"), "cgroup2", "rw")],
+                                     tmp_path / "ns", 2),
+    }
+    # a plain folder keeps the files written into it: rmdir as on cgroupfs would fail
+    monkeypatch.setattr(sandbox_mod.MemoryCgroup, "remove",
+                        staticmethod(lambda path, wait_s=0: shutil.rmtree(path)))
+    for name, (own, mounts, folder, version) in cases.items():
+        folder.mkdir(parents=True)
+        monkeypatch.setattr(sandbox_mod, "_own_cgroups", lambda own=own: own)
+        monkeypatch.setattr(sandbox_mod, "_mountinfo", lambda mounts=mounts: mounts)
+        found = sandbox_mod.MemoryCgroup.find()
+        assert found is not None and (found.parent, found.version) == (folder, version), name
+        assert not list(folder.glob("hizfo-sbx-*")), name  # the probe removes its cgroup
     monkeypatch.setattr(sandbox_mod, "_mountinfo", lambda: [])
     assert sandbox_mod.MemoryCgroup.find() is None
+    monkeypatch.setattr(sandbox_mod, "_mountinfo", lambda: [("/", "/proc/nonexistent", "cgroup2", "rw")])
+    assert sandbox_mod.MemoryCgroup.find() is None  # not writable: the fallback
     assert Sandbox(LIMITS, workers=1, isolation="rlimit", memory_cgroup=False).memory_control == "rlimit"
+
+
+@NON_ROOT
+def test_stated_limit_explicit_rlimit_leaves_a_non_root_evaluator_killable(tmp_path):
+    """Stated limit: with isolation='rlimit' (explicit only; 'auto' refuses it) a program run by a
+    non-root evaluator can signal it. The sandbox says so when it is built."""
+    uid = 50000 + (os.getpid() + 2) % 9000
+    home = Path(tempfile.mkdtemp(prefix=".hizfo-user-", dir=_folder_others_can_reach()))
+    try:
+        os.chmod(home, 0o755)
+        shutil.copy(sandbox_mod.__file__, home / "sandbox_copy.py")
+        os.chmod(home / "sandbox_copy.py", 0o644)
+        driver = home / "driver.py"
+        driver.write_text("import logging, os, sys\nlogging.basicConfig()\n"
+                          f"sys.path.insert(0, {str(home)!r})\nimport sandbox_copy as m\n"
+                          "s = m.Sandbox(m.SandboxLimits(timeout_s=6.0, memory_mb=512), workers=1,"
+                          " isolation='rlimit')\n"
+                          "s.run('import os, signal\\nos.kill(%d, signal.SIGKILL)\\n' % os.getpid())\n"
+                          "print('survived')\n")
+        os.chmod(driver, 0o644)
+        proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                               "/usr/bin/python3", "-I", str(driver)], capture_output=True, text=True,
+                              timeout=60, cwd=home)
+        assert "signal the evaluator" in proc.stderr  # said when built
+        assert proc.returncode == -9 and "survived" not in proc.stdout  # and it happens
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -297,6 +297,15 @@ def _mountinfo() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def _own_cgroups() -> list[list[str]]:
+    """[hierarchy id, controllers, path] of each line of /proc/self/cgroup."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            return [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
+    except OSError:
+        return []
+
+
 class MemoryCgroup:
     """One memory cgroup per sandbox run, under the evaluator's own cgroup (v2 or v1).
 
@@ -308,11 +317,7 @@ class MemoryCgroup:
 
     @classmethod
     def find(cls) -> MemoryCgroup | None:
-        try:
-            with open("/proc/self/cgroup", encoding="utf-8") as f:
-                lines = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
-        except OSError:
-            return None
+        lines = _own_cgroups()
         mounts = _mountinfo()
         candidates: list[tuple[Path, int]] = []
         for _, controllers, path in lines:
