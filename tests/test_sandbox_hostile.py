@@ -622,9 +622,12 @@ def test_stated_limit_explicit_rlimit_leaves_a_non_root_evaluator_killable(tmp_p
                           "s.run('import os, signal\\nos.kill(%d, signal.SIGKILL)\\n' % os.getpid())\n"
                           "print('survived')\n")
         os.chmod(driver, 0o644)
+        scratch = home / "tmp"  # the killed driver cannot remove its temporary folders: keep them here
+        scratch.mkdir()
+        os.chown(scratch, uid, uid)
         proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                                "/usr/bin/python3", "-I", str(driver)], capture_output=True, text=True,
-                              timeout=60, cwd=home)
+                              timeout=60, cwd=home, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(scratch)})
         assert "signal the evaluator" in proc.stderr  # said when built
         assert proc.returncode == -9 and "survived" not in proc.stdout  # and it happens
     finally:
