@@ -261,7 +261,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         record["finished_at"] = records.now_iso()
-        record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
+        record.setdefault("time", {})["total_seconds"] = records.total_seconds(
+            time.perf_counter() - t_start, loop_result.segments if loop_result else None)
         completed = record["status"] == "completed"
         if device is not None:
             segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
@@ -347,8 +348,12 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
+_STARTED: list[bool] = []  # set once Hydra has composed a config and called main
+
+
 @hydra.main(config_path=hydra_config_path(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    _STARTED.append(True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     record = run(cfg)
     final = record["metrics"].get("final", {})
@@ -359,5 +364,22 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
+def cli() -> None:
+    """The command line (``python -m hizfo.train``, ``hizfo-train``): ``main``, plus a failed record
+    when Hydra refuses the overrides before any run starts (hizfo.runs.override_failure)."""
+    import sys
+
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (0, None) and not _STARTED:
+            from hizfo.runs.override_failure import record_refused_overrides
+
+            path = record_refused_overrides(sys.argv[1:])
+            if path is not None:
+                print(f"hizfo: the overrides were refused; failed run record: {path}", file=sys.stderr)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

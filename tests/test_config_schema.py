@@ -70,7 +70,7 @@ BAD = [  # (override, the message it must give): wrong type, range, unknown key,
     ("trainer.batch_size=0", "trainer.batch_size: must be > 0, got 0"),
     ("trainer.grad_accum=0", "trainer.grad_accum: must be > 0, got 0"),
     ("trainer.grad_accum=8", "trainer.grad_accum: 8 micro-batches cannot split a batch of"),
-    ("trainer.max_steps=-1", "trainer.max_steps: must be > 0 (null = off), got -1"),
+    ("trainer.max_steps=-2", "trainer.max_steps: must be >= -1 (null or -1 = no limit), got -2"),
     ("trainer.num_epochs=two", "trainer.num_epochs: expected an integer, got 'two'"),
     ("+trainer.chekpoint_every_steps=1", "trainer.chekpoint_every_steps: unknown key (did you mean "
      "'checkpoint_every_steps'?); allowed keys of trainer: allow_version_mismatch"),

@@ -159,7 +159,8 @@ def _evaluate_humaneval(model, tokenizer, task_cfg, examples, *, batch_size, dev
                 "detail": r.detail} for r in results]
     return EvalResult({"pass@1": pass_at_k(results, 1), "gen_seconds": gen_secs, "exec_seconds": exec_secs,
                        "n_examples": len(examples),
-                       "sandbox_namespaces": float(sandbox.isolation == "namespaces")},
+                       "sandbox_namespaces": float(sandbox.isolation == "namespaces"),
+                       "sandbox_memory_cgroup": float(sandbox.memory_control != "rlimit")},
                       samples[:num_samples], samples)
 
 

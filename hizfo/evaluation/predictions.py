@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hizfo.runs.records import follow_umask
+
 SUFFIX = ".predictions.jsonl.gz"
 
 
@@ -32,6 +34,7 @@ def write_predictions(record_path: str | Path, by_phase: Mapping[str, Sequence[d
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        follow_umask(fd)
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
             for phase, rows in by_phase.items():
                 for row in rows:

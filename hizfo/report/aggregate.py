@@ -8,6 +8,7 @@ mean ± sample standard deviation (ddof = 1) with n.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,18 @@ def record_time(record: dict[str, Any]) -> str:
 
 
 def newest_per_seed(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest record of each seed (``config.seed``), ordered by seed."""
+    """The newest record of each seed (``config.seed``), ordered by seed. A replaced record is named
+    in a warning (never silently: a planted record with a later finished_at would replace a result;
+    the reader already refuses times in the future)."""
     newest: dict[Any, dict[str, Any]] = {}
     for rec in sorted(records, key=record_time):
-        newest[(rec.get("config") or {}).get("seed")] = rec
+        seed = (rec.get("config") or {}).get("seed")
+        if seed in newest and newest[seed].get("_path") != rec.get("_path"):
+            warnings.warn(f"seed {seed}: {rec.get('_path')} (finished {record_time(rec)}) replaces "
+                          f"{newest[seed].get('_path')} (finished {record_time(newest[seed])}); "
+                          "the newest counts",
+                          stacklevel=2)
+        newest[seed] = rec
     numeric = lambda s: isinstance(s, (int, float))  # noqa: E731
     return [newest[s] for s in sorted(newest, key=lambda s: (not numeric(s), s if numeric(s) else 0, str(s)))]
 

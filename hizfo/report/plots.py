@@ -90,8 +90,12 @@ def plot_sensitivity(param: str, records: list[dict[str, Any]], out_dir: Path, p
 def build_plots(results_dir: str | Path = "results/runs", out_dir: str | Path = "results/figures",
                 protocol: str = PAPER, log: Callable[[str], None] = print) -> list[Path]:
     where = Path(results_dir).resolve()
-    records = read_records(results_dir)
-    log(f"read {len(records)} completed run records from {where}")
+    unreadable: list[str] = []
+    records = read_records(results_dir, unreadable=unreadable)
+    log(f"read {len(records)} completed run records from {where}"
+        + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
+    for path in unreadable:
+        log(f"  skipped (not a valid run record; the warning above says why): {path}")
     if not records:
         log(f"WARNING: no completed run records under {where}: the plots show the paper's points only")
     return [plot_sensitivity(p, records, Path(out_dir), protocol) for p in ("rho", "alpha", "zo_lr_ratio")]

@@ -190,6 +190,8 @@ def build_tables(results_dir: str | Path = "results/runs", out_dir: str | Path =
     records = read_records(results_dir, unreadable=unreadable)
     log(f"read {len(records)} completed run records from {Path(results_dir).resolve()}"
         + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
+    for path in unreadable:
+        log(f"  skipped (not a valid run record; the warning above says why): {path}")
     if not records:
         log(f"WARNING: no completed run records under {Path(results_dir).resolve()}: every cell will be –")
     out = Path(out_dir)

@@ -249,7 +249,7 @@ METHOD_SCHEMAS: dict[str, type[Method]] = {
 
 class Trainer(Schema):
     num_epochs: Annotated[int, NON_NEGATIVE]
-    max_steps: Annotated[int | None, POSITIVE_OR_NULL]        # null = no limit
+    max_steps: Annotated[int | None, Range(ge=-1, note="null or -1 = no limit")]  # hizfo.training.loop
     batch_size: Annotated[int, POSITIVE]
     grad_accum: Annotated[int, POSITIVE]
     device: str
@@ -273,11 +273,14 @@ class Trainer(Schema):
 
     @classmethod
     def check(cls, node, path):
+        out = []
         if isinstance(node.get("grad_accum"), int) and isinstance(node.get("batch_size"), int) \
                 and node["grad_accum"] > node["batch_size"]:
-            return [f"{path}.grad_accum: {node['grad_accum']} micro-batches cannot split a batch of "
-                    f"{path}.batch_size={node['batch_size']} examples (use grad_accum <= batch_size)"]
-        return []
+            out.append(f"{path}.grad_accum: {node['grad_accum']} micro-batches cannot split a batch of "
+                       f"{path}.batch_size={node['batch_size']} examples (use grad_accum <= batch_size)")
+        if node.get("max_steps") == 0:
+            out.append(f"{path}.max_steps: 0 plans no step; use null or -1 (no limit) or a number >= 1")
+        return out
 
 
 class Data(Schema):
@@ -324,6 +327,13 @@ class Root(Schema):
     paths: Paths
     logger: Logger
     # A training method planning 0 steps (num_epochs 0) is refused by hizfo.training.loop.planned_steps.
+
+    @classmethod
+    def check(cls, node, path):
+        from hizfo.runs.records import run_name_problem
+
+        why = run_name_problem(node.get("run_name"))
+        return [f"run_name: {why}"] if why else []
 
 
 # --------------------------------------------------------------------------- the validator

@@ -15,8 +15,13 @@ def main() -> None:
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
     print(f"reading {project_root() / args.results}, writing {project_root() / args.out}")
-    for path in render(args.results, args.out):
+    unreadable: list[str] = []
+    for path in render(args.results, args.out, unreadable):
         print(path)
+    if unreadable:
+        print(f"skipped {len(unreadable)} file(s) that are no valid run record (each named above):")
+        for path in unreadable:
+            print(f"  {path}")
 
 
 if __name__ == "__main__":

@@ -355,11 +355,12 @@ def build_report(study: Study, paper: list[dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- entry point
 
-def mini_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def mini_records(results_dir: str | Path, unreadable: list[str] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Completed records of the study's arms, and the failed members that never completed (newest
-    failure each), both in a stable order."""
+    failure each), both in a stable order; files that are no valid record go to ``unreadable``."""
     path = Path(results_dir)
-    records = read_records(path, status=None) if path.is_dir() else []
+    records = read_records(path, status=None, unreadable=unreadable) if path.is_dir() else []
     ours = [r for r in records if any(A.in_arm(r, arm, task) for task in A.TASKS for arm in _all_arms())]
     done = sorted((r for r in ours if r.get("status") == "completed"), key=lambda r: r["_path"])
     completed_keys = {member_key(r["config"]) for r in done}
@@ -375,11 +376,13 @@ def _all_arms() -> list[A.Arm]:
     return arms + [A.ratio_arm(r) for r in A.RATIOS] + [A.ZO_OFF, A.ZO_ADAMW, A.FIVE_EPOCHS]
 
 
-def render(results_dir: str | Path = DEFAULT_RESULTS, out_dir: str | Path = DEFAULT_OUT) -> list[Path]:
-    """Write results/mini/ (tables, REPORT.md, figures) from the records; returns the files written."""
+def render(results_dir: str | Path = DEFAULT_RESULTS, out_dir: str | Path = DEFAULT_OUT,
+           unreadable: list[str] | None = None) -> list[Path]:
+    """Write results/mini/ (tables, REPORT.md, figures) from the records; returns the files written.
+    Files that are no valid record are skipped, each named in a warning, and listed in ``unreadable``."""
     from hizfo.study.figures import build_figures
 
-    study = Study(*mini_records(project_root() / results_dir))
+    study = Study(*mini_records(project_root() / results_dir, unreadable))
     paper = load_paper_numbers()
     out = project_root() / out_dir
     out.mkdir(parents=True, exist_ok=True)

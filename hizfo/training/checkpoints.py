@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 
 from hizfo import __version__
-from hizfo.runs.records import git_info
+from hizfo.runs.records import follow_umask, git_info
 from hizfo.runs.resources import CHECKOUT_ROOT, in_checkout
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_json_atomic(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        follow_umask(fd)
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=1)
             fh.flush()
@@ -153,6 +155,7 @@ def _write_temp(folder: Path, state: Any, prefix: str) -> tuple[Path, dict[str, 
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{prefix}", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        follow_umask(fd)
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
@@ -211,11 +214,28 @@ def save(folder: Path, payload: dict[str, Any], step: int, parts: list[dict[str,
                           *folder.glob("part-*.pt")]:
                 if stale.name not in keep:
                     stale.unlink(missing_ok=True)
+            _remove_abandoned_temporaries(folder)
             (folder / LEGACY_FILE).unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+STALE_TEMPORARY_S = 900.0  # a temporary nobody wrote to for this long belongs to a killed write
+
+
+def _remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete the temporaries of killed writes. A concurrent save writes its temporary outside the
+    manifest lock, so only files untouched for STALE_TEMPORARY_S go (a live write keeps its mtime fresh)."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for tmp in [*folder.glob(".checkpoint-*.tmp"), *folder.glob(".part-*.tmp"),
+                *folder.glob(f".{MANIFEST}.*.tmp")]:
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 @contextmanager
@@ -229,10 +249,23 @@ def _exclusive(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def entry_path(folder: Path, entry: dict[str, Any]) -> Path | None:
+    """The file a manifest entry names, only when it is a plain file name inside ``folder`` (a
+    manifest is data: ``../../runs/<record>`` or an absolute path must never be read, renamed or kept)."""
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or name.startswith(".")):
+        return None
+    return folder / name
+
+
 def _verify(folder: Path, entry: dict[str, Any]) -> str | None:
     """None when the file matches its manifest entry, else what is wrong."""
-    path = folder / str(entry.get("file", ""))
-    if not entry.get("file") or not path.is_file():
+    confined = entry_path(folder, entry)
+    if confined is None:
+        return f"the manifest names {str(entry.get('file'))[:100]!r}, not a file of {folder}"
+    path = confined
+    if not path.is_file():
         return f"{path} is missing"
     size = path.stat().st_size
     if size != entry.get("bytes"):
@@ -243,8 +276,16 @@ def _verify(folder: Path, entry: dict[str, Any]) -> str | None:
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
+    """torch.load with ``weights_only=True``: a checkpoint is data, never code (its sha256 proves it
+    is unchanged since written, not who wrote it). The few non-tensor types the state holds are
+    allow-listed (SAFE_GLOBALS); anything else is refused, naming the type."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).split("Please file an issue")[0].strip().splitlines()
+        raise CheckpointError(f"checkpoint {path} holds a type outside the allow-list, so it is not loaded "
+                              f"(a foreign or crafted file?): {' '.join(first)[:300]}; {START_OVER}") from exc
     except Exception as exc:  # torch's errors do not name the file
         raise CheckpointError(f"cannot read checkpoint {path} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {START_OVER}") from exc
@@ -253,11 +294,18 @@ def _torch_load(path: Path) -> dict[str, Any]:
     return state
 
 
+def safe_globals() -> list[Any]:
+    """Types besides tensors and plain containers that checkpoints of this project hold."""
+    import collections
+
+    return [collections.OrderedDict, collections.defaultdict, set, frozenset]
+
+
 def _retire_latest(folder: Path, manifest: dict[str, Any]) -> None:
     """After a fallback: the previous checkpoint becomes the newest, so the damaged one never rotates
     into "previous"; the damaged file is renamed *.damaged (the next save deletes it)."""
-    damaged = folder / str(manifest["latest"].get("file", ""))
-    if damaged.is_file():
+    damaged = entry_path(folder, manifest["latest"])
+    if damaged is not None and damaged.is_file():
         os.replace(damaged, damaged.with_name(damaged.name + ".damaged"))
     _write_json_atomic(folder / MANIFEST, {"latest": manifest["previous"], "previous": None,
                                            "saved_at": time.time()})
