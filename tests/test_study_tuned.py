@@ -25,7 +25,8 @@ def _write(folder: Path, name: str, method: str, seed: int, lr: float | None, st
     record = {
         "run_name": name, "status": "completed", "protocol": "study",
         "finished_at": f"2026-12-02T00:00:{seed:02d}",
-        "config": {"seed": seed, "method": method_cfg, "task": {"rouge_reference_aggregation": "mean"}},
+        "config": {"seed": seed, "method": method_cfg, "model": {"name": "smollm2-135m"},
+                   "task": {"name": "dialogsum", "rouge_reference_aggregation": "mean"}},
         "metrics": {"final": {"rouge1": sum(test) / len(test)},
                     "validation": {"rouge1": sum(dev) / len(dev)}},
         "time": {"steps": steps, "total_seconds": 600.0},
@@ -115,6 +116,15 @@ def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate
     assert tuned.main(["chosen-lr", "full_ft", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out.strip() == "6.3e-05"
     assert tuned.main(["chosen-lr", "lora", "--dir", str(study_dir)]) == 2
+
+
+def test_a_bad_record_is_skipped_named_and_counted(study_dir):
+    broken = {"run_name": "broken", "status": "completed", "config": {}}
+    (study_dir / "runs" / "broken.json").write_text(json.dumps(broken))
+    with pytest.warns(UserWarning, match="broken.json"):
+        assert tuned.main(["--dir", str(study_dir)]) == 0
+    text = (study_dir / "REPORT.md").read_text()
+    assert "Skipped 1 record" in text and "broken.json" in text
 
 
 # --------------------------------------------------------------------------- the Makefile's study grids

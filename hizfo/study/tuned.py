@@ -137,8 +137,10 @@ class Member:
         return train["bytes"] / 1e9 if train.get("bytes") else None
 
 
-def load_members(runs_dir: str | Path) -> list[Member]:
-    records = [r for r in read_records(runs_dir) if r.get("protocol") == PROTOCOL]
+def load_members(runs_dir: str | Path, skipped: list[str] | None = None) -> list[Member]:
+    """The study's completed members; a file that is not a sound record is skipped with a warning
+    naming it, and its path appended to ``skipped``."""
+    records = [r for r in read_records(runs_dir, unreadable=skipped) if r.get("protocol") == PROTOCOL]
     latest: dict[str, dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: (r["run_name"], r.get("finished_at") or "")):
         latest[r["run_name"]] = r   # a re-run of the same member: its newest record counts
@@ -171,8 +173,9 @@ class Arm:
 
 
 class Study:
-    def __init__(self, members: list[Member]) -> None:
+    def __init__(self, members: list[Member], skipped: list[str] | None = None) -> None:
         self.members = members
+        self.skipped = sorted(skipped or [])
         self.by_sig: dict[Signature, list[Member]] = defaultdict(list)
         for m in members:
             self.by_sig[m.sig].append(m)
@@ -541,6 +544,10 @@ def render(study: Study, timing: dict[str, Any] | None = None) -> str:
              f"(protocol `{PROTOCOL}`, conf/experiment/study_dialogsum.yaml). "
              f"{len(study.members)} completed members. Hardware: {machine}, fp32, one torch "
              "thread per member, two members at a time.", ""]
+    if study.skipped:
+        lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
+                  "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
+                  + ".", ""]
     if study.zero_shot is not None:
         lines += [f"Zero-shot: test ROUGE-1 {study.cell(study.zero_shot).text(1)}, dev "
                   f"{_fmt(study.zero_shot.members[0].metric('validation'))}.", ""]
@@ -565,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs)")
     args = parser.parse_args(argv)
     folder = project_path(args.dir)
-    study = Study(load_members(Path(folder) / "runs"))
+    skipped: list[str] = []
+    study = Study(load_members(Path(folder) / "runs", skipped), skipped)
     if args.command == "chosen-lr":
         rates = chosen_rates(study)
         if args.method not in rates:
