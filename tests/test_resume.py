@@ -47,7 +47,8 @@ def test_member_key_ignores_where_and_how_but_not_what():
     assert member_key({**later, "eval": {**later["eval"], "also_tasks": ["gsm8k"]}}) != member_key(base)
 
 
-STUDY_RECORDS = sorted((REPO / "results" / "mini" / "runs").glob("*.json"))
+STUDY_RECORDS = [*sorted((REPO / "results" / "mini" / "runs").glob("*.json"))[:6],   # the pilot
+                 *sorted((REPO / "results" / "study" / "runs").glob("*.json"))[:6]]  # the tuned study
 
 
 @pytest.mark.skipif(not STUDY_RECORDS, reason="no committed study records")
@@ -57,8 +58,11 @@ def test_committed_study_records_are_still_completed_members_under_todays_config
     (else add the new key's neutral value to hizfo.training.resume.NEUTRAL_WHEN_ABSENT)."""
     from hydra import compose, initialize_config_dir
 
+    from hizfo.runs.config_schema import register_resolvers
+
+    register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        for path in STUDY_RECORDS[:6]:
+        for path in STUDY_RECORDS:
             rec = json.loads(path.read_text())
             overrides = rec["hydra"]["overrides"]
             today = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)

@@ -32,7 +32,8 @@ OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra", "sweep")
 # never re-runs a finished grid. A new config key that changes nothing at its default goes here
 # (tests/test_resume.py checks the committed study records against today's configs).
 NEUTRAL_WHEN_ABSENT: dict[tuple[str, str], Any] = {("eval", "also_tasks"): [],
-                                                    ("eval", "also_max_examples"): None}
+                                                    ("eval", "also_max_examples"): None,
+                                                    ("eval", "score_validation"): False}
 
 
 def member_key(resolved: dict[str, Any]) -> str:
