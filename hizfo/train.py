@@ -38,7 +38,7 @@ from hizfo.training import checkpoints, distributed, resume
 from hizfo.training.export import export_final, final_model_dir
 from hizfo.training.loop import LoopConfig, seed_everything, train
 from hizfo.training.losses import configure_loss
-from hizfo.training.precision import check_precision
+from hizfo.training.precision import check_precision, check_zo_precision
 
 log = logging.getLogger("hizfo.train")
 _abs = project_path  # relative config paths: against the checkout, else the current directory
@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "protocol": None, "status": "running", "started_at": started_at, "config": _config_as_given(cfg),
         "hardware": None, "versions": None, "git": None, "hydra": run_context.hydra_context(), "metrics": {}}
     results_dir = _or_none(lambda: _abs(cfg.paths.results_dir))  # None: the record goes to a fallback
-    method = device = memory_scope = None
+    method = device = memory_scope = windows = None
     model = logger = loop_result = None
     predictions: dict[str, list[dict[str, Any]]] = {}  # phase -> every prediction (the record's sidecar)
     try:  # from here on, config parsing included, any failure still writes a record ("failed")
@@ -121,11 +121,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(int(cfg.seed))
         configure_loss(chunked=bool(cfg.trainer.chunked_loss))
         method = build_method(cfg.method.name, cfg.method)
+        check_zo_precision(str(cfg.trainer.precision), method)  # bf16 storage + ZO drifts: refused
         device = resolve_device(cfg.trainer.device)
-        dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type)  # torchrun / SLURM ranks
+        dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type,
+                                     timeout_min=int(cfg.trainer.dist_timeout_min))  # torchrun / SLURM ranks
         device = distributed.device_for(device)
         run_context.set_cpu_threads(cfg.trainer.cpu_threads, device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
+        windows = records.PeakWindows(device)  # training's peak apart from evaluation's (the tables use it)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         fingerprint = config_fingerprint(resolved)
         checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
@@ -165,7 +168,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # rank 0 evaluates; under FSDP every rank runs the same sharded forwards in lockstep
         evaluates = dist_ctx.is_main or dist_ctx.strategy == "fsdp"
         if cfg.eval.before_training and test_examples and evaluates:
+            windows.switch("eval")
             before = evaluate(test_examples)
+            windows.switch("train")
             record["metrics"]["before"] = before
             record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
             predictions["before"] = getattr(before, "predictions", [])
@@ -219,6 +224,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise RuntimeError(f"the run did {loop_result.steps_done} of its "
                                    f"{loop_result.planned_steps} planned optimizer steps")
         t_eval = time.perf_counter()
+        windows.switch("eval")
         final = evaluate(test_examples) if test_examples and evaluates else {}
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
@@ -256,10 +262,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["finished_at"] = records.now_iso()
         record.setdefault("time", {})["total_seconds"] = time.perf_counter() - t_start
         completed = record["status"] == "completed"
-        if device is not None:
+        if windows is not None:
             segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
-            record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
-                                "scope": memory_scope}
+            record["memory"] = {**windows.summary(earlier_train=segments), "scope": memory_scope}
         if model is not None:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}

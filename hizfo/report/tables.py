@@ -19,7 +19,7 @@ from typing import Any
 
 from hizfo.report.aggregate import aggregate, newest_per_seed
 from hizfo.runs.protocols import PAPER, paper_mismatches, record_protocol
-from hizfo.runs.records import read_records
+from hizfo.runs.records import read_records, training_peak_bytes
 from hizfo.runs.resources import paper_numbers_csv
 
 PAPER_CSV = paper_numbers_csv()
@@ -62,8 +62,9 @@ def our_metrics(record: dict[str, Any], task: str) -> dict[str, float]:
     out = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
     if task == "webquestions" and "accuracy" in out:
         out["accuracy"] *= 100.0
-    if "bytes" in record.get("memory", {}):
-        out["peak_mem_gb"] = record["memory"]["bytes"] / 1e9
+    train_bytes = training_peak_bytes(record)  # the training segment's peak, evaluation apart
+    if train_bytes is not None:
+        out["peak_mem_gb"] = train_bytes / 1e9
     if "train_seconds" in record.get("time", {}):
         out["train_hours"] = record["time"]["train_seconds"] / 3600.0
     return out

@@ -252,6 +252,7 @@ class Trainer(Schema):
     grad_accum: Annotated[int, POSITIVE]
     device: str
     strategy: Literal["auto", "single", "ddp", "fsdp"]  # hizfo.training.distributed.STRATEGIES
+    dist_timeout_min: Annotated[int, POSITIVE]  # collective timeout under torchrun / SLURM (minutes)
     precision: Literal["fp32", "bf16-mixed", "bf16"]    # hizfo.training.precision.PRECISIONS
     gradient_checkpointing: bool
     eval_every_epoch: bool

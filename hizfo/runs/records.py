@@ -107,6 +107,42 @@ def max_peak_memory(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None
     return {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "bytes": max(int(p["bytes"]) for p in peaks)}
 
 
+class PeakWindows:
+    """A run's peak memory per phase: ``train`` (set-up, training steps and the loop's own
+    validation) apart from ``eval`` (the evaluations before and after training), so the tables can
+    report training memory: generation can need more than a ZO step and used to be the run's peak.
+
+    ``switch(phase)`` folds the peak since the last switch into the current phase, resets the
+    device's peak counter and starts ``phase``."""
+
+    def __init__(self, device: torch.device, phase: str = "train") -> None:
+        self.device, self.phase = device, phase
+        self.peaks: dict[str, dict[str, Any] | None] = {}
+
+    def switch(self, phase: str) -> None:
+        self.peaks[self.phase] = max_peak_memory([self.peaks.get(self.phase), peak_memory_bytes(self.device)])
+        reset_peak_memory(self.device)
+        self.phase = phase
+
+    def summary(self, earlier_train: list[dict[str, Any] | None] = ()) -> dict[str, Any]:
+        """``bytes``/``kind``: the whole run (as before); ``train_bytes`` (with ``earlier_train``, the
+        peaks of earlier resume segments) and ``eval_bytes`` (None when nothing was evaluated)."""
+        self.switch(self.phase)
+        train = max_peak_memory([*earlier_train, self.peaks.get("train")])
+        evaluation = self.peaks.get("eval")
+        out = dict(max_peak_memory([train, evaluation]) or {})
+        out["train_bytes"] = train["bytes"] if train else None
+        out["eval_bytes"] = evaluation["bytes"] if evaluation else None
+        return out
+
+
+def training_peak_bytes(record: dict[str, Any]) -> int | None:
+    """The training segment's peak of a record (older records: the whole run's, evaluation included)."""
+    memory = record.get("memory") or {}
+    value = memory.get("train_bytes", memory.get("bytes"))
+    return int(value) if value is not None else None
+
+
 def write_json_atomic(path: Path, payload: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -232,7 +268,7 @@ def records_frame(results_dir: str | Path = "results/runs", status: str | None =
                "model": cfg.get("model", {}).get("name"), "task": cfg.get("task", {}).get("name"),
                "method": cfg.get("method", {}).get("name"), "seed": cfg.get("seed"),
                "train_hours": rec.get("time", {}).get("train_seconds", 0) / 3600,
-               "peak_mem_gb": rec.get("memory", {}).get("bytes", 0) / 1e9,
+               "peak_mem_gb": (training_peak_bytes(rec) or 0) / 1e9,
                "memory_kind": rec.get("memory", {}).get("kind"), "protocol": record_protocol(rec),
                "segments": rec.get("time", {}).get("segments", 1),
                "device": rec.get("hardware", {}).get("device"), "path": rec["_path"]}

@@ -124,16 +124,25 @@ def planned_steps(num_examples: int, cfg: LoopConfig) -> int:
 # --------------------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict[str, Any]:
+    """The CPU RNG and the CUDA RNG of the one device this rank trains on (not every visible device:
+    a resumed job, e.g. a SLURM requeue, may see fewer GPUs, or only its own)."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if isinstance(saved, (list, tuple)):  # older checkpoints: every device the saving process saw
+        if not saved:
+            return
+        saved = saved[device] if device < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
