@@ -380,7 +380,8 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
 def format_plans(plans: list[MemoryPlan], gpu_gb: float | None = None,
                  paper: dict[str, float] | None = None) -> str:
     """A text table in GiB; ``paper`` maps method -> the paper's reported GB (Table 3)."""
-    cols = ["method", "FO params", "weights", "grads", "optim", "activ", "transient", "ZO buf", "profiler", "peak"]
+    cols = ["method", "FO params", "weights", "grads", "optim", "activ", "transient", "ZO buf", "profiler",
+            "peak"]
     if gpu_gb:
         cols.append(f"fits {gpu_gb:g} GB")
     if paper:

@@ -269,3 +269,20 @@ def test_micro_batches_of_other_ranks_stay_on_the_host(monkeypatch):
     mine = distributed.local_micro_batches(batch, 2, torch.device("meta"), split)
     assert moved == ["cpu"]  # the split happens on the host; only this rank's share moves
     assert [m["input_ids"].device.type for m in mine] == ["meta", "meta"] and len(mine) == 2
+
+
+def test_a_file_system_without_flock_gets_a_clear_error_and_a_way_out(tmp_path, monkeypatch):
+    import errno
+
+    from hizfo.training import checkpoints
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoints.fcntl, "flock", no_locks)
+    with pytest.raises(RuntimeError, match="trainer.checkpoint_lock=none"):
+        with checkpoints.folder_lock(tmp_path / "ckpt", "fail"):
+            pass
+    with checkpoints.folder_lock(tmp_path / "ckpt", "none"):
+        with checkpoints._exclusive(tmp_path / "ckpt" / checkpoints.MANIFEST_LOCK):
+            pass

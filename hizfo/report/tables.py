@@ -101,6 +101,13 @@ def _not_protocol_note(recs: list[dict[str, Any]], protocol: str) -> str:
     return f"{found}{why}; this table shows `{protocol}` records only"
 
 
+#: beside the time and memory columns: how ours were measured
+COST_NOTE = ("Cost columns (ours): train_hours is training alone (evaluation apart), timed with the GPU "
+             "synchronized; matmuls run in full fp32 with TF32 off, as in the paper, so an Ampere or newer "
+             "GPU is slower here than with TF32. peak_mem_gb is the training segment's peak "
+             "(`memory.train_bytes`), evaluation's peak kept apart in the record (`memory.eval_bytes`).")
+
+
 class TableBuild:
     """One table's cells, footnotes and the count of records it used and skipped."""
 
@@ -167,6 +174,9 @@ class TableBuild:
                  f"Each cell: ours / paper. Ours: `{self.protocol}`-protocol records, newest per seed, "
                  "mean ± std over seeds (n = seeds); – no run yet; * see the notes.", "",
                  self.summary(), ""]
+        shown = {m for t in tasks for m in metrics[t]}
+        if shown & {"train_hours", "peak_mem_gb"}:
+            intro[-1:-1] = [COST_NOTE, ""]
         notes = ["", "Notes:", *[f"- * {n}" for n in self.notes]] if self.notes else []
         return "\n".join(intro + lines + notes) + "\n"
 

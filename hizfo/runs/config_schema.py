@@ -260,7 +260,7 @@ class Trainer(Schema):
     select: Select
     checkpoint_every_steps: Annotated[int | None, POSITIVE_OR_NULL]
     resume: bool
-    checkpoint_lock: Literal["fail", "wait"]
+    checkpoint_lock: Literal["fail", "wait", "none"]
     keep_checkpoints: Literal["last", "none"]         # hizfo.training.checkpoints.KEEP_CHECKPOINTS
     allow_version_mismatch: bool
     save_final: bool

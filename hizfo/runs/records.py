@@ -66,6 +66,9 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()
+        # TF32 stays off (torch's default for matmuls, the paper's fp32): recorded beside the times
+        info["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        info["cuda_runtime"] = torch.version.cuda
     return info
 
 

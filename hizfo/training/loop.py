@@ -80,6 +80,12 @@ def _load_average() -> float | None:
         return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -267,6 +273,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     def close_segment(step: int) -> None:
         """This segment's figures so far; what a checkpoint carries into the next segment."""
+        synchronize(device)
         segment.update(end_step=step, train_seconds=clock() - t0 - segment["eval_seconds"],
                        train_cpu_seconds=cpu_clock() - c0 - segment["eval_cpu_seconds"],
                        load_average_end=_load_average(), peak_memory=peak_memory_bytes(device))
@@ -296,6 +303,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                 metrics = method.step(model, micro, step)
             if ctx.active:  # every rank records the global mean, as one process would
                 metrics["loss"] = distributed.mean_scalar(metrics["loss"])
+            synchronize(device)  # CUDA runs asynchronously: the step is done when the device is
             seconds = clock() - t_step
             step += 1
             tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
