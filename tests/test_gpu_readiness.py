@@ -4,7 +4,10 @@ gloo / LOCAL_RANK for the evaluation under FSDP, stand-in devices for state plac
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,7 +35,6 @@ def test_lm_eval_scores_on_a_nonzero_local_rank(monkeypatch):
     result = run_lm_eval(tiny_model("llama"), byte_level_tokenizer(), "gsm8k", DATA, batch_size=2, limit=2,
                          max_gen_toks=4)
     assert result.n == 2 and 0.0 <= result.accuracy <= 1.0
-    import os
     assert os.environ["LOCAL_RANK"] == "1"  # put back for the rest of the process
 
 
@@ -286,3 +288,39 @@ def test_a_file_system_without_flock_gets_a_clear_error_and_a_way_out(tmp_path, 
     with checkpoints.folder_lock(tmp_path / "ckpt", "none"):
         with checkpoints._exclusive(tmp_path / "ckpt" / checkpoints.MANIFEST_LOCK):
             pass
+
+
+@pytest.mark.slow  # two torchrun processes, about 40 s on 2 cores; the LOCAL_RANK test above is fast
+@pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), reason="GSM8K release files absent")
+def test_fsdp_two_ranks_evaluate_gsm8k_and_write_one_record(tmp_path):
+    """Finding 1 end to end on gloo: before the fix rank 1 raised in lm-eval and torchrun killed rank 0."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "hizfo.train", "model=tiny-llama", "method=full_ft", "task=gsm8k", "trainer.device=cpu",
+            "trainer.strategy=fsdp", "trainer.max_steps=1", "task.max_train_examples=8",
+            "task.max_eval_examples=3", "task.generation.max_new_tokens=8", "logger.wandb=false",
+            f"paths.results_dir={tmp_path}/runs", f"paths.checkpoint_dir={tmp_path}/ckpt",
+            f"hydra.run.dir={tmp_path}/hydra"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = list((tmp_path / "runs").glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["status"] == "completed" and record["distributed"]["strategy"] == "fsdp"
+    assert record["metrics"]["final"]["n_examples"] == 3
+
+
+def test_selection_profiles_in_the_weights_precision_inside_or_outside_autocast():
+    """Hi-ZFO's first selection runs inside the step's bf16-mixed autocast, GreenTrainer's outside:
+    both must see the same importance."""
+    from helpers import make_batch
+
+    from hizfo.models.loading import tiny_model
+    from hizfo.selection.partition import select_tensors
+
+    model, batch = tiny_model("llama"), make_batch(0, bsz=2, seq=16)
+    outside = select_tensors(model, batch, rho=0.5, lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        inside = select_tensors(model, batch, rho=0.5, lr=1e-3)
+    assert inside.rows == outside.rows  # per-tensor importance and costs
+    assert inside.selected == outside.selected
