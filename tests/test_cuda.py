@@ -62,8 +62,9 @@ def test_zo_noise_regenerates_on_the_gpu_and_keep_restores_bit_exactly():
     noise = ZONoise(params, seed=5)
     for scale in (1e-3, -2e-3, 1e-3):
         noise.add(scale)
-    for p, q in zip(params, before):  # fp32: within rounding of the three steps
-        assert (p - q).abs().max().item() <= 1e-6
+    u = torch.finfo(torch.float32).eps
+    for p, q in zip(params, before):  # fp32: three roundings of values <= |q| + 2 eps |z| (|z| < 6)
+        assert ((p - q).abs() <= 2 * u * (q.abs() + 2e-3 * 6)).all()
 
 
 def test_zo_adamw_save_load_on_cpu_then_step_on_the_gpu():

@@ -143,7 +143,7 @@ def test_process_group_gets_the_configured_timeout(monkeypatch):
     assert seen["backend"] == "nccl" and seen["timeout"] == timedelta(minutes=45)
 
 
-def test_default_config_sets_a_timeout_above_ncclss_ten_minutes():
+def test_default_config_sets_a_timeout_above_nccls_ten_minutes():
     from hizfo.runs.config_schema import validate_config
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

@@ -120,7 +120,7 @@ def _cluster_to_torchrun_env() -> None:
 
 #: minutes a rank waits in a collective (trainer.dist_timeout_min). NCCL's own default is 10, gloo's 30:
 #: rank 0 alone runs the evaluation before training and writes checkpoints while the others wait.
-DEFAULT_TIMEOUT_MIN = 60
+DEFAULT_TIMEOUT_MIN = 120
 
 
 def setup(strategy: str = "auto", device_type: str = "cpu",
