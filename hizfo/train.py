@@ -184,10 +184,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             def on_epoch_end(epoch: int) -> dict[str, Any]:
                 if not (cfg.trainer.eval_every_epoch and val_batches):
                     return {}
-                val = {"val_loss": validation_loss(method.eval_model(model), val_batches)}
+                with windows.evaluating():
+                    val = {"val_loss": validation_loss(method.eval_model(model), val_batches)}
                 logger.log(val)
                 log.info("epoch %d: %s", epoch + 1, _fmt(val))
                 return val
+
+            def validate() -> float:
+                with windows.evaluating():  # a loss pass on the validation split: evaluation memory
+                    return validation_loss(method.eval_model(model), val_batches)
 
             loop_cfg = LoopConfig(
                 num_epochs=int(cfg.trainer.num_epochs), batch_size=int(cfg.trainer.batch_size),
@@ -205,8 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             loop_result = train(model, method, dataset, collate_train(tokenizer.pad_token_id), loop_cfg,
                                 device, on_epoch_end=on_epoch_end,
                                 on_step=lambda step, m: logger.log(m, step=step),
-                                validate=(lambda: validation_loss(method.eval_model(model), val_batches))
-                                if val_batches else None)
+                                validate=validate if val_batches else None, train_peak=windows.train_so_far)
             record["history"] = loop_result.history
             record["epochs"] = loop_result.epoch_metrics
             record["resumed_from_step"] = loop_result.resumed_from_step
@@ -215,7 +219,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             record["scored_checkpoint"] = loop_result.scored_checkpoint  # which step "final" scores
             record["truncation"] = dataset.stats.summary()
             if dist_ctx.active:  # what each rank held: the record's memory is rank 0's
-                peaks = distributed.gather_objects(records.peak_memory_bytes(device).get("bytes"))
+                peaks = distributed.gather_objects((windows.train_so_far() or {}).get("bytes"))
                 record["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend,
                                          "strategy": dist_ctx.strategy,
                                          "peak_bytes_per_rank": peaks, "peak_bytes_max": max(peaks),
@@ -281,7 +285,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if completed and cfg.trainer.keep_checkpoints == "none" and main_rank:
                 checkpoints.delete_folder(Path(checkpoint_dir))
             if logger is not None:
-                logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"].get("bytes")})
+                memory = record.get("memory") or {}
+                logger.summary({"status": record["status"], "peak_mem_bytes": memory.get("bytes"),
+                                "peak_train_mem_bytes": memory.get("train_bytes")})
                 logger.finish(0 if completed else 1)
         except Exception:
             if completed:

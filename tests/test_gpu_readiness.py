@@ -122,6 +122,26 @@ def test_record_keeps_training_peak_apart_from_evaluation_peak(tmp_path, monkeyp
     assert our_metrics(record, "dialogsum")["peak_mem_gb"] == memory["train_bytes"] / 1e9
 
 
+@needs_data
+def test_validation_inside_the_loop_counts_as_evaluation(tmp_path, monkeypatch):
+    """MeZO validates every few steps (best-on-dev checkpoint): that loss pass is evaluation too."""
+    import hizfo.train as runner
+
+    def heavy_validation(*args, **kwargs):
+        block = torch.ones(64 * 1024 * 1024)
+        block.add_(1.0)
+        del block
+        return 1.0
+
+    monkeypatch.setattr(runner, "validation_loss", heavy_validation)
+    monkeypatch.setattr(runner, "evaluate_task", lambda *a, **k: {"rouge1": 0.0})
+    record = runner.run(make_cfg(tmp_path, "method=mezo", "trainer.max_steps=2",
+                                 "trainer.eval_every_steps=1"))
+    assert len(record["val_evaluations"]) >= 1
+    memory = record["memory"]
+    assert memory["eval_bytes"] - memory["train_bytes"] > 200e6, memory
+
+
 # ---- 5. NCCL waits 10 minutes by default while rank 0 evaluates alone: an explicit timeout
 
 def test_process_group_gets_the_configured_timeout(monkeypatch):

@@ -105,7 +105,8 @@ def _not_protocol_note(recs: list[dict[str, Any]], protocol: str) -> str:
 COST_NOTE = ("Cost columns (ours): train_hours is training alone (evaluation apart), timed with the GPU "
              "synchronized; matmuls run in full fp32 with TF32 off, as in the paper, so an Ampere or newer "
              "GPU is slower here than with TF32. peak_mem_gb is the training segment's peak "
-             "(`memory.train_bytes`), evaluation's peak kept apart in the record (`memory.eval_bytes`).")
+             "(`memory.train_bytes`); evaluation's peak, validation passes included, stays apart in the "
+             "record (`memory.eval_bytes`).")
 
 
 class TableBuild:

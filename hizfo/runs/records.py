@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -111,8 +113,8 @@ def max_peak_memory(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None
 
 
 class PeakWindows:
-    """A run's peak memory per phase: ``train`` (set-up, training steps and the loop's own
-    validation) apart from ``eval`` (the evaluations before and after training), so the tables can
+    """A run's peak memory per phase: ``train`` (set-up and the training steps) apart from ``eval``
+    (the evaluations before and after training and the loop's validation passes), so the tables can
     report training memory: generation can need more than a ZO step and used to be the run's peak.
 
     ``switch(phase)`` folds the peak since the last switch into the current phase, resets the
@@ -126,6 +128,21 @@ class PeakWindows:
         self.peaks[self.phase] = max_peak_memory([self.peaks.get(self.phase), peak_memory_bytes(self.device)])
         reset_peak_memory(self.device)
         self.phase = phase
+
+    def train_so_far(self) -> dict[str, Any] | None:
+        """Training's peak up to now (what a checkpoint carries into the next resume segment)."""
+        current = peak_memory_bytes(self.device) if self.phase == "train" else None
+        return max_peak_memory([self.peaks.get("train"), current])
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """An evaluation inside training (validation loss, checkpoint selection) as ``eval``."""
+        previous = self.phase
+        self.switch("eval")
+        try:
+            yield
+        finally:
+            self.switch(previous)
 
     def summary(self, earlier_train: list[dict[str, Any] | None] = ()) -> dict[str, Any]:
         """``bytes``/``kind``: the whole run (as before); ``train_bytes`` (with ``earlier_train``, the

@@ -221,12 +221,15 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                     on_step: Callable[[int, dict[str, float]], None] | None = None,
                     clock: Callable[[], float] = time.perf_counter,
                     cpu_clock: Callable[[], float] = time.process_time,
-                    validate: Callable[[], float] | None = None) -> LoopResult:
+                    validate: Callable[[], float] | None = None,
+                    train_peak: Callable[[], dict[str, Any] | None] | None = None) -> LoopResult:
     """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics.
 
     ``validate`` returns the validation loss of the current weights; with ``cfg.eval_every_steps``
     it runs every that many steps, and ``cfg.select="best_val_loss"`` leaves the model holding the
-    best-scoring weights at the end (see hizfo.training.checkpoint_select)."""
+    best-scoring weights at the end (see hizfo.training.checkpoint_select). ``train_peak``: the
+    training peak so far, evaluation apart (records.PeakWindows.train_so_far); default: the device's
+    peak since the run began."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
     dataset = method.split_training_data(dataset, cfg.seed)
@@ -276,7 +279,8 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
         synchronize(device)
         segment.update(end_step=step, train_seconds=clock() - t0 - segment["eval_seconds"],
                        train_cpu_seconds=cpu_clock() - c0 - segment["eval_cpu_seconds"],
-                       load_average_end=_load_average(), peak_memory=peak_memory_bytes(device))
+                       load_average_end=_load_average(),
+                       peak_memory=train_peak() if train_peak else peak_memory_bytes(device))
         result.segments = [*earlier_segments, dict(segment)]
 
     def loop_state(step: int) -> dict[str, Any]:
