@@ -60,8 +60,8 @@ model: $(MODEL_DIR)/config.json  ## build the embedded SmolLM2-135M-Instruct in 
 demo: setup model  ## set up, then fine-tune SmolLM2-135M on DialogSum on this CPU (a few minutes)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train experiment=demo
 
-test: setup  ## set up, then run the fast test suite (-m "not slow")
-	$(PY) -m pytest -q -m "not slow" tests
+test: setup  ## set up, then run the fast test suite (-m "not slow and not cuda")
+	$(PY) -m pytest -q -m "not slow and not cuda" tests
 
 lint: setup  ## ruff on hizfo, tests and experiments
 	$(VENV)/bin/ruff check hizfo tests experiments
@@ -73,6 +73,12 @@ bench: setup model  ## step time / peak memory of each method (one process each)
 
 bench-selection: setup  ## speed of the tensor selection (results/bench/selection_cpu.txt)
 	mkdir -p results/bench && $(PY) experiments/bench_selection.py | tee results/bench/selection_cpu.txt
+
+# The first-GPU checklist (experiments/GPU_CHECK.md): about 7 minutes on one GPU. Sets up only where
+# nvidia-smi exists; elsewhere the preflight stops it at once with the reason (exit code 1).
+.PHONY: gpu-check
+gpu-check: $(if $(shell command -v nvidia-smi 2>/dev/null),setup)  ## GPU checklist: preflight, pytest -m cuda, every method, bf16, evals, torchrun (results/gpu_check/)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) experiments/gpu_check.py $(ARGS)
 
 clean:  ## remove outputs, multirun, wandb and the pytest cache
 	rm -rf outputs multirun wandb .pytest_cache

@@ -15,6 +15,10 @@ seconds without a download (hub configs of the paper's models are bundled, see
   is saved, so GT-rho / Hi-ZFO (backward only down to the deepest selected tensor), LoRA and MeZO
   (nothing) come out of the same trace. Attention is counted as a fused (flash-style) kernel that
   keeps only its output and log-sum-exp, as torch's SDPA does on CPU and CUDA;
+- profiler (GT, Hi-ZFO): while a selection profiles importance, hizfo.selection.importance holds
+  one fp32 trial update (dw) for every parameter (2x the weights in bf16), next to the weights, the
+  checkpointed block inputs and one tensor's gradient; the live AdamW state is offloaded meanwhile.
+  This phase is its own candidate for the peak;
 - transient: the largest short-lived buffers: the gradient of the logits during backward for
   first-order methods, the logits and their log-softmax in a forward-only (ZO) step, and the ZO
   noise of the largest perturbed tensor.
@@ -46,6 +50,7 @@ METHODS = ("full_ft", "ft_topk", "lora", "prefix", "mezo", "greentrainer", "bile
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 STRATEGIES = ("single", "ddp", "fsdp")
 ZO_METHODS = {"mezo", "hizfo", "bilevel_zofo"}
+PROFILED_METHODS = {"greentrainer", "hizfo"}  # select tensors with the importance profiler
 
 
 @dataclass
@@ -69,6 +74,7 @@ class MemoryPlan:
     zo_buffers: int
     fsdp_unsharded: int
     peak: int
+    profiler: int = 0  # GT / Hi-ZFO selection: the importance profiler's fp32 update of every weight
 
     def gb(self, term: str) -> float:
         return getattr(self, term) / GIB
@@ -351,17 +357,31 @@ def plan(config, method: str, method_cfg: dict[str, Any] | None = None, batch_si
     else:
         phases.append(transient)
     peak = weights + optimizer + fsdp_unsharded + max(phases)
+    profiler = 0
+    if method in PROFILED_METHODS and not method_cfg.get("fo_tensors"):
+        shards = gpus if strategy == "fsdp" and gpus > 1 else 1
+        profiler = -(-total * 4 // shards)  # every parameter is scored, frozen ones too
+        from hizfo.selection.tensors import transformer_blocks
+
+        hidden = int(getattr(config, "hidden_size", 0) or 0)
+        block_inputs = rank_batch * seq_len * hidden * compute_bytes * (len(transformer_blocks(model)) + 1)
+        largest = max(p.numel() for p in model.parameters()) * 4  # one tensor's gradient and dw piece
+        selecting = weights + fsdp_unsharded + profiler + block_inputs + 2 * largest + \
+            rank_batch * seq_len * int(config.vocab_size) * 4 * 2  # the profiling loss's logits
+        peak = max(peak, selecting)
     return MemoryPlan(model=model_name or str(config.model_type), method=method, gpus=gpus,
                       precision=precision, strategy=strategy, batch_size=batch_size, seq_len=seq_len,
                       total_params=total, fo_trainable_params=n_fo, weights=weights, gradients=gradients,
                       optimizer=optimizer, activations=activations, transient=transient,
-                      zo_buffers=zo_buffers, fsdp_unsharded=fsdp_unsharded, peak=peak)
+                      zo_buffers=zo_buffers, fsdp_unsharded=fsdp_unsharded, peak=peak,
+                      profiler=profiler)
 
 
 def format_plans(plans: list[MemoryPlan], gpu_gb: float | None = None,
                  paper: dict[str, float] | None = None) -> str:
     """A text table in GiB; ``paper`` maps method -> the paper's reported GB (Table 3)."""
-    cols = ["method", "FO params", "weights", "grads", "optim", "activ", "transient", "ZO buf", "peak"]
+    cols = ["method", "FO params", "weights", "grads", "optim", "activ", "transient", "ZO buf", "profiler",
+            "peak"]
     if gpu_gb:
         cols.append(f"fits {gpu_gb:g} GB")
     if paper:
@@ -370,7 +390,7 @@ def format_plans(plans: list[MemoryPlan], gpu_gb: float | None = None,
     for p in plans:
         row = [p.method, f"{p.fo_trainable_params / 1e6:,.1f}M"] + [
             f"{p.gb(t):.1f}" for t in ("weights", "gradients", "optimizer", "activations", "transient",
-                                        "zo_buffers", "peak")]
+                                        "zo_buffers", "profiler", "peak")]
         if gpu_gb:
             row.append("yes" if p.fits(gpu_gb) else "no")
         if paper:

@@ -38,7 +38,7 @@ from hizfo.training import checkpoints, distributed, resume
 from hizfo.training.export import export_final, final_model_dir
 from hizfo.training.loop import LoopConfig, seed_everything, train
 from hizfo.training.losses import configure_loss
-from hizfo.training.precision import check_precision
+from hizfo.training.precision import check_precision, check_zo_precision
 
 log = logging.getLogger("hizfo.train")
 register_resolvers()  # before Hydra composes: conf/sweep/study_*.yaml use them
@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "protocol": None, "status": "running", "started_at": started_at, "config": _config_as_given(cfg),
         "hardware": None, "versions": None, "git": None, "hydra": run_context.hydra_context(), "metrics": {}}
     results_dir = _or_none(lambda: _abs(cfg.paths.results_dir))  # None: the record goes to a fallback
-    method = device = memory_scope = None
+    method = device = memory_scope = windows = None
     model = logger = loop_result = None
     predictions: dict[str, list[dict[str, Any]]] = {}  # phase -> every prediction (the record's sidecar)
     try:  # from here on, config parsing included, any failure still writes a record ("failed")
@@ -122,11 +122,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(int(cfg.seed))
         configure_loss(chunked=bool(cfg.trainer.chunked_loss))
         method = build_method(cfg.method.name, cfg.method)
+        check_zo_precision(str(cfg.trainer.precision), method)  # bf16 storage + ZO drifts: refused
         device = resolve_device(cfg.trainer.device)
-        dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type)  # torchrun / SLURM ranks
+        dist_ctx = distributed.setup(str(cfg.trainer.strategy), device.type,
+                                     timeout_min=int(cfg.trainer.dist_timeout_min))  # torchrun / SLURM ranks
         device = distributed.device_for(device)
         run_context.set_cpu_threads(cfg.trainer.cpu_threads, device, record["hydra"])
         memory_scope = records.reset_peak_memory(device)
+        windows = records.PeakWindows(device)  # training's peak apart from evaluation's (the tables use it)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         fingerprint = config_fingerprint(resolved)
         checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
@@ -166,7 +169,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # rank 0 evaluates; under FSDP every rank runs the same sharded forwards in lockstep
         evaluates = dist_ctx.is_main or dist_ctx.strategy == "fsdp"
         if cfg.eval.before_training and test_examples and evaluates:
+            windows.switch("eval")
             before = evaluate(test_examples)
+            windows.switch("train")
             record["metrics"]["before"] = before
             record.setdefault("samples", {})["before"] = getattr(before, "samples", [])[:8]
             predictions["before"] = getattr(before, "predictions", [])
@@ -180,10 +185,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             def on_epoch_end(epoch: int) -> dict[str, Any]:
                 if not (cfg.trainer.eval_every_epoch and val_batches):
                     return {}
-                val = {"val_loss": validation_loss(method.eval_model(model), val_batches)}
+                with windows.evaluating():
+                    val = {"val_loss": validation_loss(method.eval_model(model), val_batches)}
                 logger.log(val)
                 log.info("epoch %d: %s", epoch + 1, _fmt(val))
                 return val
+
+            def validate() -> float:
+                with windows.evaluating():  # a loss pass on the validation split: evaluation memory
+                    return validation_loss(method.eval_model(model), val_batches)
 
             loop_cfg = LoopConfig(
                 num_epochs=int(cfg.trainer.num_epochs), batch_size=int(cfg.trainer.batch_size),
@@ -201,8 +211,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             loop_result = train(model, method, dataset, collate_train(tokenizer.pad_token_id), loop_cfg,
                                 device, on_epoch_end=on_epoch_end,
                                 on_step=lambda step, m: logger.log(m, step=step),
-                                validate=(lambda: validation_loss(method.eval_model(model), val_batches))
-                                if val_batches else None)
+                                validate=validate if val_batches else None, train_peak=windows.train_so_far)
             record["history"] = loop_result.history
             record["epochs"] = loop_result.epoch_metrics
             record["resumed_from_step"] = loop_result.resumed_from_step
@@ -211,7 +220,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             record["scored_checkpoint"] = loop_result.scored_checkpoint  # which step "final" scores
             record["truncation"] = dataset.stats.summary()
             if dist_ctx.active:  # what each rank held: the record's memory is rank 0's
-                peaks = distributed.gather_objects(records.peak_memory_bytes(device).get("bytes"))
+                peaks = distributed.gather_objects((windows.train_so_far() or {}).get("bytes"))
                 record["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend,
                                          "strategy": dist_ctx.strategy,
                                          "peak_bytes_per_rank": peaks, "peak_bytes_max": max(peaks),
@@ -220,6 +229,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise RuntimeError(f"the run did {loop_result.steps_done} of its "
                                    f"{loop_result.planned_steps} planned optimizer steps")
         t_eval = time.perf_counter()
+        windows.switch("eval")
         final = evaluate(test_examples) if test_examples and evaluates else {}
         record["metrics"]["final"] = final
         record.setdefault("samples", {})["final"] = getattr(final, "samples", [])[:8]
@@ -264,12 +274,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record.setdefault("time", {})["total_seconds"] = records.total_seconds(
             time.perf_counter() - t_start, loop_result.segments if loop_result else None)
         completed = record["status"] == "completed"
-        if device is not None:
+        if windows is not None:
             segments = [s["peak_memory"] for s in loop_result.segments[:-1]] if loop_result else []
-            record["memory"] = {**records.max_peak_memory([*segments, records.peak_memory_bytes(device)]),
-                                "scope": memory_scope,
-                                # training alone (every segment up to its end), before the final evaluation
-                                "train": loop_result.peak_memory if loop_result else None}
+            record["memory"] = {**windows.summary(earlier_train=segments), "scope": memory_scope}
         if model is not None:
             trainable = _safe(lambda: count_parameters(method.trainable_parameters(model)))
             record["parameters"] = {"total": count_parameters(model.parameters()), "trainable": trainable}
@@ -286,7 +293,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if completed and cfg.trainer.keep_checkpoints == "none" and main_rank:
                 checkpoints.delete_folder(Path(checkpoint_dir))
             if logger is not None:
-                logger.summary({"status": record["status"], "peak_mem_bytes": record["memory"].get("bytes")})
+                memory = record.get("memory") or {}
+                logger.summary({"status": record["status"], "peak_mem_bytes": memory.get("bytes"),
+                                "peak_train_mem_bytes": memory.get("train_bytes")})
                 logger.finish(0 if completed else 1)
         except Exception:
             if completed:

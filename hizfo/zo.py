@@ -435,6 +435,9 @@ class ZOAdamW:
             if name not in self.exp_avg:
                 self.exp_avg[name] = torch.zeros(p.shape, dtype=noise_dtype(p), device=p.device)
                 self.exp_avg_sq[name] = torch.zeros_like(self.exp_avg[name])
+            elif self.exp_avg[name].device != p.device:  # loaded from a checkpoint read onto the CPU
+                self.exp_avg[name] = self.exp_avg[name].to(p.device)
+                self.exp_avg_sq[name] = self.exp_avg_sq[name].to(p.device)
             t = self.steps[name] = self.steps.get(name, 0) + 1
             moments.append((self.exp_avg[name].view(-1), self.exp_avg_sq[name].view(-1)))
             factors.append((1.0 - b1 ** t, 1.0 - b2 ** t))
@@ -467,6 +470,8 @@ class ZOAdamW:
                 "exp_avg_sq": dict(self.exp_avg_sq), "betas": self.betas, "eps": self.eps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Moments stay where the checkpoint put them (usually the CPU); ``step`` moves each to its
+        parameter's device on first use, as torch.optim's load_state_dict does at load."""
         self.steps = {k: int(v) for k, v in state["steps"].items()}
         self.exp_avg = dict(state["exp_avg"])
         self.exp_avg_sq = dict(state["exp_avg_sq"])

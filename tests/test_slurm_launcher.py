@@ -71,7 +71,8 @@ def _task_environment(monkeypatch, **variables: str) -> dict[str, str | None]:
     from hizfo.training import distributed
 
     for name in (*TORCHRUN_VARIABLES, "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS"):
-        monkeypatch.delenv(name, raising=False)  # restored (deleted) after the test
+        monkeypatch.setenv(name, "")  # so that monkeypatch records it (delenv of an absent variable does
+        monkeypatch.delenv(name)      # not), and what _cluster_to_torchrun_env sets goes after the test
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     distributed._cluster_to_torchrun_env()

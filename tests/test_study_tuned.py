@@ -30,7 +30,7 @@ def _write(folder: Path, name: str, method: str, seed: int, lr: float | None, st
         "metrics": {"final": {"rouge1": sum(test) / len(test)},
                     "validation": {"rouge1": sum(dev) / len(dev)}},
         "time": {"steps": steps, "total_seconds": 600.0},
-        "memory": {"train": {"kind": "cpu_peak_rss", "bytes": int(2e9 if method == "full_ft" else 1.5e9)}},
+        "memory": {"train_bytes": int(2e9 if method == "full_ft" else 1.5e9), "eval_bytes": int(3e9)},
         "parameters": {"total": 100, "trainable": 100},
         "val_evaluations": [{"step": s, "val_loss": v} for s, v in val_curve],
         "history": [{"loss": 2.0}] * 10,

@@ -145,10 +145,26 @@ def offline_hub() -> Iterator[None]:
 
 
 @contextmanager
+def as_only_process() -> Iterator[None]:
+    """lm-eval returns results only where ``LOCAL_RANK`` is 0 (its tensor-parallel convention), but
+    here every FSDP rank runs the whole evaluation in lockstep on a model it wraps itself (rank 0,
+    world size 1 to lm-eval): each rank must get its results, so LOCAL_RANK reads 0 meanwhile."""
+    old = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = old
+
+
+@contextmanager
 def preserved_rng() -> Iterator[None]:
     """lm-eval may seed global RNGs; training must continue on its own random stream."""
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+             torch.cuda.get_rng_state() if torch.cuda.is_available() else None)  # this rank's GPU only
     try:
         yield
     finally:
@@ -156,7 +172,7 @@ def preserved_rng() -> Iterator[None]:
         np.random.set_state(state[1])
         torch.set_rng_state(state[2])
         if state[3] is not None:
-            torch.cuda.set_rng_state_all(state[3])
+            torch.cuda.set_rng_state(state[3])
 
 
 def _make_lm(model: nn.Module, tokenizer, batch_size: int, max_length: int | None):
@@ -231,7 +247,7 @@ def run_lm_eval(model: nn.Module, tokenizer, task_name: str, data_dir: str | os.
             samples_arg = {task.name: doc_ids}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hizfo-lmeval-") as tmp, offline_hub(), preserved_rng(), \
-            eval_mode(model):
+            eval_mode(model), as_only_process():
         include = render_task_dir(task, files, Path(tmp), until=tuple(until or DEFAULT_UNTIL),
                                   max_gen_toks=max_gen_toks or task.max_gen_toks)
         manager = TaskManager(include_path=str(include), include_defaults=False)
@@ -242,7 +258,7 @@ def run_lm_eval(model: nn.Module, tokenizer, task_name: str, data_dir: str | os.
             numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=1234)
     seconds = time.perf_counter() - t0
     if results is None:
-        raise RuntimeError("lm-eval returned no results (non-zero rank?)")
+        raise RuntimeError("lm-eval returned no results (it answers only where it sees rank 0)")
     family = "gsm8k" if task.name == "hizfo_gsm8k" else "math"
     names = GSM8K_METRICS if family == "gsm8k" else MATH_METRICS
     metrics = {name: float(results["results"][task.name][f"{name},none"]) for name in names}

@@ -46,12 +46,14 @@ from hizfo.zo import ZOAdamW, ZONoise, draw_seed, lr_factor, seed_generator
 
 log = logging.getLogger(__name__)
 
-RngState = tuple[torch.Tensor, list[torch.Tensor] | None]
+RngState = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def get_rng_state() -> RngState:
-    """CPU and (if in use) every CUDA device's RNG state: what dropout draws from."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+    """CPU and (if in use) the current CUDA device's RNG state: what dropout draws from. Only the
+    device this rank computes on: reading every device's would open a CUDA context on each GPU of
+    the node from every rank."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() \
         else None
     return torch.get_rng_state(), cuda
 
@@ -59,7 +61,7 @@ def get_rng_state() -> RngState:
 def set_rng_state(state: RngState) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
+        torch.cuda.set_rng_state(state[1])
 
 
 @register_method("hizfo")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +27,53 @@ TINY_FAMILIES = ("opt", "bloom", "qwen2", "llama")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
+    """'auto' picks CUDA when present, else CPU; but on a machine with an NVIDIA driver whose GPU
+    torch cannot use (a CUDA runtime newer than the driver, a CPU build of torch, hidden devices),
+    'auto' fails with the versions and the fix instead of silently training on the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        problem = cuda_unusable_reason()
+        if problem:
+            raise RuntimeError(problem)
+        return torch.device("cpu")
     return torch.device(device)
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver's version from nvidia-smi; None without nvidia-smi; 'unknown (...)' when it fails."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown (nvidia-smi failed: {exc})"
+    versions = sorted({line.strip() for line in out.splitlines() if line.strip()})
+    return ", ".join(versions) or "unknown (nvidia-smi printed nothing)"
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why CUDA is unavailable on a machine that has an NVIDIA driver (None: no driver, or CUDA works)."""
+    driver = nvidia_driver_version()
+    if driver is None or torch.cuda.is_available():
+        return None
+    runtime = torch.version.cuda
+    cpu_fix = "or run on the CPU on purpose with trainer.device=cpu"
+    if runtime is None:
+        return (f"trainer.device=auto: this machine has an NVIDIA driver ({driver}) but torch "
+                f"{torch.__version__} is a CPU build. Install the CUDA lock (make setup "
+                f"LOCK=requirements-cuda.txt, or pip install -r requirements-cuda.txt), {cpu_fix}.")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and not hidden.strip():
+        return (f"trainer.device=auto: NVIDIA driver {driver} is present but CUDA_VISIBLE_DEVICES is empty, "
+                f"so torch sees no GPU (a launcher with gpus_per_node=0?). Give the job GPUs "
+                f"(e.g. hydra.launcher.gpus_per_node=1), {cpu_fix}.")
+    return (f"trainer.device=auto: NVIDIA driver {driver} is present but torch {torch.__version__} "
+            f"(CUDA runtime {runtime}) cannot use it. A CUDA 13 runtime needs driver >= 580, CUDA 12.x "
+            f">= 525 (see nvidia-smi's 'CUDA Version', the newest runtime the driver supports). Upgrade the "
+            f"driver, or install a torch wheel built for a CUDA the driver supports (PyTorch's index "
+            f"https://download.pytorch.org/whl/cu12<x>; experiments/GPU_CHECK.md), {cpu_fix}.")
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

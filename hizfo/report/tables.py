@@ -19,7 +19,7 @@ from typing import Any
 
 from hizfo.report.aggregate import aggregate, newest_per_seed
 from hizfo.runs.protocols import PAPER, paper_mismatches, record_protocol
-from hizfo.runs.records import read_records
+from hizfo.runs.records import read_records, training_peak_bytes
 from hizfo.runs.resources import paper_numbers_csv
 
 PAPER_CSV = paper_numbers_csv()
@@ -62,8 +62,9 @@ def our_metrics(record: dict[str, Any], task: str) -> dict[str, float]:
     out = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
     if task == "webquestions" and "accuracy" in out:
         out["accuracy"] *= 100.0
-    if "bytes" in record.get("memory", {}):
-        out["peak_mem_gb"] = record["memory"]["bytes"] / 1e9
+    train_bytes = training_peak_bytes(record)  # the training segment's peak, evaluation apart
+    if train_bytes is not None:
+        out["peak_mem_gb"] = train_bytes / 1e9
     if "train_seconds" in record.get("time", {}):
         out["train_hours"] = record["time"]["train_seconds"] / 3600.0
     return out
@@ -98,6 +99,14 @@ def _not_protocol_note(recs: list[dict[str, Any]], protocol: str) -> str:
         diffs = list(dict.fromkeys(d for r in recs for d in paper_mismatches(r["config"])))
         why = f" (differs from the paper in: {'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})"
     return f"{found}{why}; this table shows `{protocol}` records only"
+
+
+#: beside the time and memory columns: how ours were measured
+COST_NOTE = ("Cost columns (ours): train_hours is training alone (evaluation apart), timed with the GPU "
+             "synchronized; matmuls run in full fp32 with TF32 off, as in the paper, so an Ampere or newer "
+             "GPU is slower here than with TF32. peak_mem_gb is the training segment's peak "
+             "(`memory.train_bytes`); evaluation's peak, validation passes included, stays apart in the "
+             "record (`memory.eval_bytes`).")
 
 
 class TableBuild:
@@ -166,6 +175,9 @@ class TableBuild:
                  f"Each cell: ours / paper. Ours: `{self.protocol}`-protocol records, newest per seed, "
                  "mean ± std over seeds (n = seeds); – no run yet; * see the notes.", "",
                  self.summary(), ""]
+        shown = {m for t in tasks for m in metrics[t]}
+        if shown & {"train_hours", "peak_mem_gb"}:
+            intro[-1:-1] = [COST_NOTE, ""]
         notes = ["", "Notes:", *[f"- * {n}" for n in self.notes]] if self.notes else []
         return "\n".join(intro + lines + notes) + "\n"
 

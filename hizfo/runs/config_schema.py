@@ -254,6 +254,7 @@ class Trainer(Schema):
     grad_accum: Annotated[int, POSITIVE]
     device: str
     strategy: Literal["auto", "single", "ddp", "fsdp"]  # hizfo.training.distributed.STRATEGIES
+    dist_timeout_min: Annotated[int, POSITIVE]  # collective timeout under torchrun / SLURM (minutes)
     precision: Literal["fp32", "bf16-mixed", "bf16"]    # hizfo.training.precision.PRECISIONS
     gradient_checkpointing: bool
     eval_every_epoch: bool
@@ -261,7 +262,7 @@ class Trainer(Schema):
     select: Select
     checkpoint_every_steps: Annotated[int | None, POSITIVE_OR_NULL]
     resume: bool
-    checkpoint_lock: Literal["fail", "wait"]
+    checkpoint_lock: Literal["fail", "wait", "none"]
     keep_checkpoints: Literal["last", "none"]         # hizfo.training.checkpoints.KEEP_CHECKPOINTS
     allow_version_mismatch: bool
     save_final: bool

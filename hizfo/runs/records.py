@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from pathlib import Path
@@ -91,6 +93,9 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()
+        # TF32 stays off (torch's default for matmuls, the paper's fp32): recorded beside the times
+        info["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        info["cuda_runtime"] = torch.version.cuda
     return info
 
 
@@ -151,6 +156,57 @@ def finite_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite_json(v) for v in obj]
     return obj
+
+
+class PeakWindows:
+    """A run's peak memory per phase: ``train`` (set-up and the training steps) apart from ``eval``
+    (the evaluations before and after training and the loop's validation passes), so the tables can
+    report training memory: generation can need more than a ZO step and used to be the run's peak.
+
+    ``switch(phase)`` folds the peak since the last switch into the current phase, resets the
+    device's peak counter and starts ``phase``."""
+
+    def __init__(self, device: torch.device, phase: str = "train") -> None:
+        self.device, self.phase = device, phase
+        self.peaks: dict[str, dict[str, Any] | None] = {}
+
+    def switch(self, phase: str) -> None:
+        self.peaks[self.phase] = max_peak_memory([self.peaks.get(self.phase), peak_memory_bytes(self.device)])
+        reset_peak_memory(self.device)
+        self.phase = phase
+
+    def train_so_far(self) -> dict[str, Any] | None:
+        """Training's peak up to now (what a checkpoint carries into the next resume segment)."""
+        current = peak_memory_bytes(self.device) if self.phase == "train" else None
+        return max_peak_memory([self.peaks.get("train"), current])
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """An evaluation inside training (validation loss, checkpoint selection) as ``eval``."""
+        previous = self.phase
+        self.switch("eval")
+        try:
+            yield
+        finally:
+            self.switch(previous)
+
+    def summary(self, earlier_train: list[dict[str, Any] | None] = ()) -> dict[str, Any]:
+        """``bytes``/``kind``: the whole run (as before); ``train_bytes`` (with ``earlier_train``, the
+        peaks of earlier resume segments) and ``eval_bytes`` (None when nothing was evaluated)."""
+        self.switch(self.phase)
+        train = max_peak_memory([*earlier_train, self.peaks.get("train")])
+        evaluation = self.peaks.get("eval")
+        out = dict(max_peak_memory([train, evaluation]) or {})
+        out["train_bytes"] = train["bytes"] if train else None
+        out["eval_bytes"] = evaluation["bytes"] if evaluation else None
+        return out
+
+
+def training_peak_bytes(record: dict[str, Any]) -> int | None:
+    """The training segment's peak of a record (older records: the whole run's, evaluation included)."""
+    memory = record.get("memory") or {}
+    value = memory.get("train_bytes", memory.get("bytes"))
+    return int(value) if value is not None else None
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
@@ -443,7 +499,7 @@ def records_frame(results_dir: str | Path = "results/runs", status: str | None =
                "model": cfg.get("model", {}).get("name"), "task": cfg.get("task", {}).get("name"),
                "method": cfg.get("method", {}).get("name"), "seed": cfg.get("seed"),
                "train_hours": (rec.get("time") or {}).get("train_seconds", 0) / 3600,
-               "peak_mem_gb": (rec.get("memory") or {}).get("bytes", 0) / 1e9,
+               "peak_mem_gb": (training_peak_bytes(rec) or 0) / 1e9,
                "memory_kind": (rec.get("memory") or {}).get("kind"), "protocol": record_protocol(rec),
                "segments": (rec.get("time") or {}).get("segments", 1),
                "device": rec.get("hardware", {}).get("device"), "path": rec["_path"]}

@@ -47,3 +47,22 @@ def project_path(path: str | None) -> str | None:
         return None
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else project_root() / p)
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process can see (0 without CUDA). Used by hydra/launcher=slurm_local, whose jobs
+    get ``CUDA_VISIBLE_DEVICES`` set from gpus_per_node by submitit: 0 there would hide every GPU."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def register_config_resolvers() -> None:
+    """``${hizfo.visible_gpus:}`` for the configs; idempotent (called when hizfo.train is imported)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("hizfo.visible_gpus"):
+        OmegaConf.register_new_resolver("hizfo.visible_gpus", visible_gpu_count)
+
+
+register_config_resolvers()

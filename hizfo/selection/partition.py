@@ -164,7 +164,10 @@ def select_tensors(model: nn.Module, batch: Batch, rho: float, resolution: int =
     b, n = batch["input_ids"].shape
     table = cost_table(model, int(b), int(n))
     if importance is None:
-        scores = tensor_importance(model, batch, lr=lr, loss_fn=loss_fn, optimizer_state=optimizer)
+        # always in the weights' precision: Hi-ZFO's first selection runs inside the training step
+        # (under bf16-mixed's autocast), GreenTrainer's at epoch start (outside it); both profile alike
+        with torch.autocast(batch["input_ids"].device.type, enabled=False):
+            scores = tensor_importance(model, batch, lr=lr, loss_fn=loss_fn, optimizer_state=optimizer)
         vec, source = np.array([scores[name] for name in table.names]), f"adamw-step(lr={lr:g})"
     else:
         vec, source = _importance_vector(importance, table)

@@ -133,8 +133,11 @@ class Member:
 
     @property
     def train_peak_gb(self) -> float | None:
-        train = (self.record.get("memory") or {}).get("train") or {}
-        return train["bytes"] / 1e9 if train.get("bytes") else None
+        """The training segment's peak RSS, evaluation left out (``memory.train_bytes``; the first
+        grid's code wrote it as ``memory.train.bytes``); None when a record has neither."""
+        memory = self.record.get("memory") or {}
+        value = memory.get("train_bytes") or (memory.get("train") or {}).get("bytes")
+        return value / 1e9 if value else None
 
 
 def load_members(runs_dir: str | Path, skipped: list[str] | None = None) -> list[Member]:

@@ -54,7 +54,9 @@ MANIFEST = "checkpoints.json"
 LEGACY_FILE = "checkpoint.pt"  # written by earlier versions, without a hash
 LOCK_FILE = ".lock"
 MANIFEST_LOCK = ".manifest.lock"
-LOCK_MODES = ("fail", "wait")
+LOCK_MODES = ("fail", "wait", "none")
+#: flock errors of a file system without locks (Lustre mounted without -o flock, some NFS set-ups)
+NO_FLOCK_ERRNOS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 START_OVER = "start over with trainer.resume=false (or delete the folder)"
 ALLOW_MISMATCH = "trainer.allow_version_mismatch=true"
 KEEP_CHECKPOINTS = ("last", "none")
@@ -243,7 +245,11 @@ def _exclusive(path: Path) -> Iterator[None]:
     """A short blocking flock (one manifest update at a time, even without the folder lock)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # no locks on this file system: the folder lock said so, or was "none"
+            if exc.errno not in NO_FLOCK_ERRNOS:
+                raise
         yield
     finally:
         os.close(fd)
@@ -364,10 +370,14 @@ def load(folder: Path, allow_version_mismatch: bool = False) -> LoadedCheckpoint
 @contextmanager
 def folder_lock(folder: Path, mode: str = "fail", poll_s: float = 0.5) -> Iterator[None]:
     """Hold ``folder`` for one run. mode "fail": a second run using it is refused at once with a
-    message naming the holder; "wait": it waits until the first run ends (then resumes from it)."""
+    message naming the holder; "wait": it waits until the first run ends (then resumes from it);
+    "none": no lock (file systems without flock; never start the same config twice)."""
     if mode not in LOCK_MODES:
         raise ValueError(f"trainer.checkpoint_lock={mode!r}: use one of {LOCK_MODES}")
     folder.mkdir(parents=True, exist_ok=True)
+    if mode == "none":
+        yield
+        return
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -377,6 +387,12 @@ def folder_lock(folder: Path, mode: str = "fail", poll_s: float = 0.5) -> Iterat
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError as exc:
+                if exc.errno in NO_FLOCK_ERRNOS:
+                    raise RuntimeError(
+                        f"the file system of {folder} does not support flock ({exc.strerror}; Lustre "
+                        "mounted without the flock option?). Mount it with -o flock (or localflock), put "
+                        "paths.checkpoint_dir on a file system with locks, or set trainer.checkpoint_lock="
+                        "none and never start the same config twice") from None
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise
                 holder = path.read_text(errors="replace").strip() or "unknown"

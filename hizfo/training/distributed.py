@@ -43,6 +43,7 @@ import logging
 import os
 import weakref
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -117,7 +118,13 @@ def _cluster_to_torchrun_env() -> None:
     env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
 
 
-def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
+#: minutes a rank waits in a collective (trainer.dist_timeout_min). NCCL's own default is 10, gloo's 30:
+#: rank 0 alone runs the evaluation before training and writes checkpoints while the others wait.
+DEFAULT_TIMEOUT_MIN = 120
+
+
+def setup(strategy: str = "auto", device_type: str = "cpu",
+          timeout_min: int = DEFAULT_TIMEOUT_MIN) -> DistContext:
     """Initialise torch.distributed from torchrun's (or SLURM's) variables when there are several
     processes; returns the context. Idempotent."""
     global _CONTEXT
@@ -134,7 +141,9 @@ def setup(strategy: str = "auto", device_type: str = "cpu") -> DistContext:
         return _CONTEXT
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        if int(timeout_min) < 1:
+            raise ValueError(f"trainer.dist_timeout_min={timeout_min}: use a positive number of minutes")
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=int(timeout_min)))
     _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
                            local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend(),
                            strategy="fsdp" if strategy == "fsdp" else "ddp", device_type=device_type)
@@ -153,11 +162,26 @@ def teardown() -> None:
 
 
 def device_for(device: torch.device) -> torch.device:
-    """One GPU per rank (cuda:LOCAL_RANK); CPU ranks share the CPU."""
+    """One GPU per rank; CPU ranks share the CPU. A rank sees either its node's GPUs (torchrun: it
+    takes cuda:LOCAL_RANK) or only its own (SLURM binding one GPU per task: cuda:0)."""
     if device.type == "cuda" and _CONTEXT.active:
-        torch.cuda.set_device(_CONTEXT.local_rank)
-        return torch.device("cuda", _CONTEXT.local_rank)
+        index = local_gpu_index(_CONTEXT.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return device
+
+
+def local_gpu_index(local_rank: int, visible: int) -> int:
+    """The GPU a rank uses among the ``visible`` ones (see ``device_for``)."""
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    raise RuntimeError(f"local rank {local_rank} has no GPU of its own: this process sees {visible} GPUs "
+                       f"(CUDA_VISIBLE_DEVICES={shown}). Start at "
+                       "most one process per GPU (torchrun --nproc_per_node <= GPUs; SLURM: "
+                       "tasks_per_node = gpus_per_node)")
 
 
 def local_micro_batches(batch: dict[str, torch.Tensor], grad_accum: int, device: torch.device,
@@ -172,8 +196,10 @@ def local_micro_batches(batch: dict[str, torch.Tensor], grad_accum: int, device:
         raise ValueError(f"a batch of {size} examples cannot feed {ctx.world_size} ranks x grad_accum "
                          f"{grad_accum}: use a batch size divisible by world_size x grad_accum "
                          "(and a dataset whose last batch is large enough)")
-    micro = split(batch, ctx.world_size * grad_accum, device)
-    return micro[ctx.rank * grad_accum:(ctx.rank + 1) * grad_accum]
+    # split on the host, then move only this rank's share (not every rank's micro-batches to each GPU)
+    micro = split(batch, ctx.world_size * grad_accum, torch.device("cpu"))
+    mine = micro[ctx.rank * grad_accum:(ctx.rank + 1) * grad_accum]
+    return [{k: v.to(device) for k, v in m.items()} for m in mine]
 
 
 def mean_scalar(value: float) -> float:

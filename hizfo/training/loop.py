@@ -80,6 +80,12 @@ def _load_average() -> float | None:
         return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -124,16 +130,25 @@ def planned_steps(num_examples: int, cfg: LoopConfig) -> int:
 # --------------------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict[str, Any]:
+    """The CPU RNG and the CUDA RNG of the one device this rank trains on (not every visible device:
+    a resumed job, e.g. a SLURM requeue, may see fewer GPUs, or only its own)."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if isinstance(saved, (list, tuple)):  # older checkpoints: every device the saving process saw
+        if not saved:
+            return
+        saved = saved[device] if device < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def save_checkpoint(path: Path, model: nn.Module, method: Method, loop_state: dict[str, Any]) -> None:
@@ -206,12 +221,15 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                     on_step: Callable[[int, dict[str, float]], None] | None = None,
                     clock: Callable[[], float] = time.perf_counter,
                     cpu_clock: Callable[[], float] = time.process_time,
-                    validate: Callable[[], float] | None = None) -> LoopResult:
+                    validate: Callable[[], float] | None = None,
+                    train_peak: Callable[[], dict[str, Any] | None] | None = None) -> LoopResult:
     """Fine-tune ``model`` with ``method``; returns per-step history and per-epoch metrics.
 
     ``validate`` returns the validation loss of the current weights; with ``cfg.eval_every_steps``
     it runs every that many steps, and ``cfg.select="best_val_loss"`` leaves the model holding the
-    best-scoring weights at the end (see hizfo.training.checkpoint_select)."""
+    best-scoring weights at the end (see hizfo.training.checkpoint_select). ``train_peak``: the
+    training peak so far, evaluation apart (records.PeakWindows.train_so_far); default: the device's
+    peak since the run began."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: check task.max_train_examples and the data files")
     dataset = method.split_training_data(dataset, cfg.seed)
@@ -258,9 +276,11 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
 
     def close_segment(step: int) -> None:
         """This segment's figures so far; what a checkpoint carries into the next segment."""
+        synchronize(device)
         segment.update(end_step=step, train_seconds=clock() - t0 - segment["eval_seconds"],
                        train_cpu_seconds=cpu_clock() - c0 - segment["eval_cpu_seconds"],
-                       load_average_end=_load_average(), peak_memory=peak_memory_bytes(device))
+                       load_average_end=_load_average(),
+                       peak_memory=train_peak() if train_peak else peak_memory_bytes(device))
         result.segments = [*earlier_segments, dict(segment)]
 
     def loop_state(step: int) -> dict[str, Any]:
@@ -287,6 +307,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
                 metrics = method.step(model, micro, step)
             if ctx.active:  # every rank records the global mean, as one process would
                 metrics["loss"] = distributed.mean_scalar(metrics["loss"])
+            synchronize(device)  # CUDA runs asynchronously: the step is done when the device is
             seconds = clock() - t_step
             step += 1
             tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0

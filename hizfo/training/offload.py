@@ -1,7 +1,7 @@
 """Move live training state (optimizer moments) out of the way while something else needs the
 memory (GreenTrainer's re-selection profiling), then put it back bit-exactly.
 
-Targets: "host" copies accelerator tensors to (pinned) CPU memory; "disk" writes them to a
+Targets: "host" copies accelerator tensors to (pageable) CPU memory; "disk" writes them to a
 temporary file (the only place to move CPU tensors to); "auto" is "host" for accelerator tensors
 and "disk" for CPU ones; "none" leaves everything in place. The tensor objects stay where they
 are (same objects, same storages, so every holder keeps a valid reference): only their storages
@@ -99,7 +99,9 @@ def offloaded(states: Iterable[dict[str, Any]], target: str = "auto") -> Iterato
             raise
     for i, (s, disk) in enumerate(zip(storages, to_disk)):
         if not disk:
-            parked[i] = torch.empty(sizes[i], dtype=torch.uint8, pin_memory=s.device.type == "cuda")
+            # pageable, not pinned: CUDA's pinned-host cache rounds each block up to a power of two and
+            # keeps it after release, so pinned parking could hold up to twice the state for the run
+            parked[i] = torch.empty(sizes[i], dtype=torch.uint8)
             parked[i].copy_(_bytes(s))
     for s in storages:
         s.resize_(0)

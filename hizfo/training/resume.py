@@ -23,7 +23,7 @@ from hizfo.runs.records import read_records
 # Trainer settings that change how a run is executed or bookkept, not what it trains.
 OPERATIONAL_TRAINER_KEYS = ("resume", "checkpoint_every_steps", "checkpoint_lock", "log_every_steps",
                             "num_workers", "cpu_threads", "save_final", "keep_checkpoints",
-                            "allow_version_mismatch", "skip_completed")
+                            "allow_version_mismatch", "skip_completed", "dist_timeout_min")
 # Top-level sections that only say where things go and how they are logged (``sweep``: the empty node
 # conf/sweep/none.yaml leaves in a single run, absent from a multirun member).
 OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra", "sweep")

@@ -1,0 +1,86 @@
+"""experiments/gpu_check.py (`make gpu-check`): a well-formed step list, and a machine without a
+usable GPU stops at the preflight with the reason, a report and a non-zero exit."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "experiments" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_list_is_well_formed():
+    gpu_check = load_script()
+    steps = gpu_check.STEPS
+    names = [s.name for s in steps]
+    assert names[0] == "preflight" and steps[0].run is not None
+    assert len(names) == len(set(names))
+    assert all(isinstance(s.timeout_s, int) and 0 < s.timeout_s <= 600 for s in steps)
+    for s in steps[1:]:
+        assert s.run is None and s.argv and s.argv[0] == sys.executable, s.name
+        if "hizfo.train" in s.argv:  # every run names the GPU: none may fall back to the CPU
+            assert "trainer.device=cuda" in s.argv, s.name
+    assert {f"train-{m}" for m in gpu_check.METHODS} <= set(names)
+    from hizfo.methods import METHODS
+
+    assert set(gpu_check.METHODS) == set(METHODS) - {"zero_shot"}  # every training method
+    assert {f"bf16-mixed-{m}" for m in ("full_ft", "mezo", "hizfo", "greentrainer")} <= set(names)
+    assert {"pytest-cuda", "eval-gsm8k", "eval-humaneval", "torchrun-1", "ddp-2", "fsdp-2"} <= set(names)
+    for s in steps:
+        if s.compare_with:  # the reference runs first and on no more GPUs
+            assert names.index(s.compare_with) < names.index(s.name), s.name
+    assert sum(s.timeout_s for s in steps if s.gpus == 1) <= 25 * 60  # ceilings; about 7 min expected
+
+
+def test_preflight_without_a_gpu_stops_cleanly_and_reports(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path / "no-bin")}  # no nvidia-smi, whatever the machine has
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "nvidia-smi not found" in proc.stderr and "make test" in proc.stderr
+    assert "preflight" in proc.stdout and "FAILED" in proc.stdout
+    reports = list((tmp_path / "out").glob("*.json"))
+    assert len(reports) == 1 and reports[0].with_suffix(".md").is_file()
+    report = json.loads(reports[0].read_text())
+    statuses = {s["name"]: s["status"] for s in report["steps"]}
+    assert statuses["preflight"] == "fail" and report["passed"] is False
+    assert set(statuses.values()) == {"fail", "skipped"}  # nothing ran after the preflight
+    assert "nvidia-smi not found" in report["steps"][0]["reason"]
+
+
+def test_preflight_names_the_driver_problem_when_torch_cannot_use_the_gpu(tmp_path, monkeypatch):
+    gpu_check = load_script()
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    smi = "0, NVIDIA H100, 535.104.05, 81559 MiB\n"
+    answers = {"nvidia-smi": subprocess.CompletedProcess([], 0, smi, ""),
+               sys.executable: subprocess.CompletedProcess([], 0, json.dumps(
+                   {"torch": "2.13.0", "cuda_runtime": "13.0", "cuda_available": False, "devices": 0,
+                    "names": [], "bf16": False, "tf32_matmul": False,
+                    "problem": "NVIDIA driver 535.104.05 ... CUDA runtime 13.0 cannot use it"}) + "\n", "")}
+    monkeypatch.setattr(gpu_check, "_run", lambda argv, timeout_s, **kw: answers[argv[0]])
+    passed, log = gpu_check.preflight(tmp_path)
+    assert not passed
+    assert log.splitlines()[-1].startswith("FAIL torch cannot use the GPU") and "535.104.05" in log
+
+
+@pytest.mark.parametrize("bad", ["--only=nope"])
+def test_unknown_step_names_are_refused(bad, capsys):
+    gpu_check = load_script()
+    with pytest.raises(SystemExit):
+        gpu_check.main([bad])
+    assert "unknown step" in capsys.readouterr().err
