@@ -30,7 +30,7 @@ from hizfo.methods import build_method
 from hizfo.models.loading import count_parameters, load_model_and_tokenizer, resolve_device
 from hizfo.runs import context as run_context
 from hizfo.runs import records
-from hizfo.runs.config_schema import register_resolvers, validate_config
+from hizfo.runs.config_schema import validate_config  # importing it registers the config resolvers
 from hizfo.runs.protocols import protocol_of
 from hizfo.runs.resources import CHECKOUT_ROOT, conf_dir, hydra_config_path, in_checkout, project_path
 from hizfo.runs.wandb_log import WandbLogger
@@ -41,7 +41,6 @@ from hizfo.training.losses import configure_loss
 from hizfo.training.precision import check_precision, check_zo_precision
 
 log = logging.getLogger("hizfo.train")
-register_resolvers()  # before Hydra composes: conf/sweep/study_*.yaml use them
 _abs = project_path  # relative config paths: against the checkout, else the current directory
 
 

@@ -381,11 +381,15 @@ def _arm_tag(method: Any) -> str:
 
 
 def register_resolvers() -> None:
-    """The config resolvers hizfo's configs use (idempotent; hizfo.train registers them at import)."""
+    """The config resolvers hizfo's configs use (idempotent). Importing this module registers them, so
+    whatever composes or validates a config (the runner, tests, notebooks) can resolve every config."""
     if not OmegaConf.has_resolver("grid_item"):
         OmegaConf.register_new_resolver("grid_item", _grid_item)
     if not OmegaConf.has_resolver("arm_tag"):
         OmegaConf.register_new_resolver("arm_tag", _arm_tag)
+
+
+register_resolvers()
 
 
 class ConfigError(ValueError):

@@ -301,10 +301,16 @@ def _torch_load(path: Path) -> dict[str, Any]:
 
 
 def safe_globals() -> list[Any]:
-    """Types besides tensors and plain containers that checkpoints of this project hold."""
+    """Types besides tensors and plain containers that checkpoints of this project hold: FSDP parts
+    keep each DTensor as a LocalShard with its placements (tests/test_distributed.py resumes one)."""
     import collections
 
-    return [collections.OrderedDict, collections.defaultdict, set, frozenset]
+    from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
+
+    from hizfo.training.distributed import LocalShard
+
+    return [collections.OrderedDict, collections.defaultdict, set, frozenset, LocalShard, Shard, Replicate,
+            Partial]
 
 
 def _retire_latest(folder: Path, manifest: dict[str, Any]) -> None:
