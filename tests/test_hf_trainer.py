@@ -114,3 +114,31 @@ def test_settings_transformers_rejects_on_cpu_are_refused_too(tmp_path, monkeypa
         object.__setattr__(args, field, value)
     with pytest.raises(ValueError, match=words):
         check_arguments(args, "hizfo", {})
+
+
+def test_trl_sft_trainer_runs_hizfo(tmp_path):
+    """TRL's SFTTrainer (prompt/completion data, its own tokenization and collator) with Hi-ZFO."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from hizfo.hf_trainer import ZOFOSFTTrainer
+
+    pairs = [{"prompt": f"question {i}: what is {i} plus {i}?", "completion": f" {2 * i}"} for i in range(8)]
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
+                     max_grad_norm=0.0, report_to=[], use_cpu=True, logging_steps=1, max_length=48,
+                     save_strategy="no", eval_strategy="no", seed=0)
+    model = tiny_model("llama", seed=1)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = ZOFOSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
+                             processing_class=byte_level_tokenizer(), method="hizfo",
+                             method_options={"fo_tensors": FO})
+    trainer.train()
+    assert trainer.zofo.steps_done == 3
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
+    assert set(FO) <= changed and changed - set(FO)  # Theta_FO and Theta_ZO both moved
+    assert len([x for x in trainer.state.log_history if "loss" in x]) == 3
+    with pytest.raises(ValueError, match="packing=False"):
+        ZOFOSFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), packing=True, report_to=[],
+                                                   use_cpu=True, max_grad_norm=0.0),
+                       train_dataset=Dataset.from_list(pairs), processing_class=byte_level_tokenizer())
