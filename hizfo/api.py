@@ -32,7 +32,7 @@ the first batch of each epoch is profiled, as the runner does.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,11 @@ class ZOFOMethod:
             raise RuntimeError("this method is attached already; build a new one for another model")
         if int(total_steps) < 1:
             raise ValueError(f"total_steps={total_steps}: a run needs at least one optimizer step")
+        profiles = self.name == "greentrainer" or (self.name == "hizfo" and self.config.fo_tensors is None)
+        if profiles and getattr(model, "config", None) is None:
+            raise ValueError(f"{self.name} picks its first-order tensors by tracing a transformers model's "
+                             f"forward, and {type(model).__name__} is a plain nn.Module: give Hi-ZFO "
+                             f"fo_tensors=[names from model.named_parameters()], or use mezo / full_ft")
         self.precision = check_precision(precision)
         self.device = torch.device(device) if device is not None else _model_device(model)
         per_epoch = int(steps_per_epoch or total_steps)
@@ -120,11 +125,11 @@ class ZOFOMethod:
             self._install_schedule(schedule)
         return self
 
-    def step(self, batch: Batch | Sequence[Batch]) -> dict[str, float]:
+    def step(self, batch: Mapping[str, torch.Tensor] | Sequence[Batch]) -> dict[str, float]:
         """One optimizer step on one batch, or on a list of micro-batches (gradient accumulation).
         Returns the method's metrics; ``"loss"`` is the clean training loss."""
         model = self._attached()
-        micro = [self._to_device(b) for b in ([batch] if isinstance(batch, dict) else batch)]
+        micro = [self._to_device(b) for b in ([batch] if isinstance(batch, Mapping) else batch)]
         if not micro:
             raise ValueError("step() got no batch")
         with custom_loss(self.loss_fn):
@@ -196,7 +201,7 @@ class ZOFOMethod:
             raise RuntimeError("call attach(model, total_steps=..., profile_batch=...) first")
         return self.model
 
-    def _to_device(self, batch: Batch) -> Batch:
+    def _to_device(self, batch: Mapping[str, Any]) -> Batch:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _install_schedule(self, schedule: Schedule) -> None:

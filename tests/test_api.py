@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import make_batch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
 import hizfo
 from hizfo.data import TrainDataset, collate_train
@@ -116,7 +117,8 @@ def test_partition_names_theta_fo_and_theta_zo():
     params = dict(model.named_parameters())
     assert set(part.zo) == set(params) - set(fo) and part.fo_params + part.zo_params == sum(
         p.numel() for p in params.values())
-    mezo = hizfo.make_method("mezo").attach(model, total_steps=1, profile_batch=make_batch())
+    mezo = hizfo.make_method("mezo").attach(tiny_model("llama", seed=0), total_steps=1,
+                                            profile_batch=make_batch())
     assert mezo.partition.fo == {} and len(mezo.partition.zo) == len(params)
 
 
@@ -164,3 +166,29 @@ def test_bad_options_fail_with_the_runners_schema_errors():
         hizfo.make_method("adamw2")
     with pytest.raises(RuntimeError, match="attach"):
         hizfo.make_method("mezo").step(make_batch())
+
+
+class PlainLM(nn.Module):
+    """A causal LM that is not a transformers model: returns the logits tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.body, self.head = nn.Embedding(260, 16), nn.Linear(16, 16), nn.Linear(16, 260)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(torch.tanh(self.body(self.embed(input_ids))))
+
+
+def test_a_plain_module_trains_with_hizfo_given_its_theta_fo():
+    model = PlainLM()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="fo_tensors="):
+        hizfo.make_method("hizfo").attach(model, total_steps=2, profile_batch=make_batch())
+    method = hizfo.make_method("hizfo", fo_tensors=["head.weight", "head.bias"], lr=1e-2).attach(
+        PlainLM(), total_steps=2, profile_batch=make_batch())
+    model = method.model
+    model.load_state_dict(start)
+    for seed in (1, 2):
+        method.step(make_batch(seed=seed))
+    assert set(method.partition.fo) == {"head.weight", "head.bias"}
+    assert all(not torch.equal(v, start[k]) for k, v in model.state_dict().items())  # FO and ZO moved

@@ -88,7 +88,7 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def plain_causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The reference: full logits, then one cross-entropy."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1, :].float()
+    logits = getattr(out, "logits", out)[:, :-1, :].float()  # a plain module may return the logits
     labels = batch["labels"][:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
