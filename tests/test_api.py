@@ -18,7 +18,7 @@ from hizfo.models.loading import tiny_model
 from hizfo.runs.config_schema import ConfigError
 from hizfo.train import load_train_examples, run
 from hizfo.training import checkpoints
-from hizfo.training.loop import LoopConfig, epoch_loader, seed_everything
+from hizfo.training.loop import LoopConfig, epoch_loader, seed_everything, split_micro_batches
 from hizfo.training.losses import causal_lm_loss
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -26,11 +26,12 @@ HAS_DATA = resolve_data_dir(None) is not None
 EPOCHS, SEED = 3, 0  # 3 epochs: GreenTrainer re-selects at epoch 2 (every 2 epochs)
 
 
-def runner_cfg(tmp_path, method: str):
+def runner_cfg(tmp_path, method: str, grad_accum: int = 1):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[
             "model=tiny-llama", "task=dialogsum", "task.max_train_examples=8", "task.max_input_len=48",
             "task.max_output_len=16", f"method={method}", f"trainer.num_epochs={EPOCHS}",
+            f"trainer.grad_accum={grad_accum}",
             "trainer.eval_every_epoch=false", "trainer.eval_every_steps=null", "trainer.select=last",
             "eval.split=null", "eval.final_split=null", "logger.wandb=false", f"seed={SEED}",
             f"paths.results_dir={tmp_path}/runs", f"paths.checkpoint_dir={tmp_path}/ckpt"])
@@ -48,9 +49,10 @@ def runner_batches(cfg) -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
-@pytest.mark.parametrize("name", ["hizfo", "mezo", "greentrainer"])
-def test_api_steps_equal_the_runners_bit_for_bit(tmp_path, name):
-    cfg = runner_cfg(tmp_path, name)
+@pytest.mark.parametrize("name, accum", [("hizfo", 1), ("mezo", 1), ("greentrainer", 1), ("hizfo", 2)])
+def test_api_steps_equal_the_runners_bit_for_bit(tmp_path, name, accum):
+    """accum 2: the runner splits each batch in two micro-batches; the API gets the same list."""
+    cfg = runner_cfg(tmp_path, name, accum)
     record = run(cfg)
     assert record["status"] == "completed" and record["time"]["steps"] == 6
     saved = checkpoints.load(tmp_path / "ckpt" / record["config_fingerprint"]).state["model"]
@@ -61,7 +63,7 @@ def test_api_steps_equal_the_runners_bit_for_bit(tmp_path, name):
     seed_everything(SEED)  # the loop seeds torch's RNG (dropout) before the method's setup
     method = hizfo.make_method(name).attach(model, total_steps=len(batches), profile_batch=batches[0],
                                             steps_per_epoch=len(batches) // EPOCHS, seed=SEED)
-    losses = [method.step(b)["loss"] for b in batches]
+    losses = [method.step(split_micro_batches(b, accum, torch.device("cpu")))["loss"] for b in batches]
 
     assert [h["loss"] for h in record["history"]] == losses
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
