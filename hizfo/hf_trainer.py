@@ -26,8 +26,8 @@ Refused, each with a ValueError naming the fix (``REFUSED`` holds the messages):
 - more than one process or GPU (DDP / DataParallel): ranks must share one ZO direction and one scalar.
 - ``fp16``: loss scaling would scale the ZO loss difference; use ``bf16=True``.
 - ``max_grad_norm > 0`` with a method whose tensors are all zeroth order (MeZO): nothing to clip.
-- ``optim`` / ``optim_args`` / ``adam_*`` other than the defaults, ``Trainer(optimizers=...)``,
-  ``optimizer_cls_and_kwargs``: the method builds its own optimizer.
+- ``optim`` other than adamw_torch(_fused), ``optim_args`` / ``adam_*`` other than the defaults,
+  ``Trainer(optimizers=...)``, ``optimizer_cls_and_kwargs``: the method builds its own optimizer.
 - ``lr_scheduler_type`` reduce_lr_on_plateau / greedy: the method needs a per-step multiplier.
 - ``label_smoothing_factor``: the objective is hizfo's loss; pass ``loss_fn`` for another one.
 - ``gradient_checkpointing`` with ``use_reentrant=True``: Hi-ZFO replays dropout masks across passes.
@@ -101,6 +101,7 @@ UNSUPPORTED_METHODS = {
 }
 PURE_ZO = {"mezo"}
 OPTIMIZER_FIELDS = ("optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon")
+ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")
 
 
 def _default(args: TrainingArguments, name: str) -> Any:
@@ -129,6 +130,8 @@ def check_arguments(args: TrainingArguments, method: str, options: dict[str, Any
     if args.max_grad_norm and args.max_grad_norm > 0 and method in PURE_ZO:
         raise ValueError(REFUSED["max_grad_norm"].format(method=method))
     for name in OPTIMIZER_FIELDS:
+        if name == "optim" and _value(args.optim) in ADAMW_NAMES:
+            continue  # the methods' first-order optimizer is torch's AdamW already
         if _value(getattr(args, name)) != _value(_default(args, name)):
             raise ValueError(f"{name}={getattr(args, name)!r}: " + REFUSED["optim"])
     scheduler = _value(args.lr_scheduler_type)

@@ -142,3 +142,11 @@ def test_trl_sft_trainer_runs_hizfo(tmp_path):
         ZOFOSFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), packing=True, report_to=[],
                                                    use_cpu=True, max_grad_norm=0.0),
                        train_dataset=Dataset.from_list(pairs), processing_class=byte_level_tokenizer())
+
+
+def test_an_optimizer_of_ones_own_is_refused(tmp_path):
+    model = tiny_model("llama", seed=1)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], optim="adamw_torch")
+    with pytest.raises(ValueError, match=r"drop Trainer\(optimizers=...\)"):
+        ZOFOTrainer(model=model, args=args, train_dataset=dataset(), data_collator=collate_train(256),
+                    optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
