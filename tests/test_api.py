@@ -194,3 +194,19 @@ def test_a_plain_module_trains_with_hizfo_given_its_theta_fo():
         method.step(make_batch(seed=seed))
     assert set(method.partition.fo) == {"head.weight", "head.bias"}
     assert all(not torch.equal(v, start[k]) for k, v in model.state_dict().items())  # FO and ZO moved
+
+
+@pytest.mark.parametrize("name", ["full_ft", "ft_topk", "lora", "prefix", "greentrainer", "mezo", "hizfo",
+                                  "bilevel_zofo"])
+def test_every_training_method_steps_through_the_api(name):
+    model = tiny_model("llama", seed=0)
+    extra = {"dev_batches": lambda j: [make_batch(seed=100 + j)]} if name == "bilevel_zofo" else None
+    opts = {"outer_every": 1, "upper_lr": 1e-3} if name == "bilevel_zofo" else {}
+    method = hizfo.make_method(name, **opts).attach(model, total_steps=2, profile_batch=make_batch(),
+                                                    extra=extra)
+    before = [p.detach().clone() for p in method.trainable_parameters()]
+    metrics = method.step(make_batch(seed=1))
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert any(not torch.equal(p, b) for p, b in zip(method.trainable_parameters(), before))
+    part = method.partition
+    assert part.fo_params + part.zo_params == sum(p.numel() for p in method.trainable_parameters()) > 0
