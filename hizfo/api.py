@@ -118,16 +118,17 @@ class ZOFOMethod:
                                 extra=dict(extra or {}))
         self.epoch_aware = steps_per_epoch is not None
         self.loss_fn = loss_fn
-        self.model = model
         with custom_loss(loss_fn):
             self.method.setup(model, self.setup)
+        self.model = model  # only once set up: a failed attach may be retried
         if schedule is not None:
             self._install_schedule(schedule)
         return self
 
     def step(self, batch: Mapping[str, torch.Tensor] | Sequence[Batch]) -> dict[str, float]:
         """One optimizer step on one batch, or on a list of micro-batches (gradient accumulation).
-        Returns the method's metrics; ``"loss"`` is the clean training loss."""
+        Returns the method's metrics; ``"loss"`` is the step's training loss (the clean loss; MeZO's
+        is (L+ + L-)/2) and ``"lr"`` its learning rate."""
         model = self._attached()
         micro = [self._to_device(b) for b in ([batch] if isinstance(batch, Mapping) else batch)]
         if not micro:
