@@ -67,8 +67,8 @@ REFUSED: dict[str, str] = {
     "max_grad_norm": "method {method!r} has no first-order gradient to clip (its update is a projected "
                      "scalar times a random direction): set max_grad_norm=0",
     "optim": "the method builds its own optimizer (Hi-ZFO: AdamW on Theta_FO, ZO-SGD/AdamW on Theta_ZO): "
-             "leave optim, optim_args and adam_* at their defaults and put method settings in "
-             "method_options",
+             "leave optim at adamw_torch(_fused), optim_args and adam_* at their defaults, and put "
+             "method settings in method_options",
     "optimizers": "the method builds its own optimizer and LR schedule: drop Trainer(optimizers=...) / "
                   "optimizer_cls_and_kwargs (the schedule comes from lr_scheduler_type and warmup_*)",
     "lr_scheduler_type": "lr_scheduler_type={value!r} is not a per-step multiplier, which the method "
@@ -77,7 +77,7 @@ REFUSED: dict[str, str] = {
                               "pass loss_fn=... for another objective",
     "gradient_checkpointing": "reentrant checkpointing does not restore the RNG, so Hi-ZFO's passes would "
                               "see different dropout masks: set gradient_checkpointing_kwargs="
-                              "{{'use_reentrant': False}} (the transformers default)",
+                              "{'use_reentrant': False} (the transformers default)",
     "auto_find_batch_size": "auto_find_batch_size restarts training with a method already bound to its "
                             "schedule and partition: set per_device_train_batch_size yourself",
     "owned_option": "method_options[{key!r}] is a TrainingArguments setting here: set "
