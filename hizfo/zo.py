@@ -98,11 +98,14 @@ def draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, _SEED_HIGH, (1,), generator=generator).item())
 
 
-def lr_factor(step: int, total_steps: int, schedule: str = "constant") -> float:
+def lr_factor(step: int, total_steps: int, schedule: str | Callable[[int], float] = "constant") -> float:
     """The LR multiplier after ``step`` updates: 1 (constant) or 1 -> 0 linearly (linear).
 
-    Same formula as ``hizfo.training.optim.linear_decay`` so ZO and FO rates decay together.
+    Same formula as ``hizfo.training.optim.linear_decay`` so ZO and FO rates decay together. A
+    callable ``schedule(step)`` is the caller's own multiplier (``hizfo.api``'s schedule hook).
     """
+    if callable(schedule):
+        return float(schedule(step))
     if schedule == "constant":
         return 1.0
     if schedule != "linear":

@@ -28,6 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"runs", "training", "models", "data"},
     "report": {"runs"},
     "study": {"runs", "training", "evaluation", "report"},
+    # the public training API (plain PyTorch) and its transformers / TRL Trainer on top of it
+    "api": {"runs", "training", "models", "zo", "selection", "methods"},
+    "hf_trainer": {"runs", "training", "models", "methods", "api"},
 }
 ENTRY_POINTS = {"train", "plan"}
 

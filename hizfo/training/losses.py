@@ -20,8 +20,9 @@ Two implementations of one function, selected by ``configure_loss`` (``trainer.c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -36,6 +37,8 @@ Batch = dict[str, torch.Tensor]
 CHUNKABLE_MODEL_TYPES = frozenset({"opt", "llama", "qwen2", "bloom", "mistral"})
 DEFAULT_CHUNK_ELEMS = 1 << 22  # logits per chunk: 16 MiB in fp32
 _SETTINGS = {"chunked": True, "chunk_elems": DEFAULT_CHUNK_ELEMS}
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+_CUSTOM_LOSS: ContextVar[LossFn | None] = ContextVar("hizfo_custom_loss", default=None)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,12 +52,33 @@ def configure_loss(chunked: bool = True, chunk_elems: int = DEFAULT_CHUNK_ELEMS)
     _SETTINGS.update(chunked=bool(chunked), chunk_elems=int(chunk_elems))
 
 
+@contextmanager
+def custom_loss(loss_fn: LossFn | None) -> Iterator[None]:
+    """Inside, every ``causal_lm_loss`` call (every method's clean, perturbed and profiling forward)
+    is ``loss_fn(model, batch)`` instead: the ZO passes need the objective as a closure they can
+    re-evaluate at perturbed weights, so a custom objective is swapped in here, not in the methods.
+    ``None`` leaves the default in place."""
+    token = _CUSTOM_LOSS.set(loss_fn)
+    try:
+        yield
+    finally:
+        _CUSTOM_LOSS.reset(token)
+
+
 def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over positions whose label is not -100 (prompt and padding are -100).
 
     Computed here rather than by the model so that every method (FO, ZO, PEFT) uses the same
-    reduction, and logits are upcast to fp32 for a stable loss under bf16.
+    reduction, and logits are upcast to fp32 for a stable loss under bf16. Inside
+    ``custom_loss(fn)`` it is ``fn(model, batch)``.
     """
+    custom = _CUSTOM_LOSS.get()
+    if custom is not None:  # the default again inside it, so a custom loss may build on this one
+        token = _CUSTOM_LOSS.set(None)
+        try:
+            return custom(model, batch)
+        finally:
+            _CUSTOM_LOSS.reset(token)
     head = chunkable_head(model) if _SETTINGS["chunked"] else None
     if head is None:
         return plain_causal_lm_loss(model, batch)
@@ -64,7 +88,7 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def plain_causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The reference: full logits, then one cross-entropy."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1, :].float()
+    logits = getattr(out, "logits", out)[:, :-1, :].float()  # a plain module may return the logits
     labels = batch["labels"][:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
