@@ -10,10 +10,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hizfo.methods import build_method
-from hizfo.runs.config_schema import METHOD_SCHEMAS, ConfigError, method_config, validate_config
+from hizfo.runs.config_schema import (
+    METHOD_SCHEMAS,
+    ConfigError,
+    method_config,
+    register_resolvers,
+    validate_config,
+)
 from hizfo.runs.resources import conf_dir
 
 CONF = conf_dir()
+register_resolvers()  # grid_item, arm_tag (the study sweeps); hizfo.train does it at import
 
 
 def compose_cfg(*overrides: str):
@@ -26,10 +33,12 @@ def names(group: str) -> list[str]:
 
 
 def sweep_members(name: str) -> list[str]:
-    """A sweep's first member: the first value of each of its hydra.sweeper.params."""
+    """A sweep's first member: the first value of each of its hydra.sweeper.params. The study sweeps
+    read study.* keys, so they compose with the study's experiment, as the Makefile runs them."""
     sweep = OmegaConf.load(CONF / "sweep" / f"{name}.yaml")
     params = OmegaConf.select(sweep, "hydra.sweeper.params", default={})
-    return [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
+    experiment = ["experiment=study_dialogsum"] if name.startswith("study_") else []
+    return experiment + [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
 
 
 @pytest.mark.parametrize("group", ["method", "model", "task", "sweep", "experiment"])
@@ -82,6 +91,15 @@ BAD = [  # (override, the message it must give): wrong type, range, unknown key,
     ("+data.cache=x", "data.cache: unknown key; allowed keys of data: dir"),
     ("seed=-1", "seed: must be >= 0, got -1"),
     ("+lr=1e-3", "lr: unknown key; allowed keys of the root config"),
+    # strictness and pydantic's union / list / nested-group errors, in the same words
+    ("trainer.batch_size=true", "trainer.batch_size: expected an integer, got True (bool)"),
+    ("method=hizfo method.lr=1", None),  # an integer is a number
+    ("trainer.cpu_threads=x", "trainer.cpu_threads: expected one of 'auto' or an integer, got 'x' (str)"),
+    ("method=lora method.target_modules=[1]",
+     "method.target_modules: expected a list of (a string) or null, got [1] (list)"),
+    ("+task.sandbox.workerz=2", "task.sandbox.workerz: unknown key (did you mean 'workers'?)"),
+    ("+model.init_seed=null", "model.init_seed: expected an integer, got None"),  # may be absent, not null
+    ("model.source=hub ~model.path", "model.path: required when model.source is 'hub'"),
 ]
 
 
@@ -93,6 +111,23 @@ def test_bad_values_name_the_key(overrides, message):
         return
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(cfg)
+
+
+def test_a_union_reports_only_the_arm_the_value_fits():
+    """cpu_threads is 'auto' or an integer > 0: 0 is an integer out of range, not also a wrong 'auto'."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg("trainer.cpu_threads=0"))
+    assert str(err.value) == "invalid config:\n  trainer.cpu_threads: must be > 0, got 0"
+
+
+def test_rules_spanning_keys_report_each_broken_one():
+    """A group's rules run once its keys are valid, and each broken one is listed under its own key."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg("trainer.grad_accum=8", "trainer.max_steps=0"))
+    assert "\n  trainer.grad_accum: 8 micro-batches" in str(err.value)
+    assert "\n  trainer.max_steps: 0 plans no step" in str(err.value)
+    with pytest.raises(ConfigError, match=re.escape("invalid config:\n  run_name: '../x' may hold only")):
+        validate_config(compose_cfg("run_name=../x"))
 
 
 def test_every_problem_is_reported_at_once():

@@ -84,12 +84,16 @@ def test_micro_batches_partition_the_batch():
 
 
 def test_grad_accumulation_matches_one_batch():
-    """Two micro-batches of equal size give the same update as one batch (mean of means)."""
+    """Two micro-batches of equal size give AdamW the same gradient as one batch (mean of means), to
+    the rounding of sums taken in another order: a few ulps of the tensor's largest gradient. The
+    updated weights are not compared: AdamW's first step, lr * g / (|g| + 1e-8), turns that rounding
+    of a near-zero gradient into up to lr, by an amount that depends on the CPU's kernels."""
     tok, ds = toy_dataset(4)
     collate = collate_train(tok.pad_token_id)
     batch = collate([ds[i] for i in range(4)])
     # Equal target lengths make mean-of-means equal the token mean.
     models = [tiny_model("llama", seed=0) for _ in range(2)]
+    seen: list[list[torch.Tensor]] = []  # each run's gradients as AdamW receives them
     for model, n in zip(models, (1, 2)):
         for m in model.modules():  # dropout off for an exact comparison
             if isinstance(m, torch.nn.Dropout):
@@ -98,9 +102,13 @@ def test_grad_accumulation_matches_one_batch():
         from hizfo.methods.base import TrainSetup
         method.setup(model, TrainSetup(total_steps=10, steps_per_epoch=1, num_epochs=1,
                                        device=torch.device("cpu"), seed=0, profile_batch=batch))
+        method.optimizer.register_step_pre_hook(
+            lambda *_, model=model: seen.append([p.grad.clone() for p in model.parameters()]))
         method.step(model, split_micro_batches(batch, n, torch.device("cpu")), 0)
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
+    assert len(seen) == 2
+    for g1, g2 in zip(*seen):
+        torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-6 * float(g1.abs().max()))
+    assert any(float(g.abs().max()) > 0 for g in seen[0])
 
 
 def test_empty_training_split_is_a_clear_error():

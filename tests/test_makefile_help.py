@@ -25,8 +25,10 @@ def makefile_targets() -> set[str]:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_help_lists_every_target_once_with_a_description():
-    out = subprocess.run(["make", "--no-print-directory", "-f", str(MAKEFILE), "help"], capture_output=True,
-                         text=True, check=True, cwd=MAKEFILE.parent).stdout
+    # as a user runs it, in the checkout: `make -f <absolute path>` would hand help's awk an unquoted
+    # $(MAKEFILE_LIST), split at the spaces of a checkout path such as "/home/me/my repos/hizfo"
+    out = subprocess.run(["make", "--no-print-directory", "help"], capture_output=True, text=True, check=True,
+                         cwd=MAKEFILE.parent).stdout
     listed: dict[str, str] = {}
     for line in out.splitlines():
         make_word, name, description = line.split(maxsplit=2)

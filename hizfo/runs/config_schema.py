@@ -1,9 +1,12 @@
-"""Typed schemas of every config group, checked before a run starts (``validate_config``).
+"""Typed schemas of every config group (pydantic models), checked before a run starts (``validate_config``).
 
 The defaults live in one place, the YAML files under conf/; a schema says only what a key may hold:
-its type, allowed values (``Literal``), range (``Range``), and whether a config may leave it out
-(``MayBeAbsent``). Keys a schema does not name are rejected with the allowed ones, so a typo added with
-``+`` (``+trainer.chekpoint_every_steps=1``) fails instead of being ignored.
+its type, allowed values (``Literal``), range (``Field(gt=0)``), and whether a config may leave it out
+(``= None``: pydantic does not check defaults, so an explicit null still fails unless the type allows
+it). Models are strict (``"3"`` or ``true`` is no integer; an integer is a number) and forbid keys they
+do not name, so a typo added with ``+`` (``+trainer.chekpoint_every_steps=1``) fails instead of being
+ignored. ``_problems`` turns pydantic's errors into one line per dotted Hydra key, with the value, a
+HINT or a "did you mean"; the method group is dispatched on ``method.name`` (METHOD_SCHEMAS).
 
 Adding a config key = its default in the YAML file + one annotated line in the matching class here.
 """
@@ -13,49 +16,31 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a number: gt / ge / lt / le (None = unbounded)."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    note: str = ""
-
-    def problem(self, value: float) -> str | None:
-        for bound, ok, word in ((self.gt, lambda b: value > b, ">"), (self.ge, lambda b: value >= b, ">="),
-                                (self.lt, lambda b: value < b, "<"), (self.le, lambda b: value <= b, "<=")):
-            if bound is not None and not ok(bound):
-                return f"must be {word} {bound:g}" + (f" ({self.note})" if self.note else "")
-        return None
-
-
-class _MayBeAbsent:
-    """Marks a key that configs may leave out (task-specific keys such as webquestions' carve-out)."""
-
-
-MayBeAbsent = _MayBeAbsent()
-POSITIVE = Range(gt=0)
-POSITIVE_OR_NULL = Range(gt=0, note="null = off")
-NON_NEGATIVE = Range(ge=0)
-FRACTION = Range(gt=0, le=1)
+POSITIVE = Field(gt=0)
+POSITIVE_OR_NULL = Field(gt=0, description="null = off")
+NON_NEGATIVE = Field(ge=0)
+FRACTION = Field(gt=0, le=1)
 
 Schedule = Literal["linear", "constant"]
 
 
-class Schema:
-    """A config group: class annotations are its keys. ``check`` adds rules spanning several keys."""
+class Schema(BaseModel):
+    """A config group: its fields are its keys; strict (no "3" for 3, no true for 1), no unknown keys.
+    Rules spanning several keys are ``model_validator(mode="after")`` methods (run once the keys are
+    valid) raising "<key>: <problem>" lines through ``_raise_if``."""
 
-    @classmethod
-    def check(cls, node: Mapping[str, Any], path: str) -> list[str]:
-        return []
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _raise_if(problems: list[str], model: Schema) -> Schema:
+    if problems:
+        raise ValueError("\n".join(problems))
+    return model
 
 
 # --------------------------------------------------------------------------- model / task
@@ -64,37 +49,37 @@ class Schema:
 class Model(Schema):
     name: str
     source: Literal["hub", "local", "tiny"]
-    path: Annotated[str, MayBeAbsent]                 # hub id or folder (hub / local)
-    family: Annotated[Literal["opt", "bloom", "qwen2", "llama"], MayBeAbsent]
-    revision: Annotated[str | None, MayBeAbsent]
-    init_seed: Annotated[int, MayBeAbsent]            # tiny models
-    gguf_file: Annotated[str, MayBeAbsent]
+    path: str = None                                  # hub id or folder (hub / local)
+    family: Literal["opt", "bloom", "qwen2", "llama"] = None
+    revision: str | None = None
+    init_seed: int = None                             # tiny models
+    gguf_file: str = None
 
-    @classmethod
-    def check(cls, node, path):
-        if node.get("source") in ("hub", "local") and not node.get("path"):
-            return [f"{path}.path: required when {path}.source is {node['source']!r}"]
-        if node.get("source") == "tiny" and "family" not in node:
-            return [f"{path}.family: required when {path}.source is 'tiny'"]
-        return []
+    @model_validator(mode="after")
+    def check(self):
+        if self.source in ("hub", "local") and not self.path:
+            raise ValueError(f"path: required when model.source is {self.source!r}")
+        if self.source == "tiny" and self.family is None:
+            raise ValueError("family: required when model.source is 'tiny'")
+        return self
 
 
 class Generation(Schema):
     do_sample: bool
     num_beams: Annotated[int, POSITIVE]
     repetition_penalty: Annotated[float, POSITIVE]
-    no_repeat_ngram_size: Annotated[int, NON_NEGATIVE, MayBeAbsent]
-    length_penalty: Annotated[float, MayBeAbsent]
-    early_stopping: Annotated[bool, MayBeAbsent]
+    no_repeat_ngram_size: Annotated[int, NON_NEGATIVE] = None
+    length_penalty: float = None
+    early_stopping: bool = None
     max_new_tokens: Annotated[int, POSITIVE]
-    stop_sequences: Annotated[list[str], MayBeAbsent]
+    stop_sequences: list[str] = None
 
 
 class Sandbox(Schema):
-    timeout_s: Annotated[float, POSITIVE, MayBeAbsent]
-    memory_mb: Annotated[int, POSITIVE, MayBeAbsent]
-    workers: Annotated[int, POSITIVE, MayBeAbsent]
-    isolation: Annotated[Literal["auto", "namespaces", "rlimit"], MayBeAbsent]
+    timeout_s: Annotated[float, POSITIVE] = None
+    memory_mb: Annotated[int, POSITIVE] = None
+    workers: Annotated[int, POSITIVE] = None
+    isolation: Literal["auto", "namespaces", "rlimit"] = None
 
 
 class Task(Schema):
@@ -107,16 +92,16 @@ class Task(Schema):
     generation: Generation
     max_train_examples: Annotated[int | None, POSITIVE_OR_NULL]
     max_eval_examples: Annotated[int | None, POSITIVE_OR_NULL]
-    max_validation_examples: Annotated[int | None, POSITIVE_OR_NULL, MayBeAbsent]  # else max_eval_examples
+    max_validation_examples: Annotated[int | None, POSITIVE_OR_NULL] = None  # else max_eval_examples
     subsample_seed: Annotated[int, NON_NEGATIVE]
-    prompt_style: Annotated[Literal["completion", "qa"], MayBeAbsent]
-    train_task: Annotated[str | None, MayBeAbsent]
-    validation_fraction: Annotated[float, Range(ge=0, lt=1), MayBeAbsent]
-    validation_seed: Annotated[int, NON_NEGATIVE, MayBeAbsent]
-    rouge_reference_aggregation: Annotated[Literal["first", "mean", "max"], MayBeAbsent]
-    accuracy_metric: Annotated[str, MayBeAbsent]      # checked against the task's metric at evaluation
-    num_fewshot: Annotated[int, NON_NEGATIVE, MayBeAbsent]
-    sandbox: Annotated[Sandbox, MayBeAbsent]
+    prompt_style: Literal["completion", "qa"] = None
+    train_task: str | None = None
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = None
+    validation_seed: Annotated[int, NON_NEGATIVE] = None
+    rouge_reference_aggregation: Literal["first", "mean", "max"] = None
+    accuracy_metric: str = None  # checked against the task's metric at evaluation
+    num_fewshot: Annotated[int, NON_NEGATIVE] = None
+    sandbox: Sandbox = None
 
 
 # --------------------------------------------------------------------------- methods
@@ -128,8 +113,8 @@ Select = Literal["last", "best_val_loss"]            # hizfo/training/checkpoint
 class Method(Schema):
     name: str
     num_epochs: Annotated[int, NON_NEGATIVE]
-    eval_every_steps: Annotated[int | None, POSITIVE_OR_NULL, MayBeAbsent]  # the method's trainer default
-    select: Annotated[Select, MayBeAbsent]                                  # the method's trainer default
+    eval_every_steps: Annotated[int | None, POSITIVE_OR_NULL] = None  # the method's trainer default
+    select: Select = None                                             # the method's trainer default
 
 
 class AdamWMethod(Method):
@@ -158,7 +143,7 @@ class FTTopK(GreenTrainerProtocol):
 class LoRA(GreenTrainerProtocol):
     r: Annotated[int, POSITIVE]
     alpha: Annotated[float, POSITIVE]
-    dropout: Annotated[float, Range(ge=0, lt=1)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
     target_modules: list[str] | None
 
 
@@ -214,7 +199,7 @@ class BilevelZOFO(Method):
     peft: Literal["lora", "prefix"]
     r: Annotated[int, POSITIVE]
     alpha: Annotated[float, POSITIVE]
-    dropout: Annotated[float, Range(ge=0, lt=1)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
     target_modules: list[str] | None
     num_virtual_tokens: Annotated[int, POSITIVE]
     prefix_projection: bool
@@ -223,7 +208,7 @@ class BilevelZOFO(Method):
     outer_every: Annotated[int, POSITIVE]
     lam: Annotated[float, NON_NEGATIVE]
     eps: Annotated[float, POSITIVE]
-    dev_fraction: Annotated[float, Range(gt=0, lt=1)]  # 0 leaves f without data, 1 leaves g without
+    dev_fraction: Annotated[float, Field(gt=0, lt=1)]  # 0 leaves f without data, 1 leaves g without
     lower_lr: Annotated[float, POSITIVE]
     upper_lr: Annotated[float, POSITIVE]
     peft_weight_decay: Annotated[float, NON_NEGATIVE]
@@ -235,7 +220,7 @@ class BilevelZOFO(Method):
 
 
 class ZeroShot(Method):
-    schedule: Annotated[Schedule, MayBeAbsent]  # set by training_protocol=bilevel_zofo; unused (no training)
+    schedule: Schedule = None  # set by training_protocol=bilevel_zofo; unused (no training)
 
 
 #: method.name -> its schema (one per conf/method/*.yaml)
@@ -249,7 +234,7 @@ METHOD_SCHEMAS: dict[str, type[Method]] = {
 
 class Trainer(Schema):
     num_epochs: Annotated[int, NON_NEGATIVE]
-    max_steps: Annotated[int | None, Range(ge=-1, note="null or -1 = no limit")]  # hizfo.training.loop
+    max_steps: Annotated[int | None, Field(ge=-1, description="null or -1 = no limit")]  # hizfo.training.loop
     batch_size: Annotated[int, POSITIVE]
     grad_accum: Annotated[int, POSITIVE]
     device: str
@@ -270,18 +255,17 @@ class Trainer(Schema):
     log_every_steps: Annotated[int, POSITIVE]
     num_workers: Annotated[int, NON_NEGATIVE]
     chunked_loss: bool
-    cpu_threads: Annotated[Literal["auto"] | int, POSITIVE]  # auto: 1 per sweep member, else torch's
+    cpu_threads: Literal["auto"] | Annotated[int, POSITIVE]  # auto: 1 per sweep member, else torch's
 
-    @classmethod
-    def check(cls, node, path):
-        out = []
-        if isinstance(node.get("grad_accum"), int) and isinstance(node.get("batch_size"), int) \
-                and node["grad_accum"] > node["batch_size"]:
-            out.append(f"{path}.grad_accum: {node['grad_accum']} micro-batches cannot split a batch of "
-                       f"{path}.batch_size={node['batch_size']} examples (use grad_accum <= batch_size)")
-        if node.get("max_steps") == 0:
-            out.append(f"{path}.max_steps: 0 plans no step; use null or -1 (no limit) or a number >= 1")
-        return out
+    @model_validator(mode="after")
+    def check(self):
+        problems = []
+        if self.grad_accum > self.batch_size:
+            problems.append(f"grad_accum: {self.grad_accum} micro-batches cannot split a batch of "
+                            f"trainer.batch_size={self.batch_size} examples (use grad_accum <= batch_size)")
+        if self.max_steps == 0:
+            problems.append("max_steps: 0 plans no step; use null or -1 (no limit) or a number >= 1")
+        return _raise_if(problems, self)
 
 
 class Data(Schema):
@@ -294,7 +278,7 @@ class Eval(Schema):
     split: str | None
     final_split: str | None
     before_training: bool
-    score_validation: Annotated[bool, MayBeAbsent]  # also generate + score the validation split at the end
+    score_validation: bool = None  # also generate + score the validation split at the end
     max_loss_batches: Annotated[int | None, POSITIVE_OR_NULL]
     also_tasks: list[str]  # conf/task names also scored after training (Table 2: one training, 3 tasks)
     also_max_examples: Annotated[int | None, POSITIVE_OR_NULL]
@@ -316,11 +300,11 @@ class Logger(Schema):
 class Root(Schema):
     model: Model
     task: Task
-    method: Method                                    # dispatched on method.name (METHOD_SCHEMAS)
+    method: dict[str, Any]                            # dispatched on method.name (METHOD_SCHEMAS)
     trainer: Trainer
     training_protocol: Literal["greentrainer", "bilevel_zofo"]  # conf/training_protocol/*.yaml
-    sweep: Annotated[dict[str, Any], MayBeAbsent]     # sweeps are @package _global_: {} or absent
-    study: Annotated[dict[str, Any], MayBeAbsent]     # a study's grid (conf/experiment/study_*.yaml)
+    sweep: dict[str, Any] = None                      # sweeps are @package _global_: {} or absent
+    study: dict[str, Any] = None                      # a study's grid (conf/experiment/study_*.yaml)
     seed: Annotated[int, NON_NEGATIVE]
     run_name: str
     data: Data
@@ -329,12 +313,12 @@ class Root(Schema):
     logger: Logger
     # A training method planning 0 steps (num_epochs 0) is refused by hizfo.training.loop.planned_steps.
 
-    @classmethod
-    def check(cls, node, path):
+    @model_validator(mode="after")
+    def check(self):
         from hizfo.runs.records import run_name_problem
 
-        why = run_name_problem(node.get("run_name"))
-        return [f"run_name: {why}"] if why else []
+        why = run_name_problem(self.run_name)
+        return _raise_if([f"run_name: {why}"] if why else [], self)
 
 
 # --------------------------------------------------------------------------- the validator
@@ -406,7 +390,9 @@ HINTS = {
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Check a composed run config against :class:`Root`; raises ConfigError naming every bad key."""
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    problems = _check_schema(Root, node, "")
+    problems = _problems(Root, node, "")
+    if isinstance(node.get("method"), Mapping):
+        problems += _method_problems(node["method"], "method")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -414,7 +400,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
 def validate_group(schema: type[Schema], cfg: Any, path: str) -> None:
     """Check one group's node (e.g. a method config built outside Hydra) against ``schema``."""
     node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    problems = _check_schema(schema, node, path)
+    problems = _problems(schema, node, path)
     if problems:
         raise ConfigError(f"invalid {path} config:\n  " + "\n  ".join(problems))
 
@@ -438,115 +424,97 @@ def method_schema(name: Any, path: str = "method") -> type[Method]:
     return METHOD_SCHEMAS[name]
 
 
-def _keys(schema: type[Schema]) -> dict[str, tuple[Any, tuple[Any, ...]]]:
-    """key -> (type, annotations such as Range / MayBeAbsent)."""
-    out = {}
-    for key, hint in get_type_hints(schema, include_extras=True).items():
-        extras: tuple[Any, ...] = ()
-        if get_origin(hint) is Annotated:
-            hint, *rest = get_args(hint)
-            extras = tuple(rest)
-        out[key] = (hint, extras)
-    return out
+def _method_problems(node: Mapping[str, Any], path: str) -> list[str]:
+    try:
+        return _problems(method_schema(node.get("name"), path), node, path)
+    except ConfigError as exc:
+        return [str(exc)]
 
 
-def _check_schema(schema: type[Schema], node: Any, path: str) -> list[str]:
-    where = path or "the root config"
-    if not isinstance(node, Mapping):
-        return [f"{where}: expected a mapping of keys, got {node!r}"]
-    if schema is Method:
-        try:
-            schema = method_schema(node.get("name"), path)
-        except ConfigError as exc:
-            return [str(exc)]
-    keys = _keys(schema)
-    problems = []
-    for key in node:
-        if key not in keys:
-            close = difflib.get_close_matches(str(key), list(keys), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{_join(path, key)}: unknown key{hint}; allowed keys of {where}: "
-                            f"{', '.join(sorted(keys))}")
-    for key, (typ, extras) in keys.items():
-        full = _join(path, key)
-        if key not in node:
-            if MayBeAbsent not in extras:
-                problems.append(f"{full}: missing (every {schema.__name__} config sets it; see conf/)")
-            continue
-        problems += _check_value(typ, extras, node[key], full)
-    if not problems:
-        problems += schema.check(node, path)
-    return problems
+def _problems(schema: type[Schema], node: Any, path: str) -> list[str]:
+    """pydantic's errors in hizfo's words: one line per dotted Hydra key, with the value or a HINT."""
+    try:
+        schema.model_validate(node)
+        return []
+    except ValidationError as exc:
+        errors = exc.errors()
+    texts: dict[str, dict[str, None]] = {}  # key -> its problems, once each (a union's arms fail alike)
+    for err in sorted(errors, key=lambda e: e["type"] in _TYPE_ERRORS):  # ranges first: see _text
+        owner, keys = _locate(schema, err["loc"])
+        for key, text in _text(err, owner, keys, [path] * bool(path) + keys, node, texts):
+            texts.setdefault(key, {})[text] = None
+    return [f"{key}: {' or '.join(problems)}" for key, problems in texts.items()]
 
 
-def _check_value(typ: Any, extras: tuple[Any, ...], value: Any, path: str) -> list[str]:
-    hint = HINTS.get(path, {}).get(value) if isinstance(value, str) else None
-    if hint:
-        return [f"{path}={value}: {hint}"]
-    if not _matches(typ, value):
-        return [f"{path}: expected {_describe(typ)}, got {value!r} ({type(value).__name__})"]
-    if isinstance(typ, type) and issubclass(typ, Schema):
-        return _check_schema(typ, value, path)
-    if _origin(typ) is Union and isinstance(value, Mapping):
-        schemas = [t for t in get_args(typ) if isinstance(t, type) and issubclass(t, Schema)]
-        if schemas:
-            return _check_schema(schemas[0], value, path)
-    for rule in extras:
-        if isinstance(rule, Range) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            problem = rule.problem(value)
-            if problem:
-                return [f"{path}: {problem}, got {value!r}"]
-    return []
+def _locate(schema: type[Schema], loc: tuple[Any, ...]) -> tuple[type[Schema], list[str]]:
+    """The keys in an error's loc down to the first that is not a group, and the group that owns it
+    (the loc's later parts name a list item or a union's arm, e.g. ``constrained-int``)."""
+    owner, keys = schema, []
+    for i, part in enumerate(loc):
+        keys.append(str(part))
+        field = owner.model_fields.get(part)
+        if field is None or not _is_schema(field.annotation) or i == len(loc) - 1:
+            break
+        owner = field.annotation
+    return owner, keys
 
 
-def _origin(typ: Any) -> Any:
-    origin = get_origin(typ)
-    return Union if origin is types.UnionType else origin
+def _text(err: Any, owner: type[Schema], keys: list[str], full: list[str], node: Any,
+          texts: dict[str, dict[str, None]]) -> list[tuple[str, str]]:
+    key, kind = ".".join(full), err["type"]
+    if kind == "extra_forbidden":
+        allowed = sorted(owner.model_fields)
+        close = difflib.get_close_matches(keys[-1], allowed, n=1)
+        return [(key, f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; allowed keys of "
+                      f"{'.'.join(full[:-1]) or 'the root config'}: {', '.join(allowed)}")]
+    if kind == "missing":
+        return [(key, f"missing (every {owner.__name__} config sets it; see conf/)")]
+    if kind == "value_error":  # a model_validator's rules: "<key>: <problem>" lines
+        rules = (line.partition(": ") for line in str(err["ctx"]["error"]).splitlines())
+        return [(".".join([*full, blamed]), problem) for blamed, _, problem in rules]
+    value = node
+    for part in keys:
+        value = value[part]
+    field = owner.model_fields[keys[-1]]
+    if isinstance(value, str) and value in HINTS.get(key, {}):
+        return [(f"{key}={value}", HINTS[key][value])]
+    if kind in _TYPE_ERRORS:  # unless the value has the right type for a union's other arm, but not its range
+        if any(text.startswith("must be") for text in texts.get(key, {})):
+            return []
+        return [(key, f"expected {_describe(field.annotation)}, got {value!r} ({type(value).__name__})")]
+    if kind in _BOUNDS:
+        name, word = _BOUNDS[kind]
+        note = f" ({field.description})" if field.description else ""
+        return [(key, f"must be {word} {err['ctx'][name]:g}{note}, got {value!r}")]
+    return [(key, f"{err['msg']}, got {value!r}")]
 
 
-def _matches(typ: Any, value: Any) -> bool:
-    origin = _origin(typ)
-    if typ is Any:
-        return True
-    if typ is None or typ is type(None):
-        return value is None
-    if origin is Union:
-        return any(_matches(t, value) for t in get_args(typ))
-    if origin is Literal:
-        return value in get_args(typ)
-    if origin is list:
-        (item,) = get_args(typ)
-        return isinstance(value, list) and all(_matches(item, v) for v in value)
-    if origin is dict:
-        _, item = get_args(typ)
-        return isinstance(value, Mapping) and all(_matches(item, v) for v in value.values())
-    if isinstance(typ, type) and issubclass(typ, Schema):
-        return isinstance(value, Mapping)
-    if typ is bool:
-        return isinstance(value, bool)
-    if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if typ is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, typ)
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "literal_error", "list_type",
+                "dict_type", "model_type", "none_required"}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _is_schema(typ: Any) -> bool:
+    return isinstance(typ, type) and issubclass(typ, Schema)
 
 
 def _describe(typ: Any) -> str:
-    origin = _origin(typ)
+    origin = get_origin(typ)
     if typ is type(None) or typ is None:
         return "null"
-    if origin is Union:
-        return " or ".join(_describe(t) for t in get_args(typ))
+    if origin is Annotated:
+        return _describe(get_args(typ)[0])
+    if origin in (Union, types.UnionType):
+        literals = [repr(v) for t in get_args(typ) if get_origin(t) is Literal for v in get_args(t)]
+        rest = [_describe(t) for t in get_args(typ) if get_origin(t) is not Literal]
+        return " or ".join([f"one of {', '.join(literals)}"] * bool(literals) + rest)
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in get_args(typ))
     if origin is list:
         return f"a list of ({_describe(get_args(typ)[0])})"
     if origin is dict:
         return "a mapping"
-    if isinstance(typ, type) and issubclass(typ, Schema):
+    if _is_schema(typ):
         return f"a {typ.__name__} mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(typ, str(typ))
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
