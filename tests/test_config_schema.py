@@ -14,13 +14,11 @@ from hizfo.runs.config_schema import (
     METHOD_SCHEMAS,
     ConfigError,
     method_config,
-    register_resolvers,
     validate_config,
 )
 from hizfo.runs.resources import conf_dir
 
 CONF = conf_dir()
-register_resolvers()  # grid_item, arm_tag (the study sweeps); hizfo.train does it at import
 
 
 def compose_cfg(*overrides: str):
@@ -33,12 +31,11 @@ def names(group: str) -> list[str]:
 
 
 def sweep_members(name: str) -> list[str]:
-    """A sweep's first member: the first value of each of its hydra.sweeper.params. The study sweeps
-    read study.* keys, so they compose with the study's experiment, as the Makefile runs them."""
+    """A sweep's first member: the first value of each of its hydra.sweeper.params (the study sweeps
+    name their experiment there, which their study.* keys need)."""
     sweep = OmegaConf.load(CONF / "sweep" / f"{name}.yaml")
     params = OmegaConf.select(sweep, "hydra.sweeper.params", default={})
-    experiment = ["experiment=study_dialogsum"] if name.startswith("study_") else []
-    return experiment + [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
+    return [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
 
 
 @pytest.mark.parametrize("group", ["method", "model", "task", "sweep", "experiment"])
