@@ -173,10 +173,15 @@ mini-report: setup  ## re-render results/mini/ from the records only
 STUDY_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
 STUDY_LR_METHODS ?= full_ft,hizfo,greentrainer,lora
 STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
-.PHONY: study-lr study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
+	$(MAKE) study-report
+
+study-webq-check: setup model  ## tuned study: does WebQuestions qualify (Full FT >= zero-shot + 5 EM on dev)?
+	$(STUDY_RUN) experiment=study_webq_check method=zero_shot run_name=study_webq_zero_shot_s0 $(ARGS)
+	$(STUDY_RUN) experiment=study_webq_check method=full_ft method.lr=6.3e-5 run_name=study_webq_full_ft_s0 $(ARGS)
 	$(MAKE) study-report
 
 study-timing: setup model  ## tuned study: s/step of each arm alone on an idle machine, 3 repeats (timing.json)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from hizfo import __version__
 from hizfo.data import TrainDataset, collate_train
 from hizfo.data.tasks import load_split
+from hizfo.data.tokenize import chat_example
 from hizfo.evaluation import evaluate_task, validation_loss
 from hizfo.evaluation.predictions import attach_predictions
 from hizfo.methods import build_method
@@ -150,6 +151,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_examples = load_train_examples(cfg.task, data_dir, eos) if method.trains else []
         val_examples = load_optional_split(cfg.task, cfg.eval.split, data_dir, eos)
         test_examples = load_optional_split(cfg.task, cfg.eval.final_split, data_dir, eos)
+        instruction = cfg.task.get("chat_instruction")
+        if instruction is not None:  # an instruct model's own format (data/tokenize.py: chat_example)
+            train_examples, val_examples, test_examples = (
+                [chat_example(tokenizer, ex, str(instruction)) for ex in split]
+                for split in (train_examples, val_examples, test_examples))
         also_tasks = also_task_configs(cfg)  # a bad name fails here, before any training
         record["data"] = {"train_examples": len(train_examples), "validation_examples": len(val_examples),
                           "test_examples": len(test_examples)}

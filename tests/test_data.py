@@ -394,3 +394,36 @@ def test_collated_batch_trains_a_tiny_model(tok):
     batch = collate_train(tok.pad_token_id)([ds[0], ds[1]])
     loss = model(**batch).loss
     assert torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- chat template
+
+CHAT = ("{% for m in messages %}<s>user\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+
+
+def test_chat_example_wraps_the_prompt_and_keeps_the_assistant_header_as_the_cue():
+    from hizfo.data.tokenize import chat_example
+
+    tok = byte_level_tokenizer()
+    tok.chat_template = CHAT
+    ex = Example(prompt="question: what is x?</s> answer:", target=" the y", references=["the y"],
+                 meta={"cue": "</s> answer:", "id": "q1"})
+    chat = chat_example(tok, ex, "Answer with the entity only.")
+    assert chat.prompt == "<s>user\nAnswer with the entity only.\n\nquestion: what is x?</s>\n<s>assistant\n"
+    assert chat.meta["cue"] == "</s>\n<s>assistant\n" and chat.target == "the y" and chat.meta["id"] == "q1"
+    # truncated, the question's end goes and the header stays; the labels are the answer and EOS only
+    ids = tokenize_example(tok, chat, max_input_len=30, max_output_len=16)
+    eos = tok.eos_token_id
+    labels = [t for t in ids["labels"] if t != IGNORE_INDEX]
+    assert labels == tok("the y", add_special_tokens=False)["input_ids"] + [eos]
+    prompt = ids["input_ids"][:len(ids["input_ids"]) - len(labels)]
+    assert tok.decode(prompt).endswith("<s>assistant\n") and len(prompt) == 30
+
+
+def test_chat_instruction_on_a_tokenizer_without_a_template_is_a_clear_error():
+    from hizfo.data.tokenize import chat_example
+
+    ex = Example(prompt="q", target=" a", references=["a"])
+    with pytest.raises(ValueError, match="no chat template.*chat_instruction null"):
+        chat_example(byte_level_tokenizer(), ex)

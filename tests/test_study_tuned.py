@@ -155,7 +155,8 @@ def study_commands() -> list[tuple[str, list[str]]]:
 
 def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
-    assert targets == {"study-lr", "study-mezo", "study-seeds", "study-ablations", "study-sweeps"}
+    assert targets == {"study-lr", "study-webq-check", "study-mezo", "study-seeds", "study-ablations",
+                       "study-sweeps"}
 
 
 @pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
@@ -184,6 +185,31 @@ def test_each_study_command_launches_and_its_members_follow_the_study_protocol(t
             cfg = compose("config", overrides=member)
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_config(cfg)
-            assert protocol_of(resolved) == "study", (target, member)
+            want = "study_webq" if target == "study-webq-check" else "study"
+            assert protocol_of(resolved) == want, (target, member)
             names.add(resolved["run_name"])
     assert len(names) == max(1, len(list(itertools.product(*swept.values()))))
+
+
+def _webq(folder: Path, name: str, method: str, right: int, n: int = 20) -> None:
+    record = {"run_name": name, "status": "completed", "protocol": "study_webq",
+              "finished_at": "2026-12-02T00:00:00",
+              "config": {"seed": 0, "method": {"name": method, "lr": 6.3e-5},
+                         "model": {"name": "smollm2-135m"},
+                         "task": {"name": "webquestions", "metric": "webq_accuracy"}},
+              "metrics": {"validation": {"accuracy": right / n}}, "time": {"steps": 250}}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    rows = [{"id": f"q{i}", "generation": "Paris" if i < right else "London", "references": ["Paris"]}
+            for i in range(n)]
+    attach_predictions(path, {"validation": rows})
+
+
+@pytest.mark.parametrize(("right", "verdict"), [(10, tuned.NOT_RUN), (0, tuned.NOT_TESTABLE)])
+def test_webquestions_enters_only_when_full_ft_clears_the_bar(tmp_path, right, verdict):
+    _webq(tmp_path, "zs", "zero_shot", 0)
+    _webq(tmp_path, "ft", "full_ft", right)   # 10 of 20 right: +50 points; 0 right: +0
+    gate = tuned.webq_gate(tuned.load_members(tmp_path, protocol="study_webq"))
+    assert gate.verdict == verdict
+    assert ("qualifies" in gate.because) == (right == 10) and "on 20 questions" in gate.because
+    assert tuned.webq_gate([]).verdict == tuned.NOT_RUN

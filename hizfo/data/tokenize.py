@@ -18,7 +18,7 @@ Decisions (experiments/DEVIATIONS.md lists them):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hizfo.data.base import Example
 
@@ -91,6 +91,29 @@ def _prompt_body(tokenizer, ex: Example, budget: int) -> tuple[list[int], list[i
     if len(full) <= budget:
         return full, full, False
     return full[-budget:], full, True
+
+
+def chat_example(tokenizer, ex: Example, instruction: str = "") -> Example:
+    """``ex`` in the tokenizer's chat template, for instruct models (``task.chat_instruction``): one
+    user turn (``instruction``, then the prompt without its completion cue) and the assistant's header,
+    which becomes the answer cue that truncation keeps. The target loses its leading space (it follows
+    the header's newline) and still ends with the tokenizer's EOS, the template's end of turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("task.chat_instruction is set but this tokenizer has no chat template; leave "
+                         "task.chat_instruction null for a base model")
+    cue = ex.meta.get("cue") or ""
+    body = ex.prompt[:-len(cue)] if cue and ex.prompt.endswith(cue) else ex.prompt
+    content = f"{instruction}\n\n{body.strip()}" if instruction else body.strip()
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and special_prefix(tokenizer) and text.startswith(bos):
+        text = text[len(bos):]  # the tokenizer adds it again
+    at = text.rfind(content)
+    if at < 0:
+        raise ValueError("the chat template rewrote the user message; this template is unsupported")
+    cue = text[at + len(content):]
+    return replace(ex, prompt=text, target=ex.target.lstrip(), meta={**ex.meta, "cue": cue})
 
 
 def tokenize_prompt_for_generation(tokenizer, ex: Example, max_input_len: int,

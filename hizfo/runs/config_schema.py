@@ -95,6 +95,7 @@ class Task(Schema):
     max_validation_examples: Annotated[int | None, POSITIVE_OR_NULL] = None  # else max_eval_examples
     subsample_seed: Annotated[int, NON_NEGATIVE]
     prompt_style: Literal["completion", "qa"] = None
+    chat_instruction: str | None = None     # null: plain prompts; a string: the chat template
     train_task: str | None = None
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = None
     validation_seed: Annotated[int, NON_NEGATIVE] = None

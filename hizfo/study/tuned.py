@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hizfo.evaluation.rouge import rouge_example
+from hizfo.evaluation.webq import webq_example
 from hizfo.runs.config_schema import arm_knobs
 from hizfo.runs.records import read_records
 from hizfo.runs.resources import project_path
@@ -107,19 +108,24 @@ class Member:
 
     @cached_property
     def per_example(self) -> dict[str, dict[str, float]]:
-        """phase ("final" = test, "validation" = dev) -> example id -> ROUGE-1."""
+        """phase ("final" = test, "validation" = dev) -> example id -> the study's score: ROUGE-1, or
+        strict exact match x 100 for WebQuestions (the second-task gate)."""
         side = self.record.get("predictions", {}) or {}
         path = Path(self.record["_path"]).with_name(Path(side.get("file", "")).name) if side else None
         if path is None or not path.is_file():
             raise FileNotFoundError(f"{self.record['_path']}: its predictions file is missing; the study "
                                     "scores every example from it")
-        aggregation = self.record["config"]["task"].get("rouge_reference_aggregation", "mean")
+        task = self.record["config"]["task"]
+        aggregation = task.get("rouge_reference_aggregation", "mean")
         out: dict[str, dict[str, float]] = defaultdict(dict)
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
-                out[row["phase"]][row["id"]] = rouge_example(row["generation"].strip(), row["references"],
-                                                             aggregation)[METRIC]
+                if task.get("metric") == "webq_accuracy":
+                    score = 100.0 * webq_example(row["generation"], row["references"])["accuracy"]
+                else:
+                    score = rouge_example(row["generation"].strip(), row["references"], aggregation)[METRIC]
+                out[row["phase"]][row["id"]] = score
         return dict(out)
 
     def metric(self, split: str) -> float | None:
@@ -140,10 +146,13 @@ class Member:
         return value / 1e9 if value else None
 
 
-def load_members(runs_dir: str | Path, skipped: list[str] | None = None) -> list[Member]:
+def load_members(runs_dir: str | Path, skipped: list[str] | None = None,
+                 protocol: str = PROTOCOL) -> list[Member]:
     """The study's completed members; a file that is not a sound record is skipped with a warning
     naming it, and its path appended to ``skipped``."""
-    records = [r for r in read_records(runs_dir, unreadable=skipped) if r.get("protocol") == PROTOCOL]
+    if not Path(runs_dir).is_dir():
+        return []
+    records = [r for r in read_records(runs_dir, unreadable=skipped) if r.get("protocol") == protocol]
     latest: dict[str, dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: (r["run_name"], r.get("finished_at") or "")):
         latest[r["run_name"]] = r   # a re-run of the same member: its newest record counts
@@ -390,12 +399,32 @@ def analytic_gb(arm: Arm) -> float:
     return 4 * (total + 3 * fo + zo_state) / 1e9
 
 
-def claims(study: Study, timing: dict[str, Any] | None) -> list[tuple[str, str, Verdict]]:
+WEBQ_BAR = 5.0   # strict-EM points Full FT must gain over zero-shot on dev for a second task
+NOT_TESTABLE = "not testable at 135M"
+
+
+def webq_gate(members: list[Member]) -> Verdict:
+    """C1-C5 (WebQuestions) from `make study-webq-check`: the task enters the study only when Full FT's
+    dev strict EM beats zero-shot's by WEBQ_BAR points (paired bootstrap over the dev questions)."""
+    zero = next((m for m in members if m.sig.method == "zero_shot"), None)
+    full = next((m for m in members if m.sig.method == "full_ft"), None)
+    if zero is None or full is None:
+        return Verdict(NOT_RUN, f"WebQuestions enters only if Full FT beats zero-shot on its dev set by "
+                                f"{WEBQ_BAR:g} strict-EM points (`make study-webq-check`, the model's chat "
+                                "template); that check has not run. In the pilot, without the template, "
+                                "Full FT got 4.3 (21-22 of 500) against zero-shot's 0")
+    d = Study([]).diff(Arm(full.sig, full.lr, [full]), Arm(zero.sig, None, [zero]), "validation")
+    text = (f"dev strict EM, Full FT - zero-shot: {d.text(1)} points on {d.n_examples} questions "
+            f"(chat template; the bar is {WEBQ_BAR:g})")
+    if d.mean >= WEBQ_BAR:
+        return Verdict(NOT_RUN, text + ": WebQuestions qualifies; its arms are not run yet")
+    return Verdict(NOT_TESTABLE, text + ": below the bar, so these claims cannot be tested on it at 135M")
+
+
+def claims(study: Study, timing: dict[str, Any] | None,
+           webq: Verdict | None = None) -> list[tuple[str, str, Verdict]]:
     hz, full, gt = study.find("hizfo", 150), study.find("full_ft", 250), study.find("greentrainer", rho=0.7)
-    webq = Verdict(NOT_RUN, "WebQuestions enters only if Full FT beats zero-shot on its dev set by 5 points; "
-                            "the check with the model's chat template has not run. In the pilot, without "
-                            "it, Full FT got 4.3 strict EM (21-22 of 500) against zero-shot's 0: below "
-                            "the bar, so without the template it is not testable at 135M")
+    webq = webq or webq_gate([])
     out = [(f"C{i}", text, webq) for i, text in enumerate(
         ("Hi-ZFO's quality is at least Full FT's", "Hi-ZFO's quality is at least GT-0.7's",
          "Hi-ZFO trains in less time than Full FT", "Hi-ZFO's peak memory is below Full FT's",
@@ -508,8 +537,8 @@ def convergence_section(study: Study) -> list[str]:
             f"({'flat: under 1%' if change < 1 else 'still falling: a longer horizon would help'}).", ""]
 
 
-def claims_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
-    rows = [[key, text, v.verdict, v.because] for key, text, v in claims(study, timing)]
+def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None) -> list[str]:
+    rows = [[key, text, v.verdict, v.because] for key, text, v in claims(study, timing, webq)]
     qrows = [[key, text, v.verdict, v.because] for key, text, v in questions(study)]
     counts = defaultdict(int)
     for _, _, v, _ in rows:
@@ -537,7 +566,7 @@ def cost_section(study: Study) -> list[str]:
             f"At two members at a time: {total / 7200:.2f} h.", ""]
 
 
-def render(study: Study, timing: dict[str, Any] | None = None) -> str:
+def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None) -> str:
     first = study.members[0].record if study.members else {}
     hw = first.get("hardware") or {}
     machine = (f"{hw.get('cpu_count', '?')}-core {hw.get('cpu_model') or hw.get('processor', 'CPU')} "
@@ -555,7 +584,7 @@ def render(study: Study, timing: dict[str, Any] | None = None) -> str:
         lines += [f"Zero-shot: test ROUGE-1 {study.cell(study.zero_shot).text(1)}, dev "
                   f"{_fmt(study.zero_shot.members[0].metric('validation'))}.", ""]
     lines += lr_section(study) + arms_section(study, timing) + convergence_section(study)
-    lines += claims_section(study, timing) + cost_section(study)
+    lines += claims_section(study, timing, webq) + cost_section(study)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -588,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     timing_path = Path(folder) / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / "REPORT.md").write_text(render(study, timing))
+    gate = load_members(Path(folder) / "webq_check", skipped, protocol="study_webq")
+    (Path(folder) / "REPORT.md").write_text(render(study, timing, webq_gate(gate)))
     rates = json.dumps(chosen_rates(study), indent=2, sort_keys=True)
     (Path(folder) / "chosen_lr.json").write_text(rates + "\n")
     print(f"wrote {Path(folder) / 'REPORT.md'} ({len(study.members)} records)")
