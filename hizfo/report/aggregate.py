@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -70,3 +71,17 @@ def aggregate(records: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]
     if not picked:
         return None
     return seed_stats([float(v) for _, v in picked], [rec["config"].get("seed") for rec, _ in picked])
+
+
+def read_and_log(results_dir: str | Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The completed records under ``results_dir``; ``log`` hears how many were read and each file
+    skipped as unsound (the reader's warning says why), so a report never drops one silently."""
+    from hizfo.runs.records import read_records
+
+    unreadable: list[str] = []
+    records = read_records(results_dir, unreadable=unreadable)
+    log(f"read {len(records)} completed run records from {Path(results_dir).resolve()}"
+        + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
+    for path in unreadable:
+        log(f"  skipped (not a valid run record; the warning above says why): {path}")
+    return records

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hizfo.report.aggregate import SeedStats, aggregate
+from hizfo.report.aggregate import SeedStats, aggregate, read_and_log
 from hizfo.report.tables import load_paper_numbers
 from hizfo.runs.protocols import PAPER, record_protocol
-from hizfo.runs.records import read_records
 
 # Points the paper states in its text for Figures 3 (r) and 4 (alpha): OPT-2.7B, DialogSum, ROUGE-1.
 PAPER_TEXT_POINTS = {"zo_lr_ratio": {"opt-2.7b": {0.1: 26.7, 0.7: 14.2}},
@@ -90,12 +89,7 @@ def plot_sensitivity(param: str, records: list[dict[str, Any]], out_dir: Path, p
 def build_plots(results_dir: str | Path = "results/runs", out_dir: str | Path = "results/figures",
                 protocol: str = PAPER, log: Callable[[str], None] = print) -> list[Path]:
     where = Path(results_dir).resolve()
-    unreadable: list[str] = []
-    records = read_records(results_dir, unreadable=unreadable)
-    log(f"read {len(records)} completed run records from {where}"
-        + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
-    for path in unreadable:
-        log(f"  skipped (not a valid run record; the warning above says why): {path}")
+    records = read_and_log(results_dir, log)
     if not records:
         log(f"WARNING: no completed run records under {where}: the plots show the paper's points only")
     return [plot_sensitivity(p, records, Path(out_dir), protocol) for p in ("rho", "alpha", "zo_lr_ratio")]

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hizfo.report.aggregate import aggregate, newest_per_seed
+from hizfo.report.aggregate import aggregate, newest_per_seed, read_and_log
 from hizfo.runs.protocols import PAPER, paper_mismatches, record_protocol
-from hizfo.runs.records import read_records, training_peak_bytes
+from hizfo.runs.records import training_peak_bytes
 from hizfo.runs.resources import paper_numbers_csv
 
 PAPER_CSV = paper_numbers_csv()
@@ -198,12 +198,7 @@ def build_tables(results_dir: str | Path = "results/runs", out_dir: str | Path =
                  log: Callable[[str], None] = print) -> list[Path]:
     """Write one markdown file per table; ``log`` gets what was read, used and skipped."""
     paper = load_paper_numbers()
-    unreadable: list[str] = []
-    records = read_records(results_dir, unreadable=unreadable)
-    log(f"read {len(records)} completed run records from {Path(results_dir).resolve()}"
-        + (f" ({len(unreadable)} unreadable, skipped)" if unreadable else ""))
-    for path in unreadable:
-        log(f"  skipped (not a valid run record; the warning above says why): {path}")
+    records = read_and_log(results_dir, log)
     if not records:
         log(f"WARNING: no completed run records under {Path(results_dir).resolve()}: every cell will be –")
     out = Path(out_dir)
