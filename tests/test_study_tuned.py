@@ -118,6 +118,17 @@ def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate
     assert tuned.main(["chosen-lr", "lora", "--dir", str(study_dir)]) == 2
 
 
+def test_the_timing_pilots_file_decides_the_time_claim(study_dir):
+    """The report reads results/study/timing.json as experiments/study_timing.py writes it."""
+    arms = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
+            "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
+    (study_dir / "timing.json").write_text(json.dumps({"arms": arms, "repeats": 3}))
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    lines = (study_dir / "REPORT.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| C8 |"))
+    assert "| supported |" in row and "Hi-ZFO 25.0-27.5 min vs Full FT 33.3-34.2 min" in row  # 150 x s, 250 x s
+
+
 def test_a_bad_record_is_skipped_named_and_counted(study_dir):
     broken = {"run_name": "broken", "status": "completed", "config": {}}
     (study_dir / "runs" / "broken.json").write_text(json.dumps(broken))

@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rates[args.method]:g}")
         return 0
     timing_path = Path(folder) / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    timing = json.loads(timing_path.read_text())["arms"] if timing_path.is_file() else None  # study_timing.py
     Path(folder).mkdir(parents=True, exist_ok=True)
     gate = load_members(Path(folder) / "webq_check", skipped, protocol="study_webq")
     (Path(folder) / "REPORT.md").write_text(render(study, timing, webq_gate(gate)))
