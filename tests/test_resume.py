@@ -67,9 +67,10 @@ def test_committed_study_records_are_still_completed_members_under_todays_config
             overrides = rec["hydra"]["overrides"]
             today = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
             assert member_key(today) == member_key(rec["config"]), path.name
-            by_hand = [o for o in overrides if not o.startswith("sweep=")]  # the member run alone
-            alone = OmegaConf.to_container(compose("config", overrides=by_hand), resolve=True)
-            assert member_key(alone) == member_key(rec["config"]), path.name
+            if "mini" in path.parts:  # the pilot's sweeps only name their members: run alone, the same
+                by_hand = [o for o in overrides if not o.startswith("sweep=")]
+                alone = OmegaConf.to_container(compose("config", overrides=by_hand), resolve=True)
+                assert member_key(alone) == member_key(rec["config"]), path.name
 
 
 @needs_data
