@@ -14,8 +14,10 @@ Adding a config key = its default in the YAML file + one annotated line in the m
 from __future__ import annotations
 
 import difflib
+import functools
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
@@ -349,9 +351,15 @@ def arm_knobs(method: Mapping[str, Any]) -> dict[str, Any]:
     from hizfo.runs.resources import conf_dir
 
     name = str(method.get("name"))
-    path = conf_dir() / "method" / f"{name}.yaml"
-    defaults = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    defaults = _method_defaults(str(conf_dir()), name)
     return {k: method[k] for k in ARM_KNOBS.get(name, {}) if k in method and method[k] != defaults.get(k)}
+
+
+@functools.cache
+def _method_defaults(conf: str, name: str) -> dict[str, Any]:
+    """conf/method/<name>.yaml as a dict, read once per process (every record and run name asks)."""
+    path = Path(conf) / "method" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
 
 
 def _arm_tag(method: Any) -> str:

@@ -90,7 +90,7 @@ class Member:
 
     record: dict[str, Any]
 
-    @property
+    @cached_property
     def sig(self) -> Signature:
         return signature(self.record)
 
@@ -188,6 +188,7 @@ class Study:
     def __init__(self, members: list[Member], skipped: list[str] | None = None) -> None:
         self.members = members
         self.skipped = sorted(skipped or [])
+        self._learned: dict[Signature, tuple[str, bs.Estimate]] = {}
         self.by_sig: dict[Signature, list[Member]] = defaultdict(list)
         for m in members:
             self.by_sig[m.sig].append(m)
@@ -253,10 +254,14 @@ class Study:
         return bs.paired_difference(rows_a, rows_b)
 
     def learned(self, arm: Arm) -> tuple[str, bs.Estimate | None]:
+        """The arm's label from its paired dev difference to zero-shot (computed once per arm: the
+        report asks for it in the arms table and beside every verdict that uses the arm)."""
         if self.zero_shot is None or arm.sig.method == "zero_shot":
             return ("-", None)
-        d = self.diff(arm, self.zero_shot, "validation")
-        return bs.learned(d), d
+        if arm.sig not in self._learned:
+            d = self.diff(arm, self.zero_shot, "validation")
+            self._learned[arm.sig] = (bs.learned(d), d)
+        return self._learned[arm.sig]
 
 
 # --------------------------------------------------------------------------- claims
