@@ -127,7 +127,21 @@ def test_the_timing_pilots_file_decides_the_time_claim(study_dir):
     lines = (study_dir / "REPORT.md").read_text().splitlines()
     row = next(line for line in lines if line.startswith("| C8 |"))
     assert "| supported |" in row
-    assert "Hi-ZFO 25.0-27.5 min vs Full FT 33.3-34.2 min" in row  # 150 x s/step, 250 x s/step
+    assert "Hi-ZFO (150 steps) 25.0-27.5 min vs Full FT (250 steps) 33.3-34.2 min" in row  # x steps
+
+
+def test_pilot_minutes_count_the_first_step_once_and_the_median_for_the_rest():
+    """The first step holds one-time work (Hi-ZFO's tensor selection): 30 s + 9 s x 149 = 1371 s."""
+    entry = {"seconds_per_step": [9.0, 10.0], "all_step_seconds": [[30.0, 9.0, 9.0], [12.0, 10.0, 10.0]]}
+    assert tuned.pilot_minutes(entry, 150) == [1371.0 / 60, 1502.0 / 60]
+    assert tuned.pilot_minutes({"seconds_per_step": [6.0]}, 10) == [1.0]  # no per-step lists: median x steps
+    sig = tuned.Signature
+    assert tuned.timing_key(sig("hizfo", 150)) == "hizfo"
+    assert tuned.timing_key(sig("hizfo", 150, (("alpha", 0.0), ("zo_enabled", False)))) == "hizfo_zo_off"
+    assert tuned.timing_key(sig("hizfo", 150, (("rho", 0.8),))) is None  # other work per step: no pilot
+    assert tuned.timing_key(sig("greentrainer", 250, (("rho", 0.7),))) == "greentrainer"
+    assert tuned.timing_key(sig("greentrainer", 250, (("rho", 0.5),))) is None
+    assert tuned.timing_key(sig("zero_shot", None)) is None
 
 
 def test_a_bad_record_is_skipped_named_and_counted(study_dir):
