@@ -173,7 +173,11 @@ mini-report: setup  ## re-render results/mini/ from the records only
 STUDY_RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m hizfo.train
 STUDY_LR_METHODS ?= full_ft,hizfo,greentrainer,lora
 STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
-.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions)
+STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
+MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
+.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report \
+	study-webq-timing study-webq study-webq-seeds
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
@@ -189,13 +193,15 @@ study-timing: setup model  ## tuned study: s/step of each arm alone on an idle m
 
 study-mezo: setup model  ## tuned study: MeZO's 3 learning rates at Full FT's CPU time (after study-timing)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=mezo \
-		study.horizon.mezo=$$($(PY) experiments/study_timing.py --mezo-steps results/study/timing.json) $(ARGS)
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) $(ARGS)
 	$(MAKE) study-report
 
 study-seeds: setup model  ## tuned study: seeds 1-2 of every method at its chosen rate (after study-lr)
-	for m in full_ft hizfo greentrainer lora mezo; do \
+	for m in full_ft hizfo greentrainer lora; do \
 		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$(call STUDY_LR,$$m) seed=1,2 $(ARGS) || exit 1; \
 	done
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=mezo method.lr=$(call STUDY_LR,mezo) \
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) seed=1,2 $(ARGS)
 	$(MAKE) study-report
 
 study-ablations: setup model  ## tuned study: Hi-ZFO at equal steps, and with the ZO part off, seeds 0-2
@@ -210,6 +216,24 @@ study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.
 		seed=0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) \
 		method.zo_lr_ratio=0.5,0.7,1.0 seed=0 $(ARGS)
+	$(MAKE) study-report
+
+study-webq-timing: setup model  ## tuned study, WebQuestions: s/step of each arm alone on an idle machine (its timing.json)
+	$(PY) experiments/study_timing.py --experiment study_webq --out results/study/webq/timing.json $(ARGS)
+
+study-webq: setup model  ## tuned study, WebQuestions: zero-shot and each method's 3 rates (after study-webq-check, -timing)
+	$(STUDY_RUN) experiment=study_webq method=zero_shot run_name=study_webq_zero_shot_s0 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_webq sweep=study_lr method=$(STUDY_WEBQ_METHODS) $(ARGS)
+	$(STUDY_RUN) -m experiment=study_webq sweep=study_lr method=mezo \
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/webq/timing.json) $(ARGS)
+	$(MAKE) study-report
+
+study-webq-seeds: setup model  ## tuned study, WebQuestions: seeds 1-2 of every method at its chosen rate there
+	for m in full_ft hizfo greentrainer; do \
+		$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=$$m method.lr=$(call STUDY_WEBQ_LR,$$m) seed=1,2 $(ARGS) || exit 1; \
+	done
+	$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=mezo method.lr=$(call STUDY_WEBQ_LR,mezo) \
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/webq/timing.json) seed=1,2 $(ARGS)
 	$(MAKE) study-report
 
 study-report: setup  ## re-render results/study/ from its records only

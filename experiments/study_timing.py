@@ -11,6 +11,7 @@ when the 1-minute load average is above ``--max-load`` (``--force`` to override,
 
     python experiments/study_timing.py --out results/study/timing.json      # make study-timing
     python experiments/study_timing.py --mezo-steps results/study/timing.json  # MeZO's equal-time steps
+    python experiments/study_timing.py --experiment study_webq --out results/study/webq/timing.json
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = ()) -> None:
+def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = (),
+            experiment: str = "study_dialogsum") -> None:
     """In this process: one short run of the study's configuration; writes the per-step seconds."""
     from hydra import compose, initialize_config_dir
 
@@ -57,7 +59,7 @@ def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = ()) 
             initialize_config_dir(str(conf_dir()), version_base=None):
         method = next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
         cfg = compose("config", overrides=[
-            "experiment=study_dialogsum", *overrides, f"study.horizon.{method}={steps}",
+            f"experiment={experiment}", *overrides, f"study.horizon.{method}={steps}",
             "trainer.eval_every_steps=null", "trainer.eval_every_epoch=false", "eval.final_split=null",
             "eval.score_validation=false", "eval.split=null", "trainer.checkpoint_every_steps=null",
             "trainer.skip_completed=false", "logger.wandb=false", f"paths.results_dir={tmp}/runs",
@@ -66,14 +68,15 @@ def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = ()) 
     out.write_text(json.dumps({"seconds": seconds}))
 
 
-def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[str] = ()) -> dict[str, dict]:
+def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[str] = (),
+            experiment: str = "study_dialogsum") -> dict[str, dict]:
     results: dict[str, dict] = {arm: {"seconds_per_step": [], "all_step_seconds": []} for arm in arms}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     for rep in range(repeats):
         for arm in arms:
             with tempfile.NamedTemporaryFile(suffix=".json") as fh:
                 cmd = [sys.executable, __file__, "--one", arm, "--steps", str(steps), "--result", fh.name,
-                       *(f"--set={o}" for o in extra)]
+                       "--experiment", experiment, *(f"--set={o}" for o in extra)]
                 print(f"[timing] repeat {rep + 1}/{repeats}: {arm} ({steps} steps)", flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
                 seconds = json.loads(Path(fh.name).read_text())["seconds"]
@@ -94,6 +97,8 @@ def mezo_steps(timing: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write the timings here (JSON)")
+    parser.add_argument("--experiment", default="study_dialogsum",
+                        help="the study's task: conf/experiment/<name>.yaml (study_dialogsum, study_webq)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="steps per run (the first --warmup dropped)")
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(ARMS[args.one], args.steps, args.result, args.set)
+        run_one(ARMS[args.one], args.steps, args.result, args.set, args.experiment)
         return 0
     if args.mezo_steps:
         if not args.mezo_steps.is_file():
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from hizfo.runs.records import hardware_info
 
-    timing = {"arms": measure(args.arms, args.repeats, args.steps, args.warmup, args.set),
-              "overrides": args.set,
+    timing = {"arms": measure(args.arms, args.repeats, args.steps, args.warmup, args.set, args.experiment),
+              "experiment": args.experiment, "overrides": args.set,
               "steps_per_run": args.steps, "warmup_steps_dropped": args.warmup, "repeats": args.repeats,
               "load_average_at_start": round(load, 2), "forced": bool(args.force),
               "hardware": hardware_info(torch.device("cpu")), "torch_threads": 1}

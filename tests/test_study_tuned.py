@@ -162,17 +162,19 @@ def study_commands() -> list[tuple[str, list[str]]]:
     """(target, overrides) of every `$(STUDY_RUN)` line of the Makefile, as the shell would pass them:
     `$(STUDY_LR_METHODS)` expanded, a chosen rate or step count read at run time replaced by a number."""
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    methods = next(line.split("?=")[1].strip() for line in text.splitlines()
-                   if line.startswith("STUDY_LR_METHODS"))
+    methods, webq_methods = (next(line.split("?=")[1].strip() for line in text.splitlines()
+                                  if line.startswith(f"{name} ?="))
+                             for name in ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS"))
     out, target = [], None
     for line in text.splitlines():
         if line and not line[0].isspace() and ":" in line and not line.startswith((".", "STUDY", "#")):
             target = line.split(":")[0].strip()
         if "$(STUDY_RUN)" in line and "STUDY_RUN :=" not in line:
             command = line.split("$(STUDY_RUN)", 1)[1].split("$(ARGS)")[0]
-            command = re.sub(r"\$\(call STUDY_LR,[^)]*\)", "1e-4", command)        # a chosen rate
-            command = re.sub(r"\$\$\(\$\(PY\) [^)]*\)", "300", command)            # MeZO's steps
+            command = re.sub(r"\$\(call STUDY_(WEBQ_)?LR,[^)]*\)", "1e-4", command)  # a chosen rate
+            command = re.sub(r"\$\(call MEZO_STEPS,[^)]*\)", "300", command)        # MeZO's steps
             command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
+            command = command.replace("$(STUDY_WEBQ_METHODS)", webq_methods)
             words = command.split()
             assert not any("$" in w for w in words), f"unexpanded make text in {words}"
             out.append((target, [w for w in words if w != "-m"]))
@@ -182,7 +184,7 @@ def study_commands() -> list[tuple[str, list[str]]]:
 def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
     assert targets == {"study-lr", "study-webq-check", "study-mezo", "study-seeds", "study-ablations",
-                       "study-sweeps"}
+                       "study-sweeps", "study-webq", "study-webq-seeds"}
 
 
 @pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
@@ -200,21 +202,23 @@ def test_each_study_command_launches_and_its_members_follow_the_study_protocol(t
 
     register_resolvers()
     launch = launch_config(overrides)
-    swept = {k: v.split(",") for k, v in (o.split("=", 1) for o in overrides) if "," in v}
-    fixed = [o for o in overrides if o.split("=", 1)[0] not in swept]
-    params = dict(launch.hydra.sweeper.params or {})
-    swept.update({k: str(v).split(",") for k, v in params.items()})
+    # as Hydra's BasicSweeper: the sweep file's params first, then the command line, which wins per key
+    values = {k: str(v).split(",") for k, v in dict(launch.hydra.sweeper.params or {}).items()}
+    for key, value in (o.split("=", 1) for o in overrides):
+        values[key] = value.split(",")
+    members = list(itertools.product(*values.values()))
+    want = {"study-webq-check": "study_webq", "study-webq": "study_webq_arms",
+            "study-webq-seeds": "study_webq_arms"}.get(target, "study")
     names = set()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for combo in itertools.product(*swept.values()):
-            member = fixed + [f"{k}={v}" for k, v in zip(swept, combo, strict=True)]
+        for combo in members:
+            member = [f"{k}={v}" for k, v in zip(values, combo, strict=True)]
             cfg = compose("config", overrides=member)
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_config(cfg)
-            want = "study_webq" if target == "study-webq-check" else "study"
             assert protocol_of(resolved) == want, (target, member)
             names.add(resolved["run_name"])
-    assert len(names) == max(1, len(list(itertools.product(*swept.values()))))
+    assert len(names) == len(members)
 
 
 def _webq(folder: Path, name: str, method: str, right: int, n: int = 20) -> None:
@@ -239,3 +243,61 @@ def test_webquestions_enters_only_when_full_ft_clears_the_bar(tmp_path, right, v
     assert gate.verdict == verdict
     assert ("qualifies" in gate.because) == (right == 10) and "on 20 questions" in gate.because
     assert tuned.webq_gate([]).verdict == tuned.NOT_RUN
+
+
+def _webq_arm(folder: Path, name: str, method: str, lr: float | None, steps: int, right: int,
+              n: int = 20) -> None:
+    """A WebQuestions arm's record (protocol study_webq_arms): the first ``right`` of ``n`` test and dev
+    questions answered exactly."""
+    record = {"run_name": name, "status": "completed", "protocol": tuned.WEBQ.protocol,
+              "finished_at": "2026-12-02T00:00:00",
+              "config": {"seed": 0, "method": {"name": method, **({"lr": lr} if lr else {}),
+                                               **({"rho": 0.7} if method == "greentrainer" else {})},
+                         "model": {"name": "smollm2-135m"},
+                         "task": {"name": "webquestions", "metric": "webq_accuracy"}},
+              "metrics": {"final": {"accuracy": right / n}, "validation": {"accuracy": right / n}},
+              "time": {"steps": steps, "total_seconds": 300.0},
+              "memory": {"train_bytes": int(2e9 if method == "full_ft" else 1.5e9)},
+              "parameters": {"total": 100, "trainable": 100}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    rows = [{"id": f"q{i}", "generation": "Paris" if i < right else "London", "references": ["Paris"]}
+            for i in range(n)]
+    attach_predictions(path, {"final": rows, "validation": rows})
+
+
+@pytest.mark.parametrize("gate_right", [10, 0])
+def test_webquestions_arms_answer_c1_to_c5_once_the_gate_has_passed(study_dir, gate_right, capsys):
+    """By hand, on 20 test questions: Hi-ZFO and Full FT both answer the same 10 (difference exactly 0:
+    non-inferior at margin 1), GT answers 5 (Hi-ZFO - GT = +25 points), MeZO none, like zero-shot (it
+    lies 50 points below Full FT and not above zero-shot: the collapse). A failed gate keeps the arms out."""
+    (study_dir / "webq_check").mkdir()
+    _webq(study_dir / "webq_check", "zs", "zero_shot", 0)
+    _webq(study_dir / "webq_check", "ft", "full_ft", gate_right)
+    runs = study_dir / "webq" / "runs"
+    _webq_arm(runs, "wq_zs", "zero_shot", None, 0, 0)
+    for lr, right in ((2e-5, 8), (6.3e-5, 10)):
+        _webq_arm(runs, f"wq_full_{lr}", "full_ft", lr, 250, right)
+        _webq_arm(runs, f"wq_hz_{lr}", "hizfo", lr, 150, right)
+    _webq_arm(runs, "wq_gt", "greentrainer", 2e-5, 250, 5)
+    _webq_arm(runs, "wq_mezo", "mezo", 1e-6, 300, 0)
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    rows = {line.split(" | ")[0][2:]: line for line in (study_dir / "REPORT.md").read_text().splitlines()
+            if line.startswith("| C")}
+    if gate_right == 0:
+        assert all(tuned.NOT_TESTABLE in rows[f"C{i}"] for i in range(1, 6))
+        return
+    assert "| supported | Hi-ZFO (150 steps) - Full FT (250 steps): 0.00 [0.00, 0.00] strict EM, " \
+        "non-inferior" in rows["C1"]
+    assert "| supported | Hi-ZFO (150 steps) - GT-0.7 (250 steps): 25.00" in rows["C2"]
+    assert "make study-webq-timing" in rows["C3"] and tuned.NOT_RUN in rows["C3"]
+    assert "| supported |" in rows["C4"] and "| supported |" in rows["C5"]
+    assert "-0.20 [-0.20, -0.20] ROUGE-1" in rows["C6"]  # DialogSum's own arms still decide C6-C10
+    text = (study_dir / "REPORT.md").read_text()
+    assert "# Second task: WebQuestions" in text and "6.3e-05 **chosen**" in text
+    chosen = json.loads((study_dir / "webq" / "chosen_lr.json").read_text())
+    assert chosen == {"full_ft": 6.3e-5, "hizfo": 6.3e-5}
+    capsys.readouterr()
+    assert tuned.main(["chosen-lr", "hizfo", "--task", "webquestions", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out.strip() == "6.3e-05"

@@ -12,8 +12,12 @@ difference. "At least" claims are non-inferiority with a margin of ``MARGIN`` RO
 the paired interval to exclude 0. Each arm is labelled learned / did not learn by its paired dev
 difference to zero-shot, and a verdict that rests on an arm that did not learn says so.
 
+A second task, WebQuestions (protocol ``study_webq_arms``, conf/experiment/study_webq.yaml, records in
+results/study/webq/runs), follows the same rules with strict exact match (x 100) for ROUGE-1; it
+answers the paper's WebQuestions claims (C1-C5) once its gate (``make study-webq-check``) has passed.
+
 Run ``python -m hizfo.study.tuned`` (``make study-report``); ``python -m hizfo.study.tuned chosen-lr
-METHOD`` prints a method's chosen rate for the seeds grid.
+METHOD [--task webquestions]`` prints a method's chosen rate for the seeds grid.
 """
 
 from __future__ import annotations
@@ -39,8 +43,27 @@ from hizfo.study import bootstrap as bs
 
 PROTOCOL = "study"
 METRIC = "rouge1"
-MARGIN = 1.0            # ROUGE-1 points: "at least as good" = the paired interval lies above -MARGIN
+MARGIN = 1.0   # points of the task's score: "at least as good" = the paired interval lies above -MARGIN
 STUDY_DIR = "results/study"
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """What a task of the study is called, scored and stored as."""
+
+    name: str          # as the report names it
+    score: str         # the per-example score, in points
+    examples: str      # what one example is
+    protocol: str
+    config: str        # the experiment that runs its members
+    folder: str        # under the study folder: <folder>/runs, timing.json, chosen_lr.json
+
+
+DIALOGSUM = StudyTask("DialogSum", "ROUGE-1", "dialogues", PROTOCOL,
+                      "conf/experiment/study_dialogsum.yaml", ".")
+WEBQ = StudyTask("WebQuestions", "strict EM", "questions", "study_webq_arms",
+                 "conf/experiment/study_webq.yaml", "webq")
+TASKS = {"dialogsum": DIALOGSUM, "webquestions": WEBQ}
 NAMES = {"zero_shot": "zero-shot", "full_ft": "Full FT", "greentrainer": "GT", "lora": "LoRA",
          "mezo": "MeZO", "hizfo": "Hi-ZFO", "ft_topk": "FT-Top2", "prefix": "Prefix",
          "bilevel_zofo": "Bilevel-ZOFO"}
@@ -129,8 +152,12 @@ class Member:
         return dict(out)
 
     def metric(self, split: str) -> float | None:
-        key = "final" if split == "test" else "validation"
-        value = (self.record.get("metrics", {}).get(key) or {}).get(METRIC)
+        """The record's own score of a split in points: ROUGE-1, or strict EM x 100 (WebQuestions)."""
+        scores = self.record.get("metrics", {}).get("final" if split == "test" else "validation") or {}
+        if self.record["config"]["task"].get("metric") == "webq_accuracy":
+            value = scores.get("accuracy")
+            return None if value is None else 100.0 * float(value)
+        value = scores.get(METRIC)
         return None if value is None else float(value)
 
     @property
@@ -185,8 +212,10 @@ class Arm:
 
 
 class Study:
-    def __init__(self, members: list[Member], skipped: list[str] | None = None) -> None:
+    def __init__(self, members: list[Member], skipped: list[str] | None = None,
+                 task: StudyTask = DIALOGSUM) -> None:
         self.members = members
+        self.task = task
         self.skipped = sorted(skipped or [])
         self._learned: dict[Signature, tuple[str, bs.Estimate]] = {}
         self.by_sig: dict[Signature, list[Member]] = defaultdict(list)
@@ -199,7 +228,7 @@ class Study:
         return {m.lr: m for m in self.by_sig.get(sig, []) if m.seed == 0 and m.lr is not None}
 
     def chosen_lr(self, sig: Signature) -> float | None:
-        """Best dev ROUGE-1 at seed 0 (ties: the lower rate). A variant with no grid of its own (other
+        """Best dev score at seed 0 (ties: the lower rate). A variant with no grid of its own (other
         steps, rho, r, the ZO part off) takes its method's chosen rate."""
         grid = self.grid(sig)
         main = self._main(LR_FROM.get(sig.method, sig.method))
@@ -290,7 +319,7 @@ def at_least_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
     v = bs.at_least(d, MARGIN)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.NON_INFERIOR: SUPPORTED,
                bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
-    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} ROUGE-1, {v} at margin {MARGIN}"
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score}, {v} at margin {MARGIN}"
                    + _caveat(study, a, b))
 
 
@@ -300,7 +329,8 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
     d = study.diff(a, b)
     v = bs.better(d)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
-    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} ROUGE-1 ({v})" + _caveat(study, a, b))
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v})"
+                   + _caveat(study, a, b))
 
 
 def mezo_claim(study: Study) -> Verdict:
@@ -377,8 +407,10 @@ PILOT_TIME_RULE = ("pilot minutes = the repeat's first step (one-time work: Hi-Z
 
 def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
     if not timing:
-        return Verdict(NOT_RUN, "the timing pilot (each arm alone, 3 repeats) has not run; grid records' "
-                                "times are not measurements (two members share the machine)")
+        target = "study-timing" if study.task is DIALOGSUM else "study-webq-timing"
+        return Verdict(NOT_RUN, f"the timing pilot on {study.task.name} (each arm alone, 3 repeats: `make "
+                                f"{target}`) has not run; grid records' times are not measurements (two "
+                                "members share the machine)")
     hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
     if hz is None or full is None or "hizfo" not in timing or "full_ft" not in timing:
         return Verdict(NOT_RUN, "Hi-ZFO or Full FT has no record or no timing")
@@ -435,38 +467,60 @@ WEBQ_BAR = 5.0   # strict-EM points Full FT must gain over zero-shot on dev for 
 NOT_TESTABLE = "not testable at 135M"
 
 
-def webq_gate(members: list[Member]) -> Verdict:
-    """C1-C5 (WebQuestions) from `make study-webq-check`: the task enters the study only when Full FT's
-    dev strict EM beats zero-shot's by WEBQ_BAR points (paired bootstrap over the dev questions)."""
+def _gate_difference(members: list[Member]) -> bs.Estimate | None:
+    """Full FT - zero-shot in dev strict EM on the gate's records (paired over the dev questions)."""
     zero = next((m for m in members if m.sig.method == "zero_shot"), None)
     full = next((m for m in members if m.sig.method == "full_ft"), None)
     if zero is None or full is None:
+        return None
+    return Study([]).diff(Arm(full.sig, full.lr, [full]), Arm(zero.sig, None, [zero]), "validation")
+
+
+def webq_qualifies(members: list[Member]) -> bool:
+    """Whether WebQuestions entered the study: the gate's Full FT beat zero-shot by WEBQ_BAR points."""
+    d = _gate_difference(members)
+    return d is not None and d.mean >= WEBQ_BAR
+
+
+def webq_gate(members: list[Member]) -> Verdict:
+    """C1-C5 (WebQuestions) before the task's arms have run: from `make study-webq-check`, the task
+    enters the study only when Full FT's dev strict EM beats zero-shot's by WEBQ_BAR points."""
+    d = _gate_difference(members)
+    if d is None:
         return Verdict(NOT_RUN, f"WebQuestions enters only if Full FT beats zero-shot on its dev set by "
                                 f"{WEBQ_BAR:g} strict-EM points (`make study-webq-check`, the model's chat "
                                 "template); that check has not run. In the pilot, without the template, "
                                 "Full FT got 4.3 (21-22 of 500) against zero-shot's 0")
-    d = Study([]).diff(Arm(full.sig, full.lr, [full]), Arm(zero.sig, None, [zero]), "validation")
     text = (f"dev strict EM, Full FT - zero-shot: {d.text(1)} points on {d.n_examples} questions "
             f"(chat template; the bar is {WEBQ_BAR:g})")
     if d.mean >= WEBQ_BAR:
-        return Verdict(NOT_RUN, text + ": WebQuestions qualifies; its arms are not run yet")
+        return Verdict(NOT_RUN, text + ": WebQuestions qualifies; its arms are not run yet "
+                                       "(`make study-webq`)")
     return Verdict(NOT_TESTABLE, text + ": below the bar, so these claims cannot be tested on it at 135M")
 
 
-def claims(study: Study, timing: dict[str, Any] | None,
-           webq: Verdict | None = None) -> list[tuple[str, str, Verdict]]:
+def task_claims(study: Study, timing: dict[str, Any] | None) -> list[Verdict]:
+    """The five claims the paper makes on each task, in its order (C1-C5 WebQuestions, C6-C10 DialogSum)."""
     hz, full, gt = study.find("hizfo", 150), study.find("full_ft", 250), study.find("greentrainer", rho=0.7)
-    webq = webq or webq_gate([])
-    out = [(f"C{i}", f"{text} (WebQuestions)", webq) for i, text in enumerate(
-        ("Hi-ZFO's quality is at least Full FT's", "Hi-ZFO's quality is at least GT-0.7's",
-         "Hi-ZFO trains in less time than Full FT", "Hi-ZFO's peak memory is below Full FT's",
-         "MeZO collapses on generative tasks"), start=1)]
+    return [at_least_claim(study, hz, full), at_least_claim(study, hz, gt), time_claim(study, timing),
+            memory_claim(study), mezo_claim(study)]
+
+
+def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
+           webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None,
+           ) -> list[tuple[str, str, Verdict]]:
+    """C1-C13. C1-C5 come from ``webq_study`` when WebQuestions passed its gate and has records (the
+    caller passes it only then); else every one of them is the gate's verdict ``webq``."""
+    hz = study.find("hizfo", 150)
+    texts = ("Hi-ZFO's quality is at least Full FT's", "Hi-ZFO's quality is at least GT-0.7's",
+             "Hi-ZFO trains in less time than Full FT", "Hi-ZFO's peak memory is below Full FT's",
+             "MeZO collapses on generative tasks")
+    on_webq = task_claims(webq_study, webq_timing) if webq_study is not None and webq_study.members \
+        else [webq or webq_gate([])] * len(texts)
+    out = [(f"C{i}", f"{text} (WebQuestions)", v) for i, (text, v) in enumerate(zip(texts, on_webq), start=1)]
+    out += [(f"C{i}", f"{text} (DialogSum)", v)
+            for i, (text, v) in enumerate(zip(texts, task_claims(study, timing)), start=6)]
     out += [
-        ("C6", "Hi-ZFO's quality is at least Full FT's (DialogSum)", at_least_claim(study, hz, full)),
-        ("C7", "Hi-ZFO's quality is at least GT-0.7's (DialogSum)", at_least_claim(study, hz, gt)),
-        ("C8", "Hi-ZFO trains in less time than Full FT (DialogSum)", time_claim(study, timing)),
-        ("C9", "Hi-ZFO's peak memory is below Full FT's (DialogSum)", memory_claim(study)),
-        ("C10", "MeZO collapses on generative tasks (DialogSum)", mezo_claim(study)),
         ("C11", "Inverted U in rho, peaking near rho = 0.6", rho_claim(study)),
         ("C12", "alpha > 0 (the ZO loss) beats alpha = 0",
          beats_claim(study, hz, study.find("hizfo", 150, alpha=0.0))),
@@ -499,7 +553,8 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 
 def lr_section(study: Study) -> list[str]:
-    out = ["## Learning-rate grids (seed 0, full horizon; chosen: best dev ROUGE-1)", ""]
+    score = study.task.score
+    out = [f"## Learning-rate grids{_on(study)} (seed 0, full horizon; chosen: best dev {score})", ""]
     rows = []
     for sig in sorted(study.by_sig, key=lambda s: (list(NAMES).index(s.method) if s.method in NAMES else 99,
                                                      s.steps or 0, s.knobs)):
@@ -514,8 +569,13 @@ def lr_section(study: Study) -> list[str]:
                          _fmt(m.metric("test")), _last_loss(m)])
     if not rows:
         return out + ["No grid has two rates yet.", ""]
-    return out + _table(["arm", "learning rate", "dev ROUGE-1 (100)", "final dev loss", "test ROUGE-1 (500)",
-                         "train loss, last 10 steps"], rows) + [""]
+    return out + _table(["arm", "learning rate", f"dev {score} (100)", "final dev loss",
+                         f"test {score} (500)", "train loss, last 10 steps"], rows) + [""]
+
+
+def _on(study: Study) -> str:
+    """A section title's task, for every task but the study's first."""
+    return "" if study.task is DIALOGSUM else f", {study.task.name}"
 
 
 def _last_loss(m: Member) -> str:
@@ -541,8 +601,10 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      f"{sum(secs) / len(secs):.1f}" if secs else "-",
                      f"{sum(minutes) / len(minutes):.1f}" if minutes else "-",
                      _time_to(arm, target)])
-    return ["## Arms (test: two-level bootstrap over seeds and the 500 test dialogues, 95%)", "",
-            *_table(["arm", "lr", "steps", "seeds", "test ROUGE-1 [95%]", "dev - zero-shot [95%]", "on dev",
+    return [f"## Arms{_on(study)} (test: two-level bootstrap over seeds and the 500 test "
+            f"{study.task.examples}, 95%)", "",
+            *_table(["arm", "lr", "steps", "seeds", f"test {study.task.score} [95%]", "dev - zero-shot [95%]",
+                     "on dev",
                      "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
                      "steps to Full FT's dev loss"], rows), "",
             f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
@@ -568,14 +630,16 @@ def convergence_section(study: Study) -> list[str]:
     last = curve[-1]
     ref = min(curve, key=lambda sv: abs(sv[0] - 0.8 * last[0]))
     change = (ref[1] - last[1]) / ref[1] * 100
-    return ["## Convergence (Full FT, chosen rate, seed 0)", "",
+    return [f"## Convergence{_on(study)} (Full FT, chosen rate, seed 0)", "",
             "Dev loss every 25 steps: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve) + ".",
             f"Over the last fifth of training (step {ref[0]} to {last[0]}) it fell by {change:.1f}% "
             f"({'flat: under 1%' if change < 1 else 'still falling: a longer horizon would help'}).", ""]
 
 
-def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None) -> list[str]:
-    rows = [[key, text, v.verdict, v.because] for key, text, v in claims(study, timing, webq)]
+def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
+                   webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> list[str]:
+    rows = [[key, text, v.verdict, v.because]
+            for key, text, v in claims(study, timing, webq, webq_study, webq_timing)]
     qrows = [[key, text, v.verdict, v.because] for key, text, v in questions(study)]
     counts = defaultdict(int)
     for _, _, v, _ in rows:
@@ -583,27 +647,41 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     return ["## The paper's claims", "", f"Verdicts: {summary}.", "",
             f"Rules: \"at least\" = non-inferiority, the paired 95% interval of the difference lies above "
-            f"-{MARGIN} ROUGE-1; \"beats\" = the paired interval excludes 0; a verdict that rests on an arm "
+            f"-{MARGIN} points (ROUGE-1 on DialogSum, strict EM on WebQuestions); \"beats\" = the "
+            "paired interval excludes 0; a verdict that rests on an arm "
             "that did not learn on dev says so.", "",
             *_table(["claim", "the paper says", "verdict", "because"], rows), "",
             "## Open questions (no verdict of the paper to test; same rules)", "",
             *_table(["question", "", "verdict", "because"], qrows), ""]
 
 
-def cost_section(study: Study) -> list[str]:
+def cost_section(*studies: Study) -> list[str]:
     per: dict[str, list[float]] = defaultdict(list)
-    for m in study.members:
+    members = [m for study in studies for m in study.members]
+    for m in members:
         seconds = float((m.record.get("time") or {}).get("total_seconds", 0))
         per[NAMES.get(m.sig.method, m.sig.method)].append(seconds)
     rows = [[k, str(len(v)), f"{sum(v) / 3600:.2f}", f"{max(v) / 60:.1f}"] for k, v in sorted(per.items())]
     total = sum(sum(v) for v in per.values())
-    rows.append(["all", str(len(study.members)), f"{total / 3600:.2f}", "-"])
+    rows.append(["all", str(len(members)), f"{total / 3600:.2f}", "-"])
     return ["## Cost (records' member times; two members share the 2-core machine, so these are not step "
             "timings)", "", *_table(["method", "members", "member hours", "slowest member (min)"], rows), "",
             f"At two members at a time: {total / 7200:.2f} h.", ""]
 
 
-def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None) -> str:
+def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
+    """One task's zero-shot line, learning-rate grids, arms and Full FT's convergence."""
+    lines = []
+    if study.zero_shot is not None:
+        zero = study.zero_shot
+        lines += [f"Zero-shot{_on(study)}: test {study.task.score} {study.cell(zero).text(1)}, dev "
+                  f"{_fmt(zero.members[0].metric('validation'))}.", ""]
+    return lines + lr_section(study) + arms_section(study, timing) + convergence_section(study)
+
+
+def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None,
+           webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> str:
+    """The report. ``webq_study``: WebQuestions' members, passed only once its gate has passed."""
     first = study.members[0].record if study.members else {}
     hw = first.get("hardware") or {}
     machine = (f"{hw.get('cpu_count', '?')}-core {hw.get('cpu_model') or hw.get('processor', 'CPU')} "
@@ -617,11 +695,12 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
                   + ".", ""]
-    if study.zero_shot is not None:
-        lines += [f"Zero-shot: test ROUGE-1 {study.cell(study.zero_shot).text(1)}, dev "
-                  f"{_fmt(study.zero_shot.members[0].metric('validation'))}.", ""]
-    lines += lr_section(study) + arms_section(study, timing) + convergence_section(study)
-    lines += claims_section(study, timing, webq) + cost_section(study)
+    lines += task_sections(study, timing)
+    if webq_study is not None and webq_study.members:
+        lines += [f"# Second task: WebQuestions ({WEBQ.config}, records in results/study/webq/runs/, "
+                  f"protocol `{WEBQ.protocol}`)", "", *task_sections(webq_study, webq_timing)]
+    lines += claims_section(study, timing, webq, webq_study, webq_timing)
+    lines += cost_section(study, *([webq_study] if webq_study is not None else []))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -634,31 +713,46 @@ def chosen_rates(study: Study) -> dict[str, float]:
     return out
 
 
+def _timing(folder: Path) -> dict[str, Any] | None:
+    path = folder / "timing.json"   # experiments/study_timing.py
+    return json.loads(path.read_text())["arms"] if path.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hizfo.study.tuned", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="render", choices=("render", "chosen-lr"))
     parser.add_argument("method", nargs="?", help="with chosen-lr: the method")
-    parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs)")
+    parser.add_argument("--task", default="dialogsum", choices=sorted(TASKS),
+                        help="with chosen-lr: the task whose grid chooses")
+    parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs, "
+                                                         "WebQuestions' in <dir>/webq/runs)")
     args = parser.parse_args(argv)
-    folder = project_path(args.dir)
+    folder = Path(project_path(args.dir))
     skipped: list[str] = []
-    study = Study(load_members(Path(folder) / "runs", skipped), skipped)
     if args.command == "chosen-lr":
-        rates = chosen_rates(study)
+        task = TASKS[args.task]
+        rates = chosen_rates(Study(load_members(folder / task.folder / "runs", skipped, task.protocol),
+                                   task=task))
         if args.method not in rates:
-            print(f"no chosen learning rate for {args.method!r} yet (its grid needs two or more completed "
-                  f"rates at seed 0); chosen so far: {rates}", file=sys.stderr)
+            print(f"no chosen learning rate for {args.method!r} on {task.name} yet (its grid needs two or "
+                  f"more completed rates at seed 0); chosen so far: {rates}", file=sys.stderr)
             return 2
         print(f"{rates[args.method]:g}")
         return 0
-    timing_path = Path(folder) / "timing.json"
-    timing = json.loads(timing_path.read_text())["arms"] if timing_path.is_file() else None  # study_timing.py
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    gate = load_members(Path(folder) / "webq_check", skipped, protocol="study_webq")
-    (Path(folder) / "REPORT.md").write_text(render(study, timing, webq_gate(gate)))
-    rates = json.dumps(chosen_rates(study), indent=2, sort_keys=True)
-    (Path(folder) / "chosen_lr.json").write_text(rates + "\n")
-    print(f"wrote {Path(folder) / 'REPORT.md'} ({len(study.members)} records)")
+    members = load_members(folder / "runs", skipped)
+    gate = load_members(folder / "webq_check", skipped, protocol="study_webq")
+    webq_members = load_members(folder / WEBQ.folder / "runs", skipped, WEBQ.protocol)
+    study = Study(members, skipped)
+    webq_study = Study(webq_members, task=WEBQ) if webq_qualifies(gate) else None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "REPORT.md").write_text(render(study, _timing(folder), webq_gate(gate), webq_study,
+                                             _timing(folder / WEBQ.folder)))
+    (folder / "chosen_lr.json").write_text(json.dumps(chosen_rates(study), indent=2, sort_keys=True) + "\n")
+    if webq_members:
+        (folder / WEBQ.folder / "chosen_lr.json").write_text(
+            json.dumps(chosen_rates(Study(webq_members, task=WEBQ)), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {folder / 'REPORT.md'} ({len(members)} DialogSum and {len(webq_members)} WebQuestions "
+          "records)")
     return 0
 
 
