@@ -204,8 +204,10 @@ study-seeds: setup model  ## tuned study: seeds 1-2 of every method at its chose
 		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) seed=1,2 $(ARGS)
 	$(MAKE) study-report
 
-study-ablations: setup model  ## tuned study: Hi-ZFO at equal steps, and with the ZO part off, seeds 0-2
+study-ablations: setup model  ## tuned study: Hi-ZFO at equal steps, without the ZO loss (alpha 0), with the ZO part off; seeds 0-2
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) study.horizon.hizfo=250 \
+		seed=0,1,2 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.alpha=0.0 \
 		seed=0,1,2 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.zo_enabled=false \
 		method.alpha=0.0 seed=0,1,2 $(ARGS)
