@@ -301,3 +301,14 @@ def test_webquestions_arms_answer_c1_to_c5_once_the_gate_has_passed(study_dir, g
     capsys.readouterr()
     assert tuned.main(["chosen-lr", "hizfo", "--task", "webquestions", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out.strip() == "6.3e-05"
+
+
+def test_each_member_is_counted_in_its_grid(study_dir):
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    grids = {m.name: tuned.grid_of(study, m) for m in study.members}
+    assert grids["zs"] == "zero-shot"
+    assert grids["full_2e-05"] == grids["hz_2e-05"] == "learning-rate grid (seed 0)"
+    assert grids["full_s1"] == grids["hz_s1"] == "seeds 1-2"
+    assert grids["hz_250"] == "Hi-ZFO variants (ablations, sweeps)"
+    text = "\n".join(tuned.cost_section(study))
+    assert "| learning-rate grid (seed 0) | 7 | 1.17 | 0.58 | 10.0 |" in text  # 3 + 3 + MeZO, 600 s each
