@@ -45,7 +45,7 @@ def _write(folder: Path, name: str, method: str, seed: int, lr: float | None, st
 
 @pytest.fixture
 def study_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuned, "rouge_example", lambda gen, refs, agg: {"rouge1": float(gen)})
+    monkeypatch.setattr(tuned.members, "rouge_example", lambda gen, refs, agg: {"rouge1": float(gen)})
     runs = tmp_path / "runs"
     runs.mkdir()
     base = [float(10 + (i % 5)) for i in range(N_TEST)]      # zero-shot's scores, mean 12

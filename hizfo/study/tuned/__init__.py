@@ -1,0 +1,68 @@
+"""The tuned CPU-scale study (protocol ``study``): learning-rate choice, arms, labels and verdicts,
+rendered from the run records alone into results/study/REPORT.md.
+
+The protocol (conf/experiment/study_dialogsum.yaml) is the field's: every method gets a grid of three
+learning rates at seed 0 and its full horizon; the rate with the best dev ROUGE-1 is chosen (dev loss
+alone misses degenerate output); the arm is then that rate at every seed. Ablations and sweeps of
+Hi-ZFO (steps, rho, r, the ZO part off) reuse Hi-ZFO's chosen rate.
+
+Statistics (hizfo.study.bootstrap): a cell is the mean test ROUGE-1 over seeds and the 500 test
+dialogues with a two-level bootstrap interval; a claim compares two arms by their paired per-example
+difference. "At least" claims are non-inferiority with a margin of ``MARGIN`` ROUGE-1; "beats" needs
+the paired interval to exclude 0. Each arm is labelled learned / did not learn by its paired dev
+difference to zero-shot, and a verdict that rests on an arm that did not learn says so.
+
+A second task, WebQuestions (protocol ``study_webq_arms``, conf/experiment/study_webq.yaml, records in
+results/study/webq/runs), follows the same rules with strict exact match (x 100) for ROUGE-1; it
+answers the paper's WebQuestions claims (C1-C5) once its gate (``make study-webq-check``) has passed.
+
+Run ``python -m hizfo.study.tuned`` (``make study-report``); ``python -m hizfo.study.tuned chosen-lr
+METHOD [--task webquestions]`` prints a method's chosen rate for the seeds grid.
+"""
+
+
+from hizfo.study.tuned.cli import main
+from hizfo.study.tuned.members import (
+    DIALOGSUM,
+    MARGIN,
+    NAMES,
+    PROTOCOL,
+    TASKS,
+    WEBQ,
+    Arm,
+    Member,
+    Signature,
+    Study,
+    StudyTask,
+    load_members,
+    signature,
+)
+from hizfo.study.tuned.report import chosen_rates, cost_section, grid_of, render
+from hizfo.study.tuned.verdicts import (
+    CANNOT_TELL,
+    CONTRADICTED,
+    NOT_RUN,
+    NOT_TESTABLE,
+    SUPPORTED,
+    Verdict,
+    at_least_claim,
+    beats_claim,
+    claims,
+    memory_claim,
+    mezo_claim,
+    pilot_minutes,
+    ratio_claim,
+    rho_claim,
+    time_claim,
+    timing_key,
+    webq_gate,
+    webq_qualifies,
+)
+
+__all__ = [
+    "CANNOT_TELL", "CONTRADICTED", "DIALOGSUM", "MARGIN", "NAMES", "NOT_RUN", "NOT_TESTABLE", "PROTOCOL",
+    "SUPPORTED", "TASKS", "WEBQ", "Arm", "Member", "Signature", "Study", "StudyTask", "Verdict",
+    "at_least_claim", "beats_claim", "chosen_rates", "claims", "cost_section", "grid_of", "load_members",
+    "main", "memory_claim", "mezo_claim", "pilot_minutes", "ratio_claim", "render", "rho_claim",
+    "signature", "time_claim", "timing_key", "webq_gate", "webq_qualifies",
+]

@@ -1,0 +1,58 @@
+"""``python -m hizfo.study.tuned``: render the report, or print a method's chosen learning rate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hizfo.runs.resources import project_path
+from hizfo.study.tuned.members import STUDY_DIR, TASKS, WEBQ, Study, load_members
+from hizfo.study.tuned.report import chosen_rates, render
+from hizfo.study.tuned.verdicts import webq_gate, webq_qualifies
+
+
+def _timing(folder: Path) -> dict[str, Any] | None:
+    path = folder / "timing.json"   # experiments/study_timing.py
+    return json.loads(path.read_text())["arms"] if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hizfo.study.tuned",
+                                     description="the tuned study's report, or a method's chosen rate")
+    parser.add_argument("command", nargs="?", default="render", choices=("render", "chosen-lr"))
+    parser.add_argument("method", nargs="?", help="with chosen-lr: the method")
+    parser.add_argument("--task", default="dialogsum", choices=sorted(TASKS),
+                        help="with chosen-lr: the task whose grid chooses")
+    parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs, "
+                                                         "WebQuestions' in <dir>/webq/runs)")
+    args = parser.parse_args(argv)
+    folder = Path(project_path(args.dir))
+    skipped: list[str] = []
+    if args.command == "chosen-lr":
+        task = TASKS[args.task]
+        rates = chosen_rates(Study(load_members(folder / task.folder / "runs", skipped, task.protocol),
+                                   task=task))
+        if args.method not in rates:
+            print(f"no chosen learning rate for {args.method!r} on {task.name} yet (its grid needs two or "
+                  f"more completed rates at seed 0); chosen so far: {rates}", file=sys.stderr)
+            return 2
+        print(f"{rates[args.method]:g}")
+        return 0
+    members = load_members(folder / "runs", skipped)
+    gate = load_members(folder / "webq_check", skipped, protocol="study_webq")
+    webq_members = load_members(folder / WEBQ.folder / "runs", skipped, WEBQ.protocol)
+    study = Study(members, skipped)
+    webq_study = Study(webq_members, task=WEBQ) if webq_qualifies(gate) else None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "REPORT.md").write_text(render(study, _timing(folder), webq_gate(gate), webq_study,
+                                             _timing(folder / WEBQ.folder)))
+    (folder / "chosen_lr.json").write_text(json.dumps(chosen_rates(study), indent=2, sort_keys=True) + "\n")
+    if webq_members:
+        (folder / WEBQ.folder / "chosen_lr.json").write_text(
+            json.dumps(chosen_rates(Study(webq_members, task=WEBQ)), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {folder / 'REPORT.md'} ({len(members)} DialogSum and {len(webq_members)} WebQuestions "
+          "records)")
+    return 0

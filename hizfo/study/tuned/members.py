@@ -1,0 +1,269 @@
+"""The tuned study's records as members, arms and a study: what defines an arm, each member's
+per-example scores, the learning-rate choice, bootstrap cells and paired differences."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from hizfo.evaluation.rouge import rouge_example
+from hizfo.evaluation.webq import webq_example
+from hizfo.runs.config_schema import arm_knobs
+from hizfo.runs.records import read_records
+from hizfo.study import bootstrap as bs
+
+PROTOCOL = "study"
+METRIC = "rouge1"
+MARGIN = 1.0   # points of the task's score: "at least as good" = the paired interval lies above -MARGIN
+STUDY_DIR = "results/study"
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """What a task of the study is called, scored and stored as."""
+
+    name: str          # as the report names it
+    score: str         # the per-example score, in points
+    examples: str      # what one example is
+    protocol: str
+    config: str        # the experiment that runs its members
+    folder: str        # under the study folder: <folder>/runs, timing.json, chosen_lr.json
+
+
+DIALOGSUM = StudyTask("DialogSum", "ROUGE-1", "dialogues", PROTOCOL,
+                      "conf/experiment/study_dialogsum.yaml", ".")
+WEBQ = StudyTask("WebQuestions", "strict EM", "questions", "study_webq_arms",
+                 "conf/experiment/study_webq.yaml", "webq")
+TASKS = {"dialogsum": DIALOGSUM, "webquestions": WEBQ}
+NAMES = {"zero_shot": "zero-shot", "full_ft": "Full FT", "greentrainer": "GT", "lora": "LoRA",
+         "mezo": "MeZO", "hizfo": "Hi-ZFO", "ft_topk": "FT-Top2", "prefix": "Prefix",
+         "bilevel_zofo": "Bilevel-ZOFO"}
+LR_FROM = {"hizfo": "hizfo"}   # an arm with non-default knobs uses its method's chosen rate
+
+
+# --------------------------------------------------------------------------- records -> members
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What defines an arm apart from its learning rate and seed."""
+
+    method: str
+    steps: int | None
+    knobs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        name = NAMES.get(self.method, self.method)
+        knobs = dict(self.knobs)
+        if self.method == "greentrainer":
+            name = f"GT-{knobs.pop('rho', 0.7)}"
+        parts = [f"{_KNOB_TEXT.get(k, k)} {v}" for k, v in sorted(knobs.items())]
+        if self.steps is not None:
+            parts.insert(0, f"{self.steps} steps")
+        return name + (f" ({', '.join(parts)})" if parts else "")
+
+
+_KNOB_TEXT = {"zo_lr_ratio": "r", "zo_enabled": "ZO part", "alpha": "alpha", "rho": "rho",
+              "zo_optimizer": "ZO optimizer"}
+
+
+def signature(record: dict[str, Any]) -> Signature:
+    cfg = record["config"]
+    method = cfg["method"]["name"]
+    knobs = tuple(sorted(arm_knobs(cfg["method"]).items()))
+    if method == "greentrainer":
+        knobs = (("rho", cfg["method"]["rho"]),)
+    steps = None if method == "zero_shot" else int(record.get("time", {}).get("steps") or 0)
+    return Signature(method, steps, knobs)
+
+
+@dataclass
+class Member:
+    """One completed run of the study, with its per-example scores read from its predictions file."""
+
+    record: dict[str, Any]
+
+    @cached_property
+    def sig(self) -> Signature:
+        return signature(self.record)
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["config"]["seed"])
+
+    @property
+    def lr(self) -> float | None:
+        return self.record["config"]["method"].get("lr")
+
+    @property
+    def name(self) -> str:
+        return str(self.record["run_name"])
+
+    @cached_property
+    def per_example(self) -> dict[str, dict[str, float]]:
+        """phase ("final" = test, "validation" = dev) -> example id -> the study's score: ROUGE-1, or
+        strict exact match x 100 for WebQuestions (the second-task gate)."""
+        side = self.record.get("predictions", {}) or {}
+        path = Path(self.record["_path"]).with_name(Path(side.get("file", "")).name) if side else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"{self.record['_path']}: its predictions file is missing; the study "
+                                    "scores every example from it")
+        task = self.record["config"]["task"]
+        aggregation = task.get("rouge_reference_aggregation", "mean")
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if task.get("metric") == "webq_accuracy":
+                    score = 100.0 * webq_example(row["generation"], row["references"])["accuracy"]
+                else:
+                    score = rouge_example(row["generation"].strip(), row["references"], aggregation)[METRIC]
+                out[row["phase"]][row["id"]] = score
+        return dict(out)
+
+    def metric(self, split: str) -> float | None:
+        """The record's own score of a split in points: ROUGE-1, or strict EM x 100 (WebQuestions)."""
+        scores = self.record.get("metrics", {}).get("final" if split == "test" else "validation") or {}
+        if self.record["config"]["task"].get("metric") == "webq_accuracy":
+            value = scores.get("accuracy")
+            return None if value is None else 100.0 * float(value)
+        value = scores.get(METRIC)
+        return None if value is None else float(value)
+
+    @property
+    def val_curve(self) -> list[tuple[int, float]]:
+        return [(int(v["step"]), float(v["val_loss"])) for v in self.record.get("val_evaluations") or []]
+
+    @property
+    def train_peak_gb(self) -> float | None:
+        """The training segment's peak RSS, evaluation left out (``memory.train_bytes``; the first
+        grid's code wrote it as ``memory.train.bytes``); None when a record has neither."""
+        memory = self.record.get("memory") or {}
+        value = memory.get("train_bytes") or (memory.get("train") or {}).get("bytes")
+        return value / 1e9 if value else None
+
+
+def load_members(runs_dir: str | Path, skipped: list[str] | None = None,
+                 protocol: str = PROTOCOL) -> list[Member]:
+    """The study's completed members; a file that is not a sound record is skipped with a warning
+    naming it, and its path appended to ``skipped``."""
+    if not Path(runs_dir).is_dir():
+        return []
+    records = [r for r in read_records(runs_dir, unreadable=skipped) if r.get("protocol") == protocol]
+    latest: dict[str, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: (r["run_name"], r.get("finished_at") or "")):
+        latest[r["run_name"]] = r   # a re-run of the same member: its newest record counts
+    return [Member(r) for r in sorted(latest.values(), key=lambda r: r["run_name"])]
+
+
+# --------------------------------------------------------------------------- the study
+
+
+@dataclass
+class Arm:
+    sig: Signature
+    lr: float | None
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.sig.label
+
+    def matrix(self, split: str) -> tuple[list[str], list[list[float]]]:
+        phase = "final" if split == "test" else "validation"
+        ids = sorted(self.members[0].per_example.get(phase, {}))
+        rows = []
+        for m in sorted(self.members, key=lambda m: m.seed):
+            scores = m.per_example.get(phase, {})
+            if sorted(scores) != ids:
+                raise ValueError(f"{m.name}: its {split} examples differ from {self.members[0].name}'s")
+            rows.append([scores[i] for i in ids])
+        return ids, rows
+
+
+class Study:
+    def __init__(self, members: list[Member], skipped: list[str] | None = None,
+                 task: StudyTask = DIALOGSUM) -> None:
+        self.members = members
+        self.task = task
+        self.skipped = sorted(skipped or [])
+        self._learned: dict[Signature, tuple[str, bs.Estimate]] = {}
+        self.by_sig: dict[Signature, list[Member]] = defaultdict(list)
+        for m in members:
+            self.by_sig[m.sig].append(m)
+
+    # -- learning-rate choice
+    def grid(self, sig: Signature) -> dict[float, Member]:
+        """The seed-0 members of a signature by learning rate."""
+        return {m.lr: m for m in self.by_sig.get(sig, []) if m.seed == 0 and m.lr is not None}
+
+    def chosen_lr(self, sig: Signature) -> float | None:
+        """Best dev score at seed 0 (ties: the lower rate). A variant with no grid of its own (other
+        steps, rho, r, the ZO part off) takes its method's chosen rate."""
+        grid = self.grid(sig)
+        main = self._main(LR_FROM.get(sig.method, sig.method))
+        if len(grid) < 2 and main is not None and main != sig:
+            return self.chosen_lr(main)
+        scored = {lr: m.metric("validation") for lr, m in grid.items() if m.metric("validation") is not None}
+        if not scored:
+            return None
+        return max(sorted(scored), key=lambda lr: scored[lr])
+
+    def _main(self, method: str) -> Signature | None:
+        """A method's main arm: default knobs, the signature whose grid has the most rates."""
+        sigs = [s for s in self.by_sig if s.method == method and (not s.knobs or method == "greentrainer")]
+        return max(sigs, key=lambda s: (len(self.grid(s)), -(s.steps or 0)), default=None)
+
+    def arm(self, sig: Signature | None) -> Arm | None:
+        if sig is None or sig not in self.by_sig:
+            return None
+        lr = self.chosen_lr(sig) if sig.method != "zero_shot" else None
+        members = [m for m in self.by_sig[sig] if sig.method == "zero_shot" or m.lr == lr]
+        return Arm(sig, lr, members) if members else None
+
+    def arms(self) -> list[Arm]:
+        order = list(NAMES)
+        sigs = sorted(self.by_sig, key=lambda s: (order.index(s.method) if s.method in order else 99,
+                                                  s.steps or 0, s.knobs))
+        return [a for s in sigs if (a := self.arm(s)) is not None]
+
+    def find(self, method: str, steps: int | None = None, **knobs: Any) -> Arm | None:
+        """The arm of ``method`` at ``steps`` whose non-default knobs are exactly ``knobs`` (GT: rho)."""
+        if method == "greentrainer":
+            knobs = {"rho": knobs.get("rho", 0.7)}
+        want = sorted(knobs.items())
+        for sig in sorted(self.by_sig, key=lambda s: (s.steps or 0, s.knobs)):
+            if sig.method == method and (steps is None or sig.steps == steps) and sorted(sig.knobs) == want:
+                return self.arm(sig)
+        return None
+
+    @cached_property
+    def zero_shot(self) -> Arm | None:
+        return self.arm(next((s for s in self.by_sig if s.method == "zero_shot"), None))
+
+    # -- statistics
+    def cell(self, arm: Arm, split: str = "test") -> bs.Estimate:
+        return bs.cell(arm.matrix(split)[1])
+
+    def diff(self, a: Arm, b: Arm, split: str = "test") -> bs.Estimate:
+        ids_a, rows_a = a.matrix(split)
+        ids_b, rows_b = b.matrix(split)
+        if ids_a != ids_b:
+            raise ValueError(f"{a.label} and {b.label} scored different {split} examples")
+        return bs.paired_difference(rows_a, rows_b)
+
+    def learned(self, arm: Arm) -> tuple[str, bs.Estimate | None]:
+        """The arm's label from its paired dev difference to zero-shot (computed once per arm: the
+        report asks for it in the arms table and beside every verdict that uses the arm)."""
+        if self.zero_shot is None or arm.sig.method == "zero_shot":
+            return ("-", None)
+        if arm.sig not in self._learned:
+            d = self.diff(arm, self.zero_shot, "validation")
+            self._learned[arm.sig] = (bs.learned(d), d)
+        return self._learned[arm.sig]

@@ -1,0 +1,223 @@
+"""results/study/REPORT.md from the tuned study's arms and verdicts: grids, arms, convergence, claims,
+cost."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hizfo.study.tuned.members import (
+    DIALOGSUM,
+    LR_FROM,
+    MARGIN,
+    NAMES,
+    PROTOCOL,
+    WEBQ,
+    Arm,
+    Member,
+    Study,
+)
+from hizfo.study.tuned.verdicts import (
+    PILOT_TIME_RULE,
+    Verdict,
+    analytic_gb,
+    claims,
+    pilot_minutes,
+    questions,
+    timing_key,
+)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    rows = list(rows)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def lr_section(study: Study) -> list[str]:
+    score = study.task.score
+    out = [f"## Learning-rate grids{_on(study)} (seed 0, full horizon; chosen: best dev {score})", ""]
+    rows = []
+    for sig in sorted(study.by_sig, key=lambda s: (list(NAMES).index(s.method) if s.method in NAMES else 99,
+                                                     s.steps or 0, s.knobs)):
+        grid = study.grid(sig)
+        if len(grid) < 2:
+            continue
+        chosen = study.chosen_lr(sig)
+        for lr, m in sorted(grid.items()):
+            curve = m.val_curve
+            rows.append([sig.label, f"{lr:g}" + (" **chosen**" if lr == chosen else ""),
+                         _fmt(m.metric("validation")), _fmt(curve[-1][1], 3) if curve else "-",
+                         _fmt(m.metric("test")), _last_loss(m)])
+    if not rows:
+        return out + ["No grid has two rates yet.", ""]
+    return out + _table(["arm", "learning rate", f"dev {score} (100)", "final dev loss",
+                         f"test {score} (500)", "train loss, last 10 steps"], rows) + [""]
+
+
+def _on(study: Study) -> str:
+    """A section title's task, for every task but the study's first."""
+    return "" if study.task is DIALOGSUM else f", {study.task.name}"
+
+
+def _last_loss(m: Member) -> str:
+    hist = [h["loss"] for h in m.record.get("history") or [] if "loss" in h]
+    return _fmt(sum(hist[-10:]) / len(hist[-10:]), 3) if hist else "-"
+
+
+def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
+    rows = []
+    full = study.find("full_ft", 250)
+    target = full.members[0].val_curve[-1][1] if full and full.members[0].val_curve else None
+    for arm in study.arms():
+        cell = study.cell(arm)
+        label, d = study.learned(arm)
+        entry = (timing or {}).get(timing_key(arm.sig) or "")
+        secs = entry["seconds_per_step"] if entry else None
+        minutes = pilot_minutes(entry, arm.sig.steps) if entry and arm.sig.steps else None
+        rows.append([arm.label, "-" if arm.lr is None else f"{arm.lr:g}", str(arm.sig.steps or 0),
+                     ",".join(str(m.seed) for m in sorted(arm.members, key=lambda m: m.seed)),
+                     cell.text(1), d.text(1) if d else "-", label,
+                     _fmt(max((m.train_peak_gb or 0) for m in arm.members) or None),
+                     _fmt(analytic_gb(arm)),
+                     f"{sum(secs) / len(secs):.1f}" if secs else "-",
+                     f"{sum(minutes) / len(minutes):.1f}" if minutes else "-",
+                     _time_to(arm, target)])
+    return [f"## Arms{_on(study)} (test: two-level bootstrap over seeds and the 500 test "
+            f"{study.task.examples}, 95%)", "",
+            *_table(["arm", "lr", "steps", "seeds", f"test {study.task.score} [95%]", "dev - zero-shot [95%]",
+                     "on dev",
+                     "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
+                     "steps to Full FT's dev loss"], rows), "",
+            f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
+            "Arms whose knobs change the work per step (rho, r) have no pilot of their own.", ""]
+
+
+def _time_to(arm: Arm, target: float | None) -> str:
+    m0 = next((m for m in arm.members if m.seed == 0), None)
+    if target is None or m0 is None or not m0.val_curve:
+        return "-"
+    hit = next((s for s, v in m0.val_curve if v <= target), None)
+    return str(hit) if hit is not None else f"not reached (best {min(v for _, v in m0.val_curve):.3f})"
+
+
+def convergence_section(study: Study) -> list[str]:
+    full = study.find("full_ft", 250)
+    if full is None:
+        return []
+    m0 = next((m for m in full.members if m.seed == 0), None)
+    curve = m0.val_curve if m0 else []
+    if len(curve) < 3:
+        return []
+    last = curve[-1]
+    ref = min(curve, key=lambda sv: abs(sv[0] - 0.8 * last[0]))
+    change = (ref[1] - last[1]) / ref[1] * 100
+    return [f"## Convergence{_on(study)} (Full FT, chosen rate, seed 0)", "",
+            "Dev loss every 25 steps: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve) + ".",
+            f"Over the last fifth of training (step {ref[0]} to {last[0]}) it fell by {change:.1f}% "
+            f"({'flat: under 1%' if change < 1 else 'still falling: a longer horizon would help'}).", ""]
+
+
+def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
+                   webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> list[str]:
+    rows = [[key, text, v.verdict, v.because]
+            for key, text, v in claims(study, timing, webq, webq_study, webq_timing)]
+    qrows = [[key, text, v.verdict, v.because] for key, text, v in questions(study)]
+    counts = defaultdict(int)
+    for _, _, v, _ in rows:
+        counts[v] += 1
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    return ["## The paper's claims", "", f"Verdicts: {summary}.", "",
+            f"Rules: \"at least\" = non-inferiority, the paired 95% interval of the difference lies above "
+            f"-{MARGIN} points (ROUGE-1 on DialogSum, strict EM on WebQuestions); \"beats\" = the "
+            "paired interval excludes 0; a verdict that rests on an arm "
+            "that did not learn on dev says so.", "",
+            *_table(["claim", "the paper says", "verdict", "because"], rows), "",
+            "## Open questions (no verdict of the paper to test; same rules)", "",
+            *_table(["question", "", "verdict", "because"], qrows), ""]
+
+
+def grid_of(study: Study, m: Member) -> str:
+    """Which of the study's grids (Makefile targets) a member belongs to."""
+    prefix = "" if study.task is DIALOGSUM else f"{study.task.name}: "
+    if m.sig.method == "zero_shot":
+        return prefix + "zero-shot"
+    main = study._main(LR_FROM.get(m.sig.method, m.sig.method))
+    if m.sig != main:
+        return prefix + "Hi-ZFO variants (ablations, sweeps)"
+    return prefix + ("learning-rate grid (seed 0)" if m.seed == 0 else "seeds 1-2")
+
+
+def cost_section(*studies: Study) -> list[str]:
+    """Member time from the records, per method and per grid (the issue asks for each grid's total)."""
+    per: dict[str, list[float]] = defaultdict(list)
+    grids: dict[str, list[float]] = defaultdict(list)
+    members = [(study, m) for study in studies for m in study.members]
+    for study, m in members:
+        seconds = float((m.record.get("time") or {}).get("total_seconds", 0))
+        per[NAMES.get(m.sig.method, m.sig.method)].append(seconds)
+        grids[grid_of(study, m)].append(seconds)
+
+    def rows(groups: dict[str, list[float]]) -> list[list[str]]:
+        out = [[k, str(len(v)), f"{sum(v) / 3600:.2f}", f"{sum(v) / 7200:.2f}", f"{max(v) / 60:.1f}"]
+               for k, v in sorted(groups.items())]
+        total = sum(sum(v) for v in groups.values())
+        return out + [["all", str(len(members)), f"{total / 3600:.2f}", f"{total / 7200:.2f}", "-"]]
+
+    header = ["members", "member hours", "hours at two at a time", "slowest member (min)"]
+    return ["## Cost (records' member times; two members share the 2-core machine, so these are not step "
+            "timings)", "", *_table(["method", *header], rows(per)), "",
+            *_table(["grid", *header], rows(grids)), "",
+            "A resumed member's time is a lower bound (an earlier process's set-up before its loop is not "
+            "recorded).", ""]
+
+
+def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
+    """One task's zero-shot line, learning-rate grids, arms and Full FT's convergence."""
+    lines = []
+    if study.zero_shot is not None:
+        zero = study.zero_shot
+        lines += [f"Zero-shot{_on(study)}: test {study.task.score} {study.cell(zero).text(1)}, dev "
+                  f"{_fmt(zero.members[0].metric('validation'))}.", ""]
+    return lines + lr_section(study) + arms_section(study, timing) + convergence_section(study)
+
+
+def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None,
+           webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> str:
+    """The report. ``webq_study``: WebQuestions' members, passed only once its gate has passed."""
+    first = study.members[0].record if study.members else {}
+    hw = first.get("hardware") or {}
+    machine = (f"{hw.get('cpu_count', '?')}-core {hw.get('cpu_model') or hw.get('processor', 'CPU')} "
+               f"({hw.get('platform', '')})") if hw else "(no records yet)"
+    lines = ["# The tuned CPU-scale study: Hi-ZFO and its baselines on DialogSum (SmolLM2-135M-Instruct)", "",
+             "Generated by `python -m hizfo.study.tuned` from the records in results/study/runs/ only "
+             f"(protocol `{PROTOCOL}`, conf/experiment/study_dialogsum.yaml). "
+             f"Completed members: {len(study.members)}. Hardware: {machine}, fp32, one torch "
+             "thread per member, two members at a time.", ""]
+    if study.skipped:
+        lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
+                  "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
+                  + ".", ""]
+    lines += task_sections(study, timing)
+    if webq_study is not None and webq_study.members:
+        lines += [f"# Second task: WebQuestions ({WEBQ.config}, records in results/study/webq/runs/, "
+                  f"protocol `{WEBQ.protocol}`)", "", *task_sections(webq_study, webq_timing)]
+    lines += claims_section(study, timing, webq, webq_study, webq_timing)
+    lines += cost_section(study, *([webq_study] if webq_study is not None else []))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def chosen_rates(study: Study) -> dict[str, float]:
+    out = {}
+    for method in sorted({s.method for s in study.by_sig} - {"zero_shot"}):
+        main = study._main(method)
+        if main is not None and len(study.grid(main)) >= 2 and (lr := study.chosen_lr(main)) is not None:
+            out[method] = lr
+    return out

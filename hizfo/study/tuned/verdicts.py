@@ -1,0 +1,259 @@
+"""The paper's claims judged on the tuned study's arms (non-inferiority, superiority, the MeZO
+collapse, rho and r shapes, time from the timing pilot, memory), and the WebQuestions gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hizfo.study import bootstrap as bs
+from hizfo.study.tuned.members import (
+    DIALOGSUM,
+    MARGIN,
+    Arm,
+    Member,
+    Signature,
+    Study,
+)
+
+SUPPORTED, CONTRADICTED, CANNOT_TELL = "supported", "contradicted", "cannot tell at this scale"
+NOT_RUN = "not run yet"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    because: str
+
+
+def _caveat(study: Study, *arms: Arm) -> str:
+    not_learned = [a.label for a in arms
+                   if a.sig.method != "zero_shot" and study.learned(a)[0] != bs.LEARNED]
+    return f" (rests on {', '.join(not_learned)}, which did not learn on dev)" if not_learned else ""
+
+
+def at_least_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
+    if a is None or b is None:
+        return Verdict(NOT_RUN, "an arm has no record")
+    d = study.diff(a, b)
+    v = bs.at_least(d, MARGIN)
+    verdict = {bs.SUPERIOR: SUPPORTED, bs.NON_INFERIOR: SUPPORTED,
+               bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score}, {v} at margin {MARGIN}"
+                   + _caveat(study, a, b))
+
+
+def beats_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
+    if a is None or b is None:
+        return Verdict(NOT_RUN, "an arm has no record")
+    d = study.diff(a, b)
+    v = bs.better(d)
+    verdict = {bs.SUPERIOR: SUPPORTED, bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v})"
+                   + _caveat(study, a, b))
+
+
+def mezo_claim(study: Study) -> Verdict:
+    mezo, full, zero = study.find("mezo"), study.find("full_ft", 250), study.zero_shot
+    if mezo is None or full is None or zero is None:
+        return Verdict(NOT_RUN, "MeZO, Full FT or zero-shot has no record")
+    vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
+    label = study.learned(mezo)[0]
+    text = (f"MeZO - Full FT: {vs_full.text(2)}; MeZO - zero-shot (test): {vs_zero.text(2)}; "
+            f"MeZO on dev: {label}")
+    if vs_zero.lo > 0:
+        return Verdict(CONTRADICTED, text + ": MeZO lies above zero-shot, it learned")
+    if vs_full.hi < 0:
+        return Verdict(SUPPORTED, text + (": at every rate of its grid MeZO did not learn, which is the "
+                                          "collapse the claim names" if label != bs.LEARNED else ""))
+    return Verdict(CANNOT_TELL, text)
+
+
+def rho_claim(study: Study) -> Verdict:
+    arms = {r: study.find("hizfo", 150, **({} if r == 0.6 else {"rho": r})) for r in (0.5, 0.6, 0.7, 0.8)}
+    mid = arms[0.6]
+    if mid is None or arms[0.5] is None or arms[0.8] is None:
+        return Verdict(NOT_RUN, "rho 0.5, 0.6 or 0.8 has no record (rho <= 0.4 leaves no tensor that "
+                                "fits SmolLM2's backward budget: the pilot's failed members)")
+    ends = {r: study.diff(mid, arms[r]) for r in (0.5, 0.8)}
+    text = "; ".join(f"rho 0.6 - rho {r}: {d.text(2)}" for r, d in ends.items())
+    if any(d.hi < 0 for d in ends.values()):
+        return Verdict(CONTRADICTED, text + ": an end of the range lies above rho 0.6")
+    if all(d.lo > 0 for d in ends.values()):
+        return Verdict(SUPPORTED, text + ": rho 0.6 lies above both ends")
+    return Verdict(CANNOT_TELL, text)
+
+
+def ratio_claim(study: Study) -> Verdict:
+    ref = study.find("hizfo", 150)
+    r05, r07 = (study.find("hizfo", 150, zo_lr_ratio=r) for r in (0.5, 0.7))
+    if ref is None or r05 is None or r07 is None:
+        return Verdict(NOT_RUN, "r 0.1, 0.5 or 0.7 has no record")
+    inside, above = study.diff(r05, ref), study.diff(r07, ref)
+    text = f"r 0.5 - r 0.1: {inside.text(2)}; r 0.7 - r 0.1: {above.text(2)}"
+    stable, collapse = bs.at_least(inside, MARGIN), bs.better(above)
+    if stable == bs.INFERIOR or bs.at_least(above, MARGIN) in (bs.SUPERIOR, bs.NON_INFERIOR):
+        return Verdict(CONTRADICTED, text + ": no stability up to 0.5, or no collapse above it")
+    if stable in (bs.SUPERIOR, bs.NON_INFERIOR) and collapse == bs.INFERIOR:
+        return Verdict(SUPPORTED, text)
+    return Verdict(CANNOT_TELL, text)
+
+
+def timing_key(sig: Signature) -> str | None:
+    """The timing pilot's arm (experiments/study_timing.py ARMS) that times this arm's steps, if any:
+    a knob that changes the work per step (rho, r) has no pilot of its own."""
+    knobs = dict(sig.knobs)
+    if sig.method == "hizfo" and knobs == {"zo_enabled": False, "alpha": 0.0}:
+        return "hizfo_zo_off"
+    if sig.method == "greentrainer" and knobs in ({}, {"rho": 0.7}):
+        return "greentrainer"
+    return sig.method if not knobs and sig.method != "zero_shot" else None
+
+
+def pilot_minutes(entry: dict[str, Any], steps: int) -> list[float]:
+    """Training minutes of ``steps`` steps, one figure per pilot repeat: the repeat's first step (it
+    holds one-time work: Hi-ZFO selects its tensors inside it) plus its median step x (steps - 1).
+    Files without the per-step lists (older pilots, hand-made examples) fall back to median x steps."""
+    medians, runs = entry["seconds_per_step"], entry.get("all_step_seconds") or []
+    if len(runs) != len(medians):
+        return [m * steps / 60 for m in medians]
+    return [(run[0] + m * (steps - 1)) / 60 for m, run in zip(medians, runs)]
+
+
+PILOT_TIME_RULE = ("pilot minutes = the repeat's first step (one-time work: Hi-ZFO's tensor selection "
+                   "runs inside it) + its median step x (steps - 1); GreenTrainer selects before its "
+                   "first step, so its selection is not in its figure")
+
+
+def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
+    if not timing:
+        target = "study-timing" if study.task is DIALOGSUM else "study-webq-timing"
+        return Verdict(NOT_RUN, f"the timing pilot on {study.task.name} (each arm alone, 3 repeats: `make "
+                                f"{target}`) has not run; grid records' times are not measurements (two "
+                                "members share the machine)")
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    if hz is None or full is None or "hizfo" not in timing or "full_ft" not in timing:
+        return Verdict(NOT_RUN, "Hi-ZFO or Full FT has no record or no timing")
+    t_hz = pilot_minutes(timing["hizfo"], hz.sig.steps)
+    t_full = pilot_minutes(timing["full_ft"], full.sig.steps)
+    text = (f"Hi-ZFO ({hz.sig.steps} steps) {min(t_hz):.1f}-{max(t_hz):.1f} min vs Full FT "
+            f"({full.sig.steps} steps) {min(t_full):.1f}-{max(t_full):.1f} min (timing pilot, each arm "
+            f"alone, {len(t_hz)} repeats; first step + median step x the rest)")
+    if max(t_hz) < min(t_full):
+        return Verdict(SUPPORTED, text)
+    if min(t_hz) > max(t_full):
+        return Verdict(CONTRADICTED, text)
+    return Verdict(CANNOT_TELL, text + ": the repeats overlap")
+
+
+def memory_claim(study: Study) -> Verdict:
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    if hz is None or full is None:
+        return Verdict(NOT_RUN, "Hi-ZFO or Full FT has no record")
+    a = [m.train_peak_gb for m in hz.members if m.train_peak_gb]
+    b = [m.train_peak_gb for m in full.members if m.train_peak_gb]
+    if not a or not b:
+        return Verdict(NOT_RUN, "no training-segment peak in the records")
+    text = (f"training peak RSS Hi-ZFO {min(a):.2f}-{max(a):.2f} GB vs Full FT {min(b):.2f}-{max(b):.2f} GB; "
+            f"analytic weights + gradients + optimizer state {analytic_gb(hz):.2f} vs "
+            f"{analytic_gb(full):.2f} GB")
+    if max(a) < min(b):
+        return Verdict(SUPPORTED, text)
+    if min(a) > max(b):
+        return Verdict(CONTRADICTED, text)
+    return Verdict(CANNOT_TELL, text)
+
+
+def analytic_gb(arm: Arm) -> float:
+    """fp32 weights of the whole model, plus a gradient and AdamW's two moments for every first-order
+    parameter (ZO parameters need neither; ZO-AdamW adds two moments)."""
+    rec = arm.members[0].record
+    total = (rec.get("parameters") or {}).get("total") or 0
+    desc = rec.get("method") or {}
+    name = arm.sig.method
+    if name == "hizfo":
+        fo, zo_state = desc.get("fo_params", 0), (2 * desc.get("zo_params", 0)
+                                                  if desc.get("zo_optimizer") == "adamw" else 0)
+    elif name == "mezo" or name == "zero_shot":
+        fo, zo_state = 0, 0
+    elif name == "greentrainer":
+        fo, zo_state = (desc.get("selection") or {}).get("selected_params", 0), 0
+    else:
+        fo, zo_state = (rec.get("parameters") or {}).get("trainable") or 0, 0
+    return 4 * (total + 3 * fo + zo_state) / 1e9
+
+
+WEBQ_BAR = 5.0   # strict-EM points Full FT must gain over zero-shot on dev for a second task
+NOT_TESTABLE = "not testable at 135M"
+
+
+def _gate_difference(members: list[Member]) -> bs.Estimate | None:
+    """Full FT - zero-shot in dev strict EM on the gate's records (paired over the dev questions)."""
+    zero = next((m for m in members if m.sig.method == "zero_shot"), None)
+    full = next((m for m in members if m.sig.method == "full_ft"), None)
+    if zero is None or full is None:
+        return None
+    return Study([]).diff(Arm(full.sig, full.lr, [full]), Arm(zero.sig, None, [zero]), "validation")
+
+
+def webq_qualifies(members: list[Member]) -> bool:
+    """Whether WebQuestions entered the study: the gate's Full FT beat zero-shot by WEBQ_BAR points."""
+    d = _gate_difference(members)
+    return d is not None and d.mean >= WEBQ_BAR
+
+
+def webq_gate(members: list[Member]) -> Verdict:
+    """C1-C5 (WebQuestions) before the task's arms have run: from `make study-webq-check`, the task
+    enters the study only when Full FT's dev strict EM beats zero-shot's by WEBQ_BAR points."""
+    d = _gate_difference(members)
+    if d is None:
+        return Verdict(NOT_RUN, f"WebQuestions enters only if Full FT beats zero-shot on its dev set by "
+                                f"{WEBQ_BAR:g} strict-EM points (`make study-webq-check`, the model's chat "
+                                "template); that check has not run. In the pilot, without the template, "
+                                "Full FT got 4.3 (21-22 of 500) against zero-shot's 0")
+    text = (f"dev strict EM, Full FT - zero-shot: {d.text(1)} points on {d.n_examples} questions "
+            f"(chat template; the bar is {WEBQ_BAR:g})")
+    if d.mean >= WEBQ_BAR:
+        return Verdict(NOT_RUN, text + ": WebQuestions qualifies; its arms are not run yet "
+                                       "(`make study-webq`)")
+    return Verdict(NOT_TESTABLE, text + ": below the bar, so these claims cannot be tested on it at 135M")
+
+
+def task_claims(study: Study, timing: dict[str, Any] | None) -> list[Verdict]:
+    """The five claims the paper makes on each task, in its order (C1-C5 WebQuestions, C6-C10 DialogSum)."""
+    hz, full, gt = study.find("hizfo", 150), study.find("full_ft", 250), study.find("greentrainer", rho=0.7)
+    return [at_least_claim(study, hz, full), at_least_claim(study, hz, gt), time_claim(study, timing),
+            memory_claim(study), mezo_claim(study)]
+
+
+def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
+           webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None,
+           ) -> list[tuple[str, str, Verdict]]:
+    """C1-C13. C1-C5 come from ``webq_study`` when WebQuestions passed its gate and has records (the
+    caller passes it only then); else every one of them is the gate's verdict ``webq``."""
+    hz = study.find("hizfo", 150)
+    texts = ("Hi-ZFO's quality is at least Full FT's", "Hi-ZFO's quality is at least GT-0.7's",
+             "Hi-ZFO trains in less time than Full FT", "Hi-ZFO's peak memory is below Full FT's",
+             "MeZO collapses on generative tasks")
+    on_webq = task_claims(webq_study, webq_timing) if webq_study is not None and webq_study.members \
+        else [webq or webq_gate([])] * len(texts)
+    out = [(f"C{i}", f"{text} (WebQuestions)", v) for i, (text, v) in enumerate(zip(texts, on_webq), start=1)]
+    out += [(f"C{i}", f"{text} (DialogSum)", v)
+            for i, (text, v) in enumerate(zip(texts, task_claims(study, timing)), start=6)]
+    out += [
+        ("C11", "Inverted U in rho, peaking near rho = 0.6", rho_claim(study)),
+        ("C12", "alpha > 0 (the ZO loss) beats alpha = 0",
+         beats_claim(study, hz, study.find("hizfo", 150, alpha=0.0))),
+        ("C13", "Stable for r <= 0.5, collapse above", ratio_claim(study)),
+    ]
+    return out
+
+
+def questions(study: Study) -> list[tuple[str, str, Verdict]]:
+    hz = study.find("hizfo", 150)
+    return [
+        ("Q1", "Hi-ZFO at equal steps is at least Full FT",
+         at_least_claim(study, study.find("hizfo", 250), study.find("full_ft", 250))),
+        ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
+         beats_claim(study, hz, study.find("hizfo", 150, zo_enabled=False, alpha=0.0))),
+    ]
