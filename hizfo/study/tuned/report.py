@@ -89,23 +89,30 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      _fmt(analytic_gb(arm)),
                      f"{sum(secs) / len(secs):.1f}" if secs else "-",
                      f"{sum(minutes) / len(minutes):.1f}" if minutes else "-",
-                     _time_to(arm, target)])
+                     _time_to(arm, target, entry)])
     return [f"## Arms{_on(study)} (test: two-level bootstrap over seeds and the 500 test "
             f"{study.task.examples}, 95%)", "",
             *_table(["arm", "lr", "steps", "seeds", f"test {study.task.score} [95%]", "dev - zero-shot [95%]",
                      "on dev",
                      "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
-                     "steps to Full FT's dev loss"], rows), "",
+                     "steps (pilot min) to Full FT's dev loss"], rows), "",
             f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
             "Arms whose knobs change the work per step (rho, r) have no pilot of their own.", ""]
 
 
-def _time_to(arm: Arm, target: float | None) -> str:
+def _time_to(arm: Arm, target: float | None, timing: dict[str, Any] | None = None) -> str:
+    """Time-to-target: the first dev evaluation (seed 0) at or below Full FT's final dev loss, in steps
+    and, with the arm's timing pilot, in minutes."""
     m0 = next((m for m in arm.members if m.seed == 0), None)
     if target is None or m0 is None or not m0.val_curve:
         return "-"
     hit = next((s for s, v in m0.val_curve if v <= target), None)
-    return str(hit) if hit is not None else f"not reached (best {min(v for _, v in m0.val_curve):.3f})"
+    if hit is None:
+        return f"not reached (best {min(v for _, v in m0.val_curve):.3f})"
+    if not timing:
+        return str(hit)
+    minutes = pilot_minutes(timing, hit)
+    return f"{hit} ({sum(minutes) / len(minutes):.1f})"
 
 
 def convergence_section(study: Study) -> list[str]:
