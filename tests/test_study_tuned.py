@@ -128,7 +128,7 @@ def test_the_timing_pilots_file_decides_the_time_claim(study_dir):
     row = next(line for line in lines if line.startswith("| C8 |"))
     assert "| supported |" in row
     assert "Hi-ZFO (150 steps) 25.0-27.5 min vs Full FT (250 steps) 33.3-34.2 min" in row  # x steps
-    hz_row = next(line for line in lines if line.startswith("| Hi-ZFO (150 steps) |"))
+    hz_row = next(line for line in lines if line.startswith("| Hi-ZFO (150 steps) | 2e-05 | 150 |"))
     assert hz_row.endswith("| 150 (26.2) |")  # reaches Full FT's 1.695 at step 150: 150 x 10.5 s
 
 
