@@ -199,7 +199,9 @@ def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
 def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None,
            webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> str:
     """The report. ``webq_study``: WebQuestions' members, passed only once its gate has passed."""
-    first = study.members[0].record if study.members else {}
+    # the first grid's records predate the CPU model field: name the machine from one that has it
+    described = [m.record for m in study.members if (m.record.get("hardware") or {}).get("cpu_model")]
+    first = (described or [m.record for m in study.members] or [{}])[0]
     hw = first.get("hardware") or {}
     machine = (f"{hw.get('cpu_count', '?')}-core {hw.get('cpu_model') or hw.get('processor', 'CPU')} "
                f"({hw.get('platform', '')})") if hw else "(no records yet)"
@@ -208,6 +210,9 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
              f"(protocol `{PROTOCOL}`, conf/experiment/study_dialogsum.yaml). "
              f"Completed members: {len(study.members)}. Hardware: {machine}, fp32, one torch "
              "thread per member, two members at a time.", ""]
+    absent = [name for method, name in NAMES.items() if method not in {s.method for s in study.by_sig}]
+    if absent:
+        lines += [f"Methods with no record in this study yet: {', '.join(absent)}.", ""]
     if study.skipped:
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
