@@ -93,6 +93,8 @@ def test_cells_labels_and_a_verdict_by_hand(study_dir):
     timing = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
               "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
     assert tuned.time_claim(study, timing).verdict == tuned.SUPPORTED  # 150 x 11 < 250 x 8
+    assert tuned.verdicts.step_cost_question(timing).verdict == tuned.CONTRADICTED  # 10-11 s > 8-8.2 s
+    assert tuned.verdicts.step_cost_question(None).verdict == tuned.NOT_RUN
     assert tuned.rho_claim(study).verdict == tuned.NOT_RUN
 
 

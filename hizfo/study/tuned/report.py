@@ -136,7 +136,7 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
                    webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> list[str]:
     rows = [[key, text, v.verdict, v.because]
             for key, text, v in claims(study, timing, webq, webq_study, webq_timing)]
-    qrows = [[key, text, v.verdict, v.because] for key, text, v in questions(study)]
+    qrows = [[key, text, v.verdict, v.because] for key, text, v in questions(study, timing)]
     counts = defaultdict(int)
     for _, _, v, _ in rows:
         counts[v] += 1

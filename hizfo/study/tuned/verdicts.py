@@ -249,11 +249,26 @@ def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = N
     return out
 
 
-def questions(study: Study) -> list[tuple[str, str, Verdict]]:
+def step_cost_question(timing: dict[str, Any] | None) -> Verdict:
+    """Whether a Hi-ZFO step costs less than a Full FT step (the time claims also count its 3/5 steps)."""
+    if not timing or "hizfo" not in timing or "full_ft" not in timing:
+        return Verdict(NOT_RUN, "the timing pilot has not run")
+    hz, full = timing["hizfo"]["seconds_per_step"], timing["full_ft"]["seconds_per_step"]
+    text = (f"median s/step over {len(hz)} repeats: Hi-ZFO {min(hz):.2f}-{max(hz):.2f}, Full FT "
+            f"{min(full):.2f}-{max(full):.2f} (one CPU thread)")
+    if max(hz) < min(full):
+        return Verdict(SUPPORTED, text)
+    if min(hz) > max(full):
+        return Verdict(CONTRADICTED, text)
+    return Verdict(CANNOT_TELL, text + ": the repeats overlap")
+
+
+def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[str, str, Verdict]]:
     hz = study.find("hizfo", 150)
     return [
         ("Q1", "Hi-ZFO at equal steps is at least Full FT",
          at_least_claim(study, study.find("hizfo", 250), study.find("full_ft", 250))),
         ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
          beats_claim(study, hz, study.find("hizfo", 150, zo_enabled=False, alpha=0.0))),
+        ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
     ]
