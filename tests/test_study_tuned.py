@@ -316,3 +316,14 @@ def test_each_member_is_counted_in_its_grid(study_dir):
     assert grids["hz_250"] == "Hi-ZFO variants (ablations, sweeps)"
     text = "\n".join(tuned.cost_section(study))
     assert "| learning-rate grid (seed 0) | 7 | 1.17 | 0.58 | 10.0 |" in text  # 3 + 3 + MeZO, 600 s each
+
+
+def test_a_resumed_members_time_counts_every_process_once():
+    """The first grid's records held only the last process's time; later ones hold all of it."""
+    segments = [{"train_seconds": 500.0, "eval_seconds": 200.0},
+                {"train_seconds": 600.0, "eval_seconds": 300.0}]
+    old = tuned.Member({"time": {"total_seconds": 1450.0, "final_eval_seconds": 500.0}, "segments": segments})
+    assert old.total_seconds == 1450.0 + 700.0   # 1450 < 700 + 600 + 300 + 500: the earlier 700 s added
+    new = tuned.Member({"time": {"total_seconds": 2150.0, "final_eval_seconds": 500.0}, "segments": segments})
+    assert new.total_seconds == 2150.0
+    assert tuned.Member({"time": {"total_seconds": 90.0}, "segments": segments[:1]}).total_seconds == 90.0

@@ -148,6 +148,22 @@ class Member:
         value = memory.get("train_bytes") or (memory.get("train") or {}).get("bytes")
         return value / 1e9 if value else None
 
+    @property
+    def total_seconds(self) -> float:
+        """The member's wall seconds over all its resumed processes. The first grid's code wrote only
+        the last process's time; its earlier segments' training and evaluation are added back then
+        (a total that already holds them is at least their sum plus the last segment's)."""
+        time = self.record.get("time") or {}
+        total = float(time.get("total_seconds") or 0.0)
+        segments = self.record.get("segments") or []
+        if len(segments) < 2:
+            return total
+        def spent(seg: dict[str, Any]) -> float:
+            return float(seg.get("train_seconds") or 0.0) + float(seg.get("eval_seconds") or 0.0)
+        earlier = sum(spent(seg) for seg in segments[:-1])
+        last = spent(segments[-1]) + float(time.get("final_eval_seconds") or 0.0)
+        return total if total >= earlier + last else total + earlier
+
 
 def load_members(runs_dir: str | Path, skipped: list[str] | None = None,
                  protocol: str = PROTOCOL) -> list[Member]:

@@ -168,7 +168,7 @@ def cost_section(*studies: Study) -> list[str]:
     grids: dict[str, list[float]] = defaultdict(list)
     members = [(study, m) for study in studies for m in study.members]
     for study, m in members:
-        seconds = float((m.record.get("time") or {}).get("total_seconds", 0))
+        seconds = m.total_seconds
         per[NAMES.get(m.sig.method, m.sig.method)].append(seconds)
         grids[grid_of(study, m)].append(seconds)
 
@@ -182,8 +182,8 @@ def cost_section(*studies: Study) -> list[str]:
     return ["## Cost (records' member times; two members share the 2-core machine, so these are not step "
             "timings)", "", *_table(["method", *header], rows(per)), "",
             *_table(["grid", *header], rows(grids)), "",
-            "A resumed member's time is a lower bound (an earlier process's set-up before its loop is not "
-            "recorded).", ""]
+            "A resumed member's time is a lower bound: an earlier process's set-up before its loop is not "
+            "recorded.", ""]
 
 
 def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
