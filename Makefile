@@ -176,8 +176,8 @@ STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
 STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions)
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
-.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report \
-	study-webq-timing study-webq study-webq-seeds
+.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+.PHONY: study-webq-timing study-webq study-webq-seeds
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
