@@ -327,3 +327,14 @@ def test_a_resumed_members_time_counts_every_process_once():
     new = tuned.Member({"time": {"total_seconds": 2150.0, "final_eval_seconds": 500.0}, "segments": segments})
     assert new.total_seconds == 2150.0
     assert tuned.Member({"time": {"total_seconds": 90.0}, "segments": segments[:1]}).total_seconds == 90.0
+
+
+def test_a_verdict_on_a_rate_chosen_from_an_unfinished_grid_says_it_is_provisional(study_dir):
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    full, hz = study.find("full_ft", 250), study.find("hizfo", 150)
+    assert study.grid_gap(full) is None  # the records name no planned grid: nothing to wait for
+    for m in study.members:
+        m.record["config"]["study"] = {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4, 6.3e-4], "hizfo": [2e-5]}}
+    assert study.grid_gap(full) == (3, 4) and study.grid_gap(hz) is None
+    because = tuned.at_least_claim(study, hz, full).because
+    assert because.endswith("(provisional: Full FT (250 steps)'s rate is chosen from 3 of 4 grid rates)")

@@ -236,6 +236,20 @@ class Study:
         sigs = [s for s in self.by_sig if s.method == method and (not s.knobs or method == "greentrainer")]
         return max(sigs, key=lambda s: (len(self.grid(s)), -(s.steps or 0)), default=None)
 
+    def grid_gap(self, arm: Arm) -> tuple[int, int] | None:
+        """(rates run, rates planned) of the grid that chose ``arm``'s rate while some of its planned
+        rates (the records' ``study.lr_grid``) have no seed-0 record yet; None once it is complete."""
+        if arm.sig.method == "zero_shot":
+            return None
+        method = LR_FROM.get(arm.sig.method, arm.sig.method)
+        main = self._main(method)
+        if main is None:
+            return None
+        planned = max((len(((m.record["config"].get("study") or {}).get("lr_grid") or {}).get(method) or [])
+                       for m in self.by_sig[main]), default=0)
+        have = len(self.grid(main))
+        return (have, planned) if have < planned else None
+
     def arm(self, sig: Signature | None) -> Arm | None:
         if sig is None or sig not in self.by_sig:
             return None

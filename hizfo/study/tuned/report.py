@@ -82,7 +82,10 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
         entry = (timing or {}).get(timing_key(arm.sig) or "")
         secs = entry["seconds_per_step"] if entry else None
         minutes = pilot_minutes(entry, arm.sig.steps) if entry and arm.sig.steps else None
-        rows.append([arm.label, "-" if arm.lr is None else f"{arm.lr:g}", str(arm.sig.steps or 0),
+        gap = study.grid_gap(arm)
+        rate = "-" if arm.lr is None else f"{arm.lr:g}"
+        rate += f" ({gap[0]} of {gap[1]} rates run)" if gap else ""
+        rows.append([arm.label, rate, str(arm.sig.steps or 0),
                      ",".join(str(m.seed) for m in sorted(arm.members, key=lambda m: m.seed)),
                      cell.text(1), d.text(1) if d else "-", label,
                      _fmt(max((m.train_peak_gb or 0) for m in arm.members) or None),

@@ -26,10 +26,22 @@ class Verdict:
     because: str
 
 
+def _provisional(study: Study, *arms: Arm) -> str:
+    """Arms whose rate was chosen from a grid with rates still to run: the verdict may change."""
+    gaps = [(a.label, gap) for a in arms if (gap := study.grid_gap(a))]
+    if not gaps:
+        return ""
+    return " (provisional: " + "; ".join(f"{label}'s rate is chosen from {have} of {planned} grid rates"
+                                         for label, (have, planned) in gaps) + ")"
+
+
 def _caveat(study: Study, *arms: Arm) -> str:
+    """What a verdict rests on that a reader must know: an arm that did not learn, or a provisional
+    rate."""
     not_learned = [a.label for a in arms
                    if a.sig.method != "zero_shot" and study.learned(a)[0] != bs.LEARNED]
-    return f" (rests on {', '.join(not_learned)}, which did not learn on dev)" if not_learned else ""
+    out = f" (rests on {', '.join(not_learned)}, which did not learn on dev)" if not_learned else ""
+    return out + _provisional(study, *arms)
 
 
 def at_least_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
@@ -60,7 +72,7 @@ def mezo_claim(study: Study) -> Verdict:
     vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
     label = study.learned(mezo)[0]
     text = (f"MeZO - Full FT: {vs_full.text(2)}; MeZO - zero-shot (test): {vs_zero.text(2)}; "
-            f"MeZO on dev: {label}")
+            f"MeZO on dev: {label}" + _provisional(study, mezo, full))
     if vs_zero.lo > 0:
         return Verdict(CONTRADICTED, text + ": MeZO lies above zero-shot, it learned")
     if vs_full.hi < 0:
