@@ -14,9 +14,10 @@ from hizfo.study.tuned.report import chosen_rates, render
 from hizfo.study.tuned.verdicts import webq_gate, webq_qualifies
 
 
-def _timing(folder: Path) -> dict[str, Any] | None:
-    path = folder / "timing.json"   # experiments/study_timing.py
-    return json.loads(path.read_text())["arms"] if path.is_file() else None
+def _timing(folder: Path) -> dict[str, Any]:
+    """A timing pilot's file (experiments/study_timing.py), or {} when it has not run."""
+    path = folder / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     study = Study(members, skipped)
     webq_study = Study(webq_members, task=WEBQ) if webq_qualifies(gate) else None
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "REPORT.md").write_text(render(study, _timing(folder), webq_gate(gate), webq_study,
-                                             _timing(folder / WEBQ.folder)))
+    pilot, webq_pilot = _timing(folder), _timing(folder / WEBQ.folder)
+    (folder / "REPORT.md").write_text(render(study, pilot.get("arms"), webq_gate(gate), webq_study,
+                                             webq_pilot.get("arms"), pilot.get("hardware")))
     (folder / "chosen_lr.json").write_text(json.dumps(chosen_rates(study), indent=2, sort_keys=True) + "\n")
     if webq_members:
         (folder / WEBQ.folder / "chosen_lr.json").write_text(
