@@ -137,6 +137,16 @@ PILOT_TIME_RULE = ("pilot minutes = the repeat's first step (one-time work: Hi-Z
                    "first step, so its selection is not in its figure")
 
 
+def _lower(a: list[float], b: list[float], text: str) -> Verdict:
+    """"a is below b" judged on measured ranges (repeats or members): supported when every a lies
+    below every b, contradicted when every a lies above, else the ranges overlap."""
+    if max(a) < min(b):
+        return Verdict(SUPPORTED, text)
+    if min(a) > max(b):
+        return Verdict(CONTRADICTED, text)
+    return Verdict(CANNOT_TELL, text + ": the ranges overlap")
+
+
 def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
     if not timing:
         target = "study-timing" if study.task is DIALOGSUM else "study-webq-timing"
@@ -151,11 +161,7 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
     text = (f"Hi-ZFO ({hz.sig.steps} steps) {min(t_hz):.1f}-{max(t_hz):.1f} min vs Full FT "
             f"({full.sig.steps} steps) {min(t_full):.1f}-{max(t_full):.1f} min (timing pilot, each arm "
             f"alone, {len(t_hz)} repeats; first step + median step x the rest)")
-    if max(t_hz) < min(t_full):
-        return Verdict(SUPPORTED, text)
-    if min(t_hz) > max(t_full):
-        return Verdict(CONTRADICTED, text)
-    return Verdict(CANNOT_TELL, text + ": the repeats overlap")
+    return _lower(t_hz, t_full, text)
 
 
 def memory_claim(study: Study) -> Verdict:
@@ -169,11 +175,7 @@ def memory_claim(study: Study) -> Verdict:
     text = (f"training peak RSS Hi-ZFO {min(a):.2f}-{max(a):.2f} GB vs Full FT {min(b):.2f}-{max(b):.2f} GB; "
             f"analytic weights + gradients + optimizer state {analytic_gb(hz):.2f} vs "
             f"{analytic_gb(full):.2f} GB")
-    if max(a) < min(b):
-        return Verdict(SUPPORTED, text)
-    if min(a) > max(b):
-        return Verdict(CONTRADICTED, text)
-    return Verdict(CANNOT_TELL, text)
+    return _lower(a, b, text)
 
 
 def analytic_gb(arm: Arm) -> float:
@@ -268,11 +270,7 @@ def step_cost_question(timing: dict[str, Any] | None) -> Verdict:
     hz, full = timing["hizfo"]["seconds_per_step"], timing["full_ft"]["seconds_per_step"]
     text = (f"median s/step over {len(hz)} repeats: Hi-ZFO {min(hz):.2f}-{max(hz):.2f}, Full FT "
             f"{min(full):.2f}-{max(full):.2f} (one CPU thread)")
-    if max(hz) < min(full):
-        return Verdict(SUPPORTED, text)
-    if min(hz) > max(full):
-        return Verdict(CONTRADICTED, text)
-    return Verdict(CANNOT_TELL, text + ": the repeats overlap")
+    return _lower(hz, full, text)
 
 
 def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[str, str, Verdict]]:
