@@ -175,8 +175,9 @@ STUDY_LR_METHODS ?= full_ft,hizfo,greentrainer,lora
 STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
 STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions)
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
+STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
-.PHONY: study-lr study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+.PHONY: study-lr study-lr-extend study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
 .PHONY: study-webq-timing study-webq study-webq-seeds
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
@@ -194,6 +195,14 @@ study-timing: setup model  ## tuned study: s/step of each arm alone on an idle m
 study-mezo: setup model  ## tuned study: MeZO's 3 learning rates at Full FT's CPU time (after study-timing)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=mezo \
 		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) $(ARGS)
+	$(MAKE) study-report
+
+study-lr-extend: setup model  ## tuned study: a method whose best rate sits at its grid's edge gets the next half-decade rate (run until it adds none)
+	for m in $(STUDY_EXTEND_METHODS); do \
+		r=$$($(PY) -m hizfo.study.tuned next-lr $$m) || exit 1; [ -n "$$r" ] || continue; \
+		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$$r seed=0 \
+			study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) $(ARGS) || exit 1; \
+	done
 	$(MAKE) study-report
 
 study-seeds: setup model  ## tuned study: seeds 1-2 of every method at its chosen rate (after study-lr)

@@ -178,6 +178,7 @@ def study_commands() -> list[tuple[str, list[str]]]:
             command = re.sub(r"\$\(call STUDY_(WEBQ_)?LR,[^)]*\)", "1e-4", command)  # a chosen rate
             command = re.sub(r"\$\(call MEZO_STEPS,[^)]*\)", "300", command)        # MeZO's steps
             command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
+            command = command.replace("$$r", "6.3e-4")                                   # a grid's next rate
             command = command.replace("$(STUDY_WEBQ_METHODS)", webq_methods)
             words = command.split()
             assert not any("$" in w for w in words), f"unexpanded make text in {words}"
@@ -187,8 +188,8 @@ def study_commands() -> list[tuple[str, list[str]]]:
 
 def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
-    assert targets == {"study-lr", "study-webq-check", "study-mezo", "study-seeds", "study-ablations",
-                       "study-sweeps", "study-webq", "study-webq-seeds"}
+    assert targets == {"study-lr", "study-lr-extend", "study-webq-check", "study-mezo", "study-seeds",
+                       "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds"}
 
 
 @pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
@@ -334,7 +335,51 @@ def test_a_verdict_on_a_rate_chosen_from_an_unfinished_grid_says_it_is_provision
     full, hz = study.find("full_ft", 250), study.find("hizfo", 150)
     assert study.grid_gap(full) is None  # the records name no planned grid: nothing to wait for
     for m in study.members:
-        m.record["config"]["study"] = {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4, 6.3e-4], "hizfo": [2e-5]}}
+        m.record["config"]["study"] = {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4, 6.3e-4]}}
     assert study.grid_gap(full) == (3, 4) and study.grid_gap(hz) is None
     because = tuned.at_least_claim(study, hz, full).because
     assert because.endswith("(provisional: Full FT (250 steps)'s rate is chosen from 3 of 4 grid rates)")
+
+
+def test_the_next_rate_past_a_grids_edge_is_half_a_decade_at_two_digits():
+    up = [tuned.next_rate(lr, up=True) for lr in (2e-4, 6.3e-5, 1e-3, 1e-5)]
+    assert up == [6.3e-4, 2e-4, 3.2e-3, 3.2e-5]
+    assert [tuned.next_rate(lr, up=False) for lr in (2e-5, 1e-6, 1e-4)] == [6.3e-6, 3.2e-7, 3.2e-5]
+
+
+def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs(study_dir, capsys):
+    """Hi-ZFO's grid in the fixture ties at 2e-5 and 2e-4 (the lower wins): its lowest rate. With the
+    planned grid complete, the choice sits at the lower edge and 6.3e-6 runs next; once 6.3e-6 has run
+    and scores below 2e-5, the best has a neighbour on each side and the grid is closed."""
+    runs = study_dir / "runs"
+    study = tuned.Study(tuned.load_members(runs))
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    assert study.grid_edge(hz) is None       # the records name no planned grid: no rule to apply
+    plan = {"study": {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4], "hizfo": [2e-5, 6.3e-5, 2e-4]}}}
+    for path in runs.glob("*.json"):
+        record = json.loads(path.read_text())
+        record["config"].update(plan)
+        path.write_text(json.dumps(record))
+    study = tuned.Study(tuned.load_members(runs))
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    assert study.grid_edge(full) is None     # 6.3e-5 is interior
+    assert study.grid_edge(hz) == ("lower", 6.3e-6)
+    assert study.grid_edge(study.find("hizfo", 250)) == ("lower", 6.3e-6)   # its variants wait with it
+    because = tuned.at_least_claim(study, hz, full).because
+    assert because.endswith("(provisional: Hi-ZFO (150 steps)'s rate 2e-05 is at its grid's lower edge "
+                            "(6.3e-06 not run yet))")
+    assert tuned.main(["next-lr", "hizfo", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out == "6.3e-06\n"
+    assert tuned.main(["next-lr", "full_ft", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out == ""
+
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(runs, "hz_6.3e-06", "hizfo", 0, 6.3e-6, 150, base, [15.0] * N_DEV, [(25, 2.1), (150, 1.9)])
+    record = json.loads((runs / "hz_6.3e-06.json").read_text())
+    record["config"].update(plan)
+    (runs / "hz_6.3e-06.json").write_text(json.dumps(record))
+    study = tuned.Study(tuned.load_members(runs))
+    hz = study.find("hizfo", 150)
+    assert study.chosen_lr(hz.sig) == 2e-5 and study.grid_edge(hz) is None
+    assert tuned.main(["next-lr", "hizfo", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out == ""

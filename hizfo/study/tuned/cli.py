@@ -23,15 +23,28 @@ def _timing(folder: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hizfo.study.tuned",
                                      description="the tuned study's report, or a method's chosen rate")
-    parser.add_argument("command", nargs="?", default="render", choices=("render", "chosen-lr"))
-    parser.add_argument("method", nargs="?", help="with chosen-lr: the method")
+    parser.add_argument("command", nargs="?", default="render", choices=("render", "chosen-lr", "next-lr"),
+                        help="render the report; print a method's chosen rate; print the rate its grid "
+                             "runs next when the chosen one sits at the grid's edge (nothing otherwise)")
+    parser.add_argument("method", nargs="?", help="with chosen-lr or next-lr: the method")
     parser.add_argument("--task", default="dialogsum", choices=sorted(TASKS),
-                        help="with chosen-lr: the task whose grid chooses")
+                        help="with chosen-lr or next-lr: the task whose grid chooses")
     parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs, "
                                                          "WebQuestions' in <dir>/webq/runs)")
     args = parser.parse_args(argv)
     folder = Path(project_path(args.dir))
     skipped: list[str] = []
+    if args.command == "next-lr":
+        task = TASKS[args.task]
+        study = Study(load_members(folder / task.folder / "runs", skipped, task.protocol), task=task)
+        arm = study.method_arm(args.method)
+        edge = study.grid_edge(arm) if arm is not None else None
+        if edge is None:
+            print(f"{args.method} on {task.name}: no rate to add (its grid is incomplete, has not run, or "
+                  "its best rate has a neighbour on each side)", file=sys.stderr)
+            return 0
+        print(f"{edge[1]:g}")
+        return 0
     if args.command == "chosen-lr":
         task = TASKS[args.task]
         rates = chosen_rates(Study(load_members(folder / task.folder / "runs", skipped, task.protocol),

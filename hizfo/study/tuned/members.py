@@ -44,6 +44,13 @@ NAMES = {"zero_shot": "zero-shot", "full_ft": "Full FT", "greentrainer": "GT", "
          "mezo": "MeZO", "hizfo": "Hi-ZFO", "ft_topk": "FT-Top2", "prefix": "Prefix",
          "bilevel_zofo": "Bilevel-ZOFO"}
 LR_FROM = {"hizfo": "hizfo"}   # an arm with non-default knobs uses its method's chosen rate
+HALF_DECADE = 10 ** 0.5         # the spacing of every method's planned grid (2e-5, 6.3e-5, 2e-4)
+
+
+def next_rate(lr: float, up: bool) -> float:
+    """The half-decade rate past ``lr`` at two significant digits, as the planned grids are written:
+    2e-4 -> 6.3e-4 up, 2e-5 -> 6.3e-6 down."""
+    return float(f"{lr * HALF_DECADE ** (1 if up else -1):.1e}")
 
 
 # --------------------------------------------------------------------------- records -> members
@@ -236,6 +243,11 @@ class Study:
         sigs = [s for s in self.by_sig if s.method == method and (not s.knobs or method == "greentrainer")]
         return max(sigs, key=lambda s: (len(self.grid(s)), -(s.steps or 0)), default=None)
 
+    def _planned(self, main: Signature, method: str) -> int:
+        """How many rates the records' ``study.lr_grid`` plans for ``method`` (0: they name none)."""
+        return max((len(((m.record["config"].get("study") or {}).get("lr_grid") or {}).get(method) or [])
+                    for m in self.by_sig[main]), default=0)
+
     def grid_gap(self, arm: Arm) -> tuple[int, int] | None:
         """(rates run, rates planned) of the grid that chose ``arm``'s rate while some of its planned
         rates (the records' ``study.lr_grid``) have no seed-0 record yet; None once it is complete."""
@@ -245,10 +257,33 @@ class Study:
         main = self._main(method)
         if main is None:
             return None
-        planned = max((len(((m.record["config"].get("study") or {}).get("lr_grid") or {}).get(method) or [])
-                       for m in self.by_sig[main]), default=0)
-        have = len(self.grid(main))
+        planned, have = self._planned(main, method), len(self.grid(main))
         return (have, planned) if have < planned else None
+
+    def grid_edge(self, arm: Arm) -> tuple[str, float] | None:
+        """("upper" | "lower", the rate to run next) while the rate that a complete planned grid chose
+        for ``arm``'s method is the grid's highest or lowest: the best may lie beyond it. The rule is
+        the same for every method: the grid grows by one half-decade rate past that edge, and again,
+        until its best rate has a neighbour run on each side. None once it has (or while the planned
+        grid is incomplete: ``grid_gap``)."""
+        if arm.sig.method == "zero_shot" or self.grid_gap(arm) is not None:
+            return None
+        method = LR_FROM.get(arm.sig.method, arm.sig.method)
+        main = self._main(method)
+        if main is None or not self._planned(main, method):
+            return None
+        rates, lr = sorted(self.grid(main)), self.chosen_lr(main)
+        if lr is None or len(rates) < 3:
+            return None
+        if lr == rates[-1]:
+            return "upper", next_rate(lr, up=True)
+        if lr == rates[0]:
+            return "lower", next_rate(lr, up=False)
+        return None
+
+    def method_arm(self, method: str) -> Arm | None:
+        """A method's main arm (default knobs, its grid) at its chosen rate."""
+        return self.arm(self._main(method))
 
     def arm(self, sig: Signature | None) -> Arm | None:
         if sig is None or sig not in self.by_sig:

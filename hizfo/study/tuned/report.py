@@ -59,7 +59,10 @@ def lr_section(study: Study) -> list[str]:
     if not rows:
         return out + ["No grid has two rates yet.", ""]
     return out + _table(["arm", "learning rate", f"dev {score} (100)", "final dev loss",
-                         f"test {score} (500)", "train loss, last 10 steps"], rows) + [""]
+                         f"test {score} (500)", "train loss, last 10 steps"], rows) + [
+        "", "A rate chosen at the highest or lowest rate of its method's complete grid is not yet a "
+        "choice: the grid grows by one half-decade rate past that edge (`make study-lr-extend`), the "
+        "same rule for every method, until the best rate has a neighbour run on each side.", ""]
 
 
 def _on(study: Study) -> str:
@@ -85,6 +88,8 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
         gap = study.grid_gap(arm)
         rate = "-" if arm.lr is None else f"{arm.lr:g}"
         rate += f" ({gap[0]} of {gap[1]} rates run)" if gap else ""
+        edge = study.grid_edge(arm)
+        rate += f" (at its grid's {edge[0]} edge; {edge[1]:g} next)" if edge else ""
         rows.append([arm.label, rate, str(arm.sig.steps or 0),
                      ",".join(str(m.seed) for m in sorted(arm.members, key=lambda m: m.seed)),
                      cell.text(1), d.text(1) if d else "-", label,

@@ -27,12 +27,13 @@ class Verdict:
 
 
 def _provisional(study: Study, *arms: Arm) -> str:
-    """Arms whose rate was chosen from a grid with rates still to run: the verdict may change."""
-    gaps = [(a.label, gap) for a in arms if (gap := study.grid_gap(a))]
-    if not gaps:
-        return ""
-    return " (provisional: " + "; ".join(f"{label}'s rate is chosen from {have} of {planned} grid rates"
-                                         for label, (have, planned) in gaps) + ")"
+    """Arms whose rate was chosen from a grid with rates still to run, or at its edge: the verdict may
+    change."""
+    why = [f"{a.label}'s rate is chosen from {gap[0]} of {gap[1]} grid rates"
+           for a in arms if (gap := study.grid_gap(a))]
+    why += [f"{a.label}'s rate {a.lr:g} is at its grid's {edge[0]} edge ({edge[1]:g} not run yet)"
+            for a in arms if (edge := study.grid_edge(a))]
+    return " (provisional: " + "; ".join(why) + ")" if why else ""
 
 
 def _caveat(study: Study, *arms: Arm) -> str:
