@@ -176,6 +176,9 @@ STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
 STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions)
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
 STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
+# Seeds 1-2 skip the dev-loss curve: only seed 0's is read (convergence, time-to-target), and evaluating
+# it does not change training (tests/test_eval_cadence.py); it cost 8-18 min of a ~55-min member.
+LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
 .PHONY: study-webq-timing study-webq study-webq-seeds
@@ -207,19 +210,25 @@ study-lr-extend: setup model  ## tuned study: a method whose best rate sits at i
 
 study-seeds: setup model  ## tuned study: seeds 1-2 of every method at its chosen rate (after study-lr)
 	for m in full_ft hizfo greentrainer lora; do \
-		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$(call STUDY_LR,$$m) seed=1,2 $(ARGS) || exit 1; \
+		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$(call STUDY_LR,$$m) $(LATER_SEEDS) $(ARGS) || exit 1; \
 	done
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=mezo method.lr=$(call STUDY_LR,mezo) \
-		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) seed=1,2 $(ARGS)
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) $(LATER_SEEDS) $(ARGS)
 	$(MAKE) study-report
 
 study-ablations: setup model  ## tuned study: Hi-ZFO at equal steps, without the ZO loss (alpha 0), with the ZO part off; seeds 0-2
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) study.horizon.hizfo=250 \
-		seed=0,1,2 $(ARGS)
+		seed=0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.alpha=0.0 \
-		seed=0,1,2 $(ARGS)
+		seed=0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.zo_enabled=false \
-		method.alpha=0.0 seed=0,1,2 $(ARGS)
+		method.alpha=0.0 seed=0 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) study.horizon.hizfo=250 \
+		$(LATER_SEEDS) $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.alpha=0.0 \
+		$(LATER_SEEDS) $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) method.zo_enabled=false \
+		method.alpha=0.0 $(LATER_SEEDS) $(ARGS)
 	$(MAKE) study-report
 
 study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.7/1.0 at seed 0 (Table 4, Fig. 3)
@@ -241,10 +250,10 @@ study-webq: setup model  ## tuned study, WebQuestions: zero-shot and each method
 
 study-webq-seeds: setup model  ## tuned study, WebQuestions: seeds 1-2 of every method at its chosen rate there
 	for m in full_ft hizfo greentrainer; do \
-		$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=$$m method.lr=$(call STUDY_WEBQ_LR,$$m) seed=1,2 $(ARGS) || exit 1; \
+		$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=$$m method.lr=$(call STUDY_WEBQ_LR,$$m) $(LATER_SEEDS) $(ARGS) || exit 1; \
 	done
 	$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=mezo method.lr=$(call STUDY_WEBQ_LR,mezo) \
-		study.horizon.mezo=$(call MEZO_STEPS,results/study/webq/timing.json) seed=1,2 $(ARGS)
+		study.horizon.mezo=$(call MEZO_STEPS,results/study/webq/timing.json) $(LATER_SEEDS) $(ARGS)
 	$(MAKE) study-report
 
 study-report: setup  ## re-render results/study/ from its records only

@@ -166,9 +166,10 @@ def study_commands() -> list[tuple[str, list[str]]]:
     """(target, overrides) of every `$(STUDY_RUN)` line of the Makefile, as the shell would pass them:
     `$(STUDY_LR_METHODS)` expanded, a chosen rate or step count read at run time replaced by a number."""
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    methods, webq_methods = (next(line.split("?=")[1].strip() for line in text.splitlines()
-                                  if line.startswith(f"{name} ?="))
-                             for name in ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS"))
+    variables = {line.split("?=")[0].strip(): line.split("?=")[1].strip()
+                 for line in text.splitlines() if "?=" in line and line[:1].isupper()}
+    methods, webq_methods, later_seeds = (variables[name] for name in
+                                          ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS", "LATER_SEEDS"))
     out, target = [], None
     for line in text.splitlines():
         if line and not line[0].isspace() and ":" in line and not line.startswith((".", "STUDY", "#")):
@@ -180,10 +181,20 @@ def study_commands() -> list[tuple[str, list[str]]]:
             command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
             command = command.replace("$$r", "6.3e-4")                                   # a grid's next rate
             command = command.replace("$(STUDY_WEBQ_METHODS)", webq_methods)
+            command = command.replace("$(LATER_SEEDS)", later_seeds)
             words = command.split()
             assert not any("$" in w for w in words), f"unexpanded make text in {words}"
             out.append((target, [w for w in words if w != "-m"]))
     return out
+
+
+def test_seeds_after_the_first_skip_the_dev_loss_curve_and_seed_0_keeps_it():
+    """Only seed 0's dev-loss curve is read (convergence, time-to-target)."""
+    commands = [o for _, o in study_commands()]
+    later = [o for o in commands if "seed=1,2" in o]
+    assert later and all("trainer.eval_every_steps=null" in o for o in later)
+    assert not any("trainer.eval_every_steps=null" in o for o in commands if "seed=1,2" not in o)
+    assert not any(w.startswith("seed=") and "0" in w and "," in w for o in commands for w in o)
 
 
 def test_the_makefile_has_every_study_grid():
@@ -383,3 +394,19 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     assert study.chosen_lr(hz.sig) == 2e-5 and study.grid_edge(hz) is None
     assert tuned.main(["next-lr", "hizfo", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_time_to_target_reads_seed_0s_curve_whatever_the_members_order(study_dir):
+    """Seeds 1-2 carry no dev-loss curve; the target is Full FT's seed-0 final dev loss (1.695), which
+    Hi-ZFO's seed-0 curve reaches at step 150, in whatever order the records load."""
+    runs = study_dir / "runs"
+    for name in ("full_s1", "full_s2", "hz_s1"):
+        record = json.loads((runs / f"{name}.json").read_text())
+        record["val_evaluations"] = []
+        (runs / f"{name}.json").write_text(json.dumps(record))
+    loaded = tuned.load_members(runs)
+    for members in (sorted(loaded, key=lambda m: m.seed), sorted(loaded, key=lambda m: -m.seed)):
+        study = tuned.Study(members)
+        assert study.find("full_ft", 250).members[0].seed == members[0].seed   # 0, then 2
+        rows = [line for line in tuned.report.arms_section(study, None) if line.startswith("| Hi-ZFO (150")]
+        assert rows and rows[0].endswith("| 150 |"), rows

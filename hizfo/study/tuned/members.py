@@ -198,6 +198,11 @@ class Arm:
     def label(self) -> str:
         return self.sig.label
 
+    @property
+    def seed0(self) -> Member | None:
+        """The seed-0 member: the one whose dev-loss curve is read (later seeds skip the curve)."""
+        return next((m for m in self.members if m.seed == 0), None)
+
     def matrix(self, split: str) -> tuple[list[str], list[list[float]]]:
         phase = "final" if split == "test" else "validation"
         ids = sorted(self.members[0].per_example.get(phase, {}))

@@ -78,7 +78,8 @@ def _last_loss(m: Member) -> str:
 def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
     rows = []
     full = study.find("full_ft", 250)
-    target = full.members[0].val_curve[-1][1] if full and full.members[0].val_curve else None
+    full0 = full.seed0 if full else None
+    target = full0.val_curve[-1][1] if full0 and full0.val_curve else None
     for arm in study.arms():
         cell = study.cell(arm)
         label, d = study.learned(arm)
@@ -111,7 +112,7 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
 def _time_to(arm: Arm, target: float | None, timing: dict[str, Any] | None = None) -> str:
     """Time-to-target: the first dev evaluation (seed 0) at or below Full FT's final dev loss, in steps
     and, with the arm's timing pilot, in minutes."""
-    m0 = next((m for m in arm.members if m.seed == 0), None)
+    m0 = arm.seed0
     if target is None or m0 is None or not m0.val_curve:
         return "-"
     hit = next((s for s, v in m0.val_curve if v <= target), None)
@@ -127,7 +128,7 @@ def convergence_section(study: Study) -> list[str]:
     full = study.find("full_ft", 250)
     if full is None:
         return []
-    m0 = next((m for m in full.members if m.seed == 0), None)
+    m0 = full.seed0
     curve = m0.val_curve if m0 else []
     if len(curve) < 3:
         return []
