@@ -180,7 +180,7 @@ STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
 # it does not change training (tests/test_eval_cadence.py); it cost 8-18 min of a ~55-min member.
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
-.PHONY: study-lr study-lr-extend study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+.PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
 .PHONY: study-webq-timing study-webq study-webq-seeds
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
@@ -255,6 +255,9 @@ study-webq-seeds: setup model  ## tuned study, WebQuestions: seeds 1-2 of every 
 	$(STUDY_RUN) -m experiment=study_webq sweep=study_seeds method=mezo method.lr=$(call STUDY_WEBQ_LR,mezo) \
 		study.horizon.mezo=$(call MEZO_STEPS,results/study/webq/timing.json) $(LATER_SEEDS) $(ARGS)
 	$(MAKE) study-report
+
+study-queue: setup model  ## tuned study: every member not yet run, two at a time, in the order of experiments/study_queue.txt
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) experiments/study_queue.py $(ARGS); rc=$$?; $(MAKE) study-report; exit $$rc
 
 study-report: setup  ## re-render results/study/ from its records only
 	$(PY) -m hizfo.study.tuned

@@ -203,10 +203,10 @@ def test_the_makefile_has_every_study_grid():
                        "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds"}
 
 
-@pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
-def test_each_study_command_launches_and_its_members_follow_the_study_protocol(target, overrides):
-    """The launch (primary config + command line, before the sweep's own params) composes, and every
-    member is a valid config of protocol `study` with a run name of its own."""
+def study_members(overrides: list[str]) -> list[tuple[str, str]]:
+    """(run name, protocol) of each member one launch runs, each composed and validated as the runner
+    would: the launch (primary config + command line, before the sweep's own params), then, as Hydra's
+    BasicSweeper does, the sweep file's params with the command line winning per key."""
     import itertools
 
     from hydra import compose, initialize_config_dir
@@ -218,23 +218,27 @@ def test_each_study_command_launches_and_its_members_follow_the_study_protocol(t
 
     register_resolvers()
     launch = launch_config(overrides)
-    # as Hydra's BasicSweeper: the sweep file's params first, then the command line, which wins per key
     values = {k: str(v).split(",") for k, v in dict(launch.hydra.sweeper.params or {}).items()}
     for key, value in (o.split("=", 1) for o in overrides):
         values[key] = value.split(",")
-    members = list(itertools.product(*values.values()))
+    out = []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for combo in itertools.product(*values.values()):
+            cfg = compose("config", overrides=[f"{k}={v}" for k, v in zip(values, combo, strict=True)])
+            validate_config(cfg)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            out.append((resolved["run_name"], protocol_of(resolved)))
+    return out
+
+
+@pytest.mark.parametrize("target,overrides", study_commands(), ids=[" ".join(o) for _, o in study_commands()])
+def test_each_study_command_launches_and_its_members_follow_the_study_protocol(target, overrides):
+    """Every member of every study command is a valid config of its protocol with a run name of its own."""
+    members = study_members(overrides)
     want = {"study-webq-check": "study_webq", "study-webq": "study_webq_arms",
             "study-webq-seeds": "study_webq_arms"}.get(target, "study")
-    names = set()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for combo in members:
-            member = [f"{k}={v}" for k, v in zip(values, combo, strict=True)]
-            cfg = compose("config", overrides=member)
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            validate_config(cfg)
-            assert protocol_of(resolved) == want, (target, member)
-            names.add(resolved["run_name"])
-    assert len(names) == len(members)
+    assert {protocol for _, protocol in members} == {want}, target
+    assert len({name for name, _ in members}) == len(members)
 
 
 def _webq(folder: Path, name: str, method: str, right: int, n: int = 20) -> None:

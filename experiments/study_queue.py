@@ -1,0 +1,191 @@
+"""Run the tuned study's members from one queue, two at a time, in the order that gives verdicts soonest.
+
+Why: the `make study-*` targets are Hydra multiruns of two workers. A target whose member count is odd
+leaves a worker idle until its last member ends, and the next target waits for it: on a 2-core machine
+where a member takes about an hour, that idles a third of the machine. Here each line of the queue
+(experiments/study_queue.txt) is one launch of the runner for one member; a lane that frees takes the
+first line that is ready. The runner skips a member whose record is complete (trainer.skip_completed),
+so the whole queue can be started again at any time and only what is missing trains.
+
+A line holds the runner's overrides and may hold tokens, resolved from the records finished when the
+line is taken:
+
+    {lr:METHOD}, {lr:METHOD@webquestions}        the method's chosen rate, once it is final: every
+                                                 planned rate of its grid run and the best not at an edge
+    {next_lr:METHOD}, {next_lr:METHOD@webquestions}  the rate past a grid's edge (the line is dropped
+                                                 when the best rate has a neighbour on each side)
+    {mezo_steps:PATH}                            MeZO's equal-CPU-time steps from a timing pilot's file
+
+A line that cannot be resolved yet waits, and lines after it may run first; a line that resolves to a
+launch already running waits for it. When only waiting lines are left and nothing runs, the queue stops
+and names them. The file is read again whenever a lane frees, so lines can be added or reordered while it
+runs.
+
+    python experiments/study_queue.py                 # make study-queue
+    python experiments/study_queue.py --dry-run       # each line: ready (as launched), wait or drop (why)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hizfo.study.tuned import TASKS, Study, load_members
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from study_timing import mezo_steps  # noqa: E402
+
+QUEUE = ROOT / "experiments" / "study_queue.txt"
+TOKEN = re.compile(r"\{(lr|next_lr|mezo_steps):([^}]+)\}")
+RUNNER = [sys.executable, "-m", "hizfo.train", "-m"]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A line's fate when a lane asks for it: ``args`` to launch, or ``wait`` / ``drop`` with why."""
+
+    state: str                   # "ready", "wait" or "drop"
+    args: tuple[str, ...] = ()
+    why: str = ""
+
+
+def _study(spec: str, study_dir: Path) -> tuple[Study, str]:
+    method, _, task_name = spec.partition("@")
+    task = TASKS[task_name or "dialogsum"]
+    return Study(load_members(study_dir / task.folder / "runs", [], task.protocol), task=task), method
+
+
+def resolve(line: str, study_dir: Path) -> Resolved:
+    """Fill a line's tokens from the study's records as they are now."""
+    out, reasons = line, []
+    for kind, spec in TOKEN.findall(line):
+        value: str | None = None
+        if kind == "mezo_steps":
+            path = ROOT / spec
+            if path.is_file():
+                value = str(mezo_steps(json.loads(path.read_text())))
+            else:
+                reasons.append(f"{spec} does not exist yet (its timing pilot has not run)")
+        else:
+            study, method = _study(spec, study_dir)
+            arm = study.method_arm(method)
+            gap = study.grid_gap(arm) if arm else None
+            edge = study.grid_edge(arm) if arm else None
+            if arm is None or arm.lr is None or gap:
+                reasons.append(f"{spec}: its grid is not complete yet"
+                               + (f" ({gap[0]} of {gap[1]} rates)" if gap else ""))
+            elif kind == "lr" and edge:
+                reasons.append(f"{spec}: its best rate {arm.lr:g} is at the grid's {edge[0]} edge "
+                               f"({edge[1]:g} runs first)")
+            elif kind == "lr":
+                value = f"{arm.lr:g}"
+            elif edge:
+                value = f"{edge[1]:g}"
+            else:
+                return Resolved("drop", why=f"{spec}: its best rate {arm.lr:g} has a neighbour on each side")
+        if value is not None:
+            out = out.replace(f"{{{kind}:{spec}}}", value)
+    if reasons:
+        return Resolved("wait", why="; ".join(reasons))
+    return Resolved("ready", tuple(shlex.split(out)))
+
+
+def read_queue(path: Path) -> list[tuple[str, int]]:
+    """(line, its occurrence number): a line written twice is two entries (a grid may grow twice)."""
+    seen: dict[str, int] = {}
+    out = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            seen[line] = seen.get(line, 0) + 1
+            out.append((line, seen[line]))
+    return out
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_queue(queue: Path, study_dir: Path, lanes: int = 2, runner: Sequence[str] = RUNNER,
+              log_dir: Path | None = None, poll_seconds: float = 10.0,
+              resolver: Callable[[str, Path], Resolved] = resolve) -> int:
+    """Launch the queue's lines, ``lanes`` at a time, until every line ran, was dropped, or waits with
+    nothing running. Returns 0 when every launch succeeded and no line was left waiting."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    log_dir = log_dir or ROOT / "outputs" / "study_queue"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[tuple[str, int]] = set()
+    running: dict[subprocess.Popen, tuple[str, tuple[str, ...]]] = {}
+    failed: list[str] = []
+    waiting: dict[tuple[str, int], str] = {}
+    while True:
+        for proc in [p for p in running if p.poll() is not None]:
+            line, _ = running.pop(proc)
+            print(f"{_stamp()} {'DONE' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
+                  f"{line}", flush=True)
+            if proc.returncode:
+                failed.append(line)
+        waiting = {}
+        for entry in read_queue(queue):
+            if len(running) >= lanes:
+                break
+            if entry in taken:
+                continue
+            fate = resolver(entry[0], study_dir)
+            if fate.state == "ready" and fate.args in {args for _, args in running.values()}:
+                fate = Resolved("wait", why="the same launch is running")
+            if fate.state == "drop":
+                taken.add(entry)
+                print(f"{_stamp()} DROPPED: {entry[0]} ({fate.why})", flush=True)
+            elif fate.state == "wait":
+                waiting[entry] = fate.why
+            else:
+                taken.add(entry)
+                log = log_dir / f"{_stamp()}_{len(taken):03d}.log"
+                print(f"{_stamp()} START: {' '.join(fate.args)} (log {log})", flush=True)
+                with log.open("w") as fh:
+                    running[subprocess.Popen([*runner, *fate.args, "hydra.launcher.n_jobs=1"], cwd=ROOT,
+                                             env=env, stdout=fh, stderr=subprocess.STDOUT)] = (entry[0],
+                                                                                             fate.args)
+        if not running:
+            break
+        time.sleep(poll_seconds)
+    for (line, _), why in waiting.items():
+        print(f"WAITING, not run: {line} ({why})", flush=True)
+    print(f"{_stamp()} queue ended: {len(taken)} lines taken, {len(failed)} failed, {len(waiting)} waiting",
+          flush=True)
+    return 1 if failed or waiting else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queue", type=Path, default=QUEUE)
+    parser.add_argument("--study-dir", type=Path, default=ROOT / "results" / "study")
+    parser.add_argument("--lanes", type=int, default=2, help="members at a time (one torch thread each)")
+    parser.add_argument("--dry-run", action="store_true", help="print each line's state and launch nothing")
+    args = parser.parse_args(argv)
+    if not args.queue.is_file():
+        parser.error(f"{args.queue}: no such queue file")
+    if args.dry_run:
+        for line, _ in read_queue(args.queue):
+            fate = resolve(line, args.study_dir)
+            shown = " ".join(fate.args) if fate.state == "ready" else f"{line}  ({fate.why})"
+            print(f"{fate.state:5}  {shown}")
+        return 0
+    return run_queue(args.queue, args.study_dir, args.lanes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""experiments/study_queue.py: its tokens from a study's records, its lanes, and its file against the
+make targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from test_study_tuned import N_DEV, N_TEST, _write, study_commands, study_members
+from test_study_tuned import study_dir as study_dir  # noqa: F401  (a fixture, used by name)
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("study_queue", ROOT / "experiments" / "study_queue.py")
+study_queue = sys.modules["study_queue"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study_queue)
+
+PLAN = {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4], "hizfo": [2e-5, 6.3e-5, 2e-4]}}
+
+
+@pytest.fixture
+def planned_study(study_dir):
+    """The tuned tests' study, its records naming the planned grids: Full FT's best rate (6.3e-5) is
+    interior, Hi-ZFO's (2e-5, a tie won by the lower rate) its grid's lowest."""
+    for path in (study_dir / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        record["config"]["study"] = PLAN
+        path.write_text(json.dumps(record))
+    return study_dir
+
+
+def test_tokens_resolve_from_the_records_or_wait_or_drop(planned_study, tmp_path):
+    resolve = study_queue.resolve
+    assert resolve("method.lr={lr:full_ft} seed=1", planned_study) == \
+        study_queue.Resolved("ready", ("method.lr=6.3e-05", "seed=1"))
+    fate = resolve("method.lr={lr:hizfo} seed=1", planned_study)
+    assert fate.state == "wait" and "lower edge (6.3e-06 runs first)" in fate.why
+    assert resolve("method.lr={next_lr:hizfo}", planned_study).args == ("method.lr=6.3e-06",)
+    assert resolve("method.lr={next_lr:full_ft}", planned_study).state == "drop"
+    assert resolve("method.lr={lr:lora}", planned_study).state == "wait"          # no grid at all
+    assert resolve("method.lr={lr:full_ft@webquestions}", planned_study).state == "wait"
+    timing = tmp_path / "timing.json"
+    fate = resolve(f"study.horizon.mezo={{mezo_steps:{timing}}}", planned_study)
+    assert fate.state == "wait" and "does not exist yet" in fate.why
+    timing.write_text(json.dumps({"arms": {"full_ft": {"seconds_per_step": [8.0, 8.0]},
+                                           "mezo": {"seconds_per_step": [5.0]}}}))
+    assert resolve(f"study.horizon.mezo={{mezo_steps:{timing}}}", planned_study).args == \
+        ("study.horizon.mezo=400",)      # 250 x 8 / 5
+
+    # the edge's rate has run and scored below 2e-5: Hi-ZFO's choice is final, its extension dropped
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    runs = planned_study / "runs"
+    _write(runs, "hz_6.3e-06", "hizfo", 0, 6.3e-6, 150, base, [15.0] * N_DEV)
+    record = json.loads((runs / "hz_6.3e-06.json").read_text())
+    record["config"]["study"] = PLAN
+    (runs / "hz_6.3e-06.json").write_text(json.dumps(record))
+    assert resolve("method.lr={lr:hizfo}", planned_study).args == ("method.lr=2e-05",)
+    assert resolve("method.lr={next_lr:hizfo}", planned_study).state == "drop"
+
+
+RUNNER = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write("
+          "f'start {sys.argv[2]} {time.time()}\\n'); time.sleep(0.3); "
+          "open(sys.argv[1], 'a').write(f'end {sys.argv[2]} {time.time()}\\n'); "
+          "sys.exit(3 if sys.argv[2] == 'bad' else 0)"]
+
+
+def _spans(log: Path) -> dict[str, list[tuple[float, float]]]:
+    starts: dict[str, list[float]] = {}
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for kind, name, t in (line.split() for line in log.read_text().splitlines()):
+        if kind == "start":
+            starts.setdefault(name, []).append(float(t))
+        else:
+            spans.setdefault(name, []).append((starts[name].pop(0), float(t)))
+    return spans
+
+
+def test_two_lanes_run_every_ready_line_once_and_never_the_same_launch_twice_at_once(tmp_path, capsys):
+    log, queue = tmp_path / "log.txt", tmp_path / "queue.txt"
+    queue.write_text(f"{log} a\n{log} a   # a grid may grow twice: the second waits for the first\n"
+                     f"{log} b\n# a comment\n{log} c\n")
+    resolver = lambda line, _: study_queue.Resolved("ready", tuple(line.split()))  # noqa: E731
+    assert study_queue.run_queue(queue, tmp_path, lanes=2, runner=RUNNER, log_dir=tmp_path / "logs",
+                                 poll_seconds=0.05, resolver=resolver) == 0
+    spans = _spans(log)
+    assert {k: len(v) for k, v in spans.items()} == {"a": 2, "b": 1, "c": 1}
+    (s1, e1), (s2, _) = spans["a"]
+    assert s2 >= e1                                   # the same launch never ran twice at once
+    every = sorted(span for v in spans.values() for span in v)
+    assert any(s < e for (_, e), (s, _) in zip(every, every[1:], strict=False))   # two lanes did overlap
+
+
+def test_a_failed_launch_and_a_line_that_can_never_resolve_end_the_queue_nonzero(tmp_path, capsys):
+    log, queue = tmp_path / "log.txt", tmp_path / "queue.txt"
+    queue.write_text(f"{log} bad\n{log} {{lr:never}}\n{log} ok\n")
+
+    def resolver(line: str, _: Path) -> study_queue.Resolved:
+        if "{lr:never}" in line:
+            return study_queue.Resolved("wait", why="never: its grid is not complete yet")
+        return study_queue.Resolved("ready", tuple(line.split()))
+
+    assert study_queue.run_queue(queue, tmp_path, lanes=2, runner=RUNNER, log_dir=tmp_path / "logs",
+                                 poll_seconds=0.05, resolver=resolver) == 1
+    out = capsys.readouterr().out
+    assert "FAILED (exit 3)" in out and "WAITING, not run:" in out and "its grid is not complete" in out
+    assert set(_spans(log)) == {"bad", "ok"}
+
+
+# --------------------------------------------------------------------------- the file against the Makefile
+
+PLACEHOLDERS = {"lr": "1e-4", "next_lr": "6.3e-4", "mezo_steps": "300"}   # as study_commands() fills them
+
+
+def queue_members() -> list[tuple[str, str]]:
+    members = []
+    for line, occurrence in study_queue.read_queue(study_queue.QUEUE):
+        if occurrence > 1:
+            continue       # a second step past a grid's edge: the same launch until the first has run
+        filled = re.sub(r"\{(lr|next_lr|mezo_steps):[^}]+\}", lambda m: PLACEHOLDERS[m.group(1)], line)
+        members += study_members(filled.split())
+    return members
+
+
+def test_the_queue_is_the_studys_members_one_launch_each_and_holds_every_make_targets_member():
+    """A member is its run name within its protocol (each task's records have a folder of their own)."""
+    members = queue_members()
+    assert len(members) == len(set(members))
+    assert {p for _, p in members} == {"study", "study_webq_arms"}
+    make = {member for target, overrides in study_commands() if target != "study-webq-check"
+            for member in study_members(overrides)}
+    assert make - set(members) == set()
