@@ -238,8 +238,9 @@ study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.
 		method.zo_lr_ratio=0.5,0.7,1.0 seed=0 $(ARGS)
 	$(MAKE) study-report
 
-study-webq-timing: setup model  ## tuned study, WebQuestions: s/step of each arm alone on an idle machine (its timing.json)
-	$(PY) experiments/study_timing.py --experiment study_webq --out results/study/webq/timing.json $(ARGS)
+study-webq-timing: setup model  ## tuned study, WebQuestions: s/step of each of its arms alone on an idle machine (its timing.json)
+	$(PY) experiments/study_timing.py --experiment study_webq --arms full_ft greentrainer hizfo mezo \
+		--out results/study/webq/timing.json $(ARGS)
 
 study-webq: setup model  ## tuned study, WebQuestions: zero-shot and each method's 3 rates (after study-webq-check, -timing)
 	$(STUDY_RUN) experiment=study_webq method=zero_shot run_name=study_webq_zero_shot_s0 $(ARGS)
