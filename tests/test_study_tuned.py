@@ -414,3 +414,10 @@ def test_time_to_target_reads_seed_0s_curve_whatever_the_members_order(study_dir
         assert study.find("full_ft", 250).members[0].seed == members[0].seed   # 0, then 2
         rows = [line for line in tuned.report.arms_section(study, None) if line.startswith("| Hi-ZFO (150")]
         assert rows and rows[0].endswith("| 150 |"), rows
+
+
+def test_the_report_names_the_required_methods_not_run_apart_from_the_optional_ones(study_dir):
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    text = (study_dir / "REPORT.md").read_text()
+    assert "Methods with no record in this study yet: GT, LoRA.\n" in text
+    assert "Not scheduled: FT-Top2, Prefix, Bilevel-ZOFO, the arms to add after the required ones" in text

@@ -43,6 +43,7 @@ TASKS = {"dialogsum": DIALOGSUM, "webquestions": WEBQ}
 NAMES = {"zero_shot": "zero-shot", "full_ft": "Full FT", "greentrainer": "GT", "lora": "LoRA",
          "mezo": "MeZO", "hizfo": "Hi-ZFO", "ft_topk": "FT-Top2", "prefix": "Prefix",
          "bilevel_zofo": "Bilevel-ZOFO"}
+LATER_METHODS = ("ft_topk", "prefix", "bilevel_zofo")   # after the required arms, as the budget allows
 LR_FROM = {"hizfo": "hizfo"}   # an arm with non-default knobs uses its method's chosen rate
 HALF_DECADE = 10 ** 0.5         # the spacing of every method's planned grid (2e-5, 6.3e-5, 2e-4)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from hizfo.study.tuned.members import (
     DIALOGSUM,
+    LATER_METHODS,
     LR_FROM,
     MARGIN,
     NAMES,
@@ -224,9 +225,14 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
              + (f" Timing pilot: each arm alone on the {pilot_hardware.get('cpu_count', '?')}-core "
                 f"{pilot_hardware.get('cpu_model') or pilot_hardware.get('processor', 'CPU')} "
                 "(results/study/timing.json)." if pilot_hardware else ""), ""]
-    absent = [name for method, name in NAMES.items() if method not in {s.method for s in study.by_sig}]
+    ran = {s.method for s in study.by_sig}
+    absent = [name for method, name in NAMES.items() if method not in ran and method not in LATER_METHODS]
     if absent:
         lines += [f"Methods with no record in this study yet: {', '.join(absent)}.", ""]
+    later = [NAMES[m] for m in LATER_METHODS if m not in ran]
+    if later:
+        lines += [f"Not scheduled: {', '.join(later)}, the arms to add after the required ones as the budget "
+                  "allows (experiments/study_queue.txt does not hold them).", ""]
     if study.skipped:
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
