@@ -17,12 +17,13 @@ line is taken:
     {mezo_steps:PATH}                            MeZO's equal-CPU-time steps from a timing pilot's file
 
 A line that cannot be resolved yet waits, and lines after it may run first; a line that resolves to a
-launch already running waits for it. When only waiting lines are left and nothing runs, the queue stops
+launch already running waits for it; a line whose member has a completed record is passed over without
+starting a process. When only waiting lines are left and nothing runs, the queue stops
 and names them. The file is read again whenever a lane frees, so lines can be added or reordered while it
 runs.
 
     python experiments/study_queue.py                 # make study-queue
-    python experiments/study_queue.py --dry-run       # each line: ready (as launched), wait or drop (why)
+    python experiments/study_queue.py --dry-run       # per line: done, ready (as launched), wait, drop
 """
 
 from __future__ import annotations
@@ -101,6 +102,28 @@ def resolve(line: str, study_dir: Path) -> Resolved:
     return Resolved("ready", tuple(shlex.split(out)))
 
 
+def completed(args: Sequence[str]) -> bool:
+    """Whether the line's member already has a completed record, decided as the runner's
+    ``trainer.skip_completed`` decides it, so that a finished member costs no process start. A line that
+    names several members (a comma in a value) is left to the runner."""
+    if any("," in arg.split("=", 1)[-1] for arg in args):
+        return False
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from hizfo.runs.config_schema import register_resolvers
+    from hizfo.runs.resources import conf_dir, project_path
+    from hizfo.training.resume import completed_record
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(args))
+    if not cfg.trainer.get("skip_completed", False):
+        return False
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return completed_record(project_path(cfg.paths.results_dir), resolved) is not None
+
+
 def read_queue(path: Path) -> list[tuple[str, int]]:
     """(line, its occurrence number): a line written twice is two entries (a grid may grow twice)."""
     seen: dict[str, int] = {}
@@ -119,7 +142,8 @@ def _stamp() -> str:
 
 def run_queue(queue: Path, study_dir: Path, lanes: int = 2, runner: Sequence[str] = RUNNER,
               log_dir: Path | None = None, poll_seconds: float = 10.0,
-              resolver: Callable[[str, Path], Resolved] = resolve) -> int:
+              resolver: Callable[[str, Path], Resolved] = resolve,
+              done: Callable[[Sequence[str]], bool] = completed) -> int:
     """Launch the queue's lines, ``lanes`` at a time, until every line ran, was dropped, or waits with
     nothing running. Returns 0 when every launch succeeded and no line was left waiting."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -130,35 +154,42 @@ def run_queue(queue: Path, study_dir: Path, lanes: int = 2, runner: Sequence[str
     running: dict[subprocess.Popen, tuple[str, tuple[str, ...]]] = {}
     failed: list[str] = []
     waiting: dict[tuple[str, int], str] = {}
+    finished, scanned = 0, None
     while True:
         for proc in [p for p in running if p.poll() is not None]:
             line, _ = running.pop(proc)
+            finished += 1
             print(f"{_stamp()} {'DONE' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
                   f"{line}", flush=True)
             if proc.returncode:
                 failed.append(line)
-        waiting = {}
-        for entry in read_queue(queue):
-            if len(running) >= lanes:
-                break
-            if entry in taken:
-                continue
-            fate = resolver(entry[0], study_dir)
-            if fate.state == "ready" and fate.args in {args for _, args in running.values()}:
-                fate = Resolved("wait", why="the same launch is running")
-            if fate.state == "drop":
-                taken.add(entry)
-                print(f"{_stamp()} DROPPED: {entry[0]} ({fate.why})", flush=True)
-            elif fate.state == "wait":
-                waiting[entry] = fate.why
-            else:
-                taken.add(entry)
-                log = log_dir / f"{_stamp()}_{len(taken):03d}.log"
-                print(f"{_stamp()} START: {' '.join(fate.args)} (log {log})", flush=True)
-                with log.open("w") as fh:
-                    running[subprocess.Popen([*runner, *fate.args, "hydra.launcher.n_jobs=1"], cwd=ROOT,
-                                             env=env, stdout=fh, stderr=subprocess.STDOUT)] = (entry[0],
-                                                                                             fate.args)
+        # resolving reads the records: only when a member has ended or the file has changed since
+        state = (finished, queue.stat().st_mtime_ns)
+        if len(running) < lanes and state != scanned:
+            scanned, waiting = state, {}
+            for entry in read_queue(queue):
+                if len(running) >= lanes:
+                    break
+                if entry in taken:
+                    continue
+                fate = resolver(entry[0], study_dir)
+                if fate.state == "ready" and fate.args in {args for _, args in running.values()}:
+                    fate = Resolved("wait", why="the same launch is running")
+                if fate.state == "ready" and done(fate.args):
+                    taken.add(entry)
+                elif fate.state == "drop":
+                    taken.add(entry)
+                    print(f"{_stamp()} DROPPED: {entry[0]} ({fate.why})", flush=True)
+                elif fate.state == "wait":
+                    waiting[entry] = fate.why
+                else:
+                    taken.add(entry)
+                    log = log_dir / f"{_stamp()}_{len(taken):03d}.log"
+                    print(f"{_stamp()} START: {' '.join(fate.args)} (log {log})", flush=True)
+                    with log.open("w") as fh:
+                        running[subprocess.Popen([*runner, *fate.args, "hydra.launcher.n_jobs=1"], cwd=ROOT,
+                                                 env=env, stdout=fh, stderr=subprocess.STDOUT)] = (entry[0],
+                                                                                                 fate.args)
         if not running:
             break
         time.sleep(poll_seconds)
@@ -181,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for line, _ in read_queue(args.queue):
             fate = resolve(line, args.study_dir)
+            state = "done" if fate.state == "ready" and completed(fate.args) else fate.state
             shown = " ".join(fate.args) if fate.state == "ready" else f"{line}  ({fate.why})"
-            print(f"{fate.state:5}  {shown}")
+            print(f"{state:5}  {shown}")
         return 0
     return run_queue(args.queue, args.study_dir, args.lanes)
 

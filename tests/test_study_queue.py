@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_runner import HAS_DATA, make_cfg
 from test_study_tuned import N_DEV, N_TEST, _write, study_commands, study_members
 from test_study_tuned import study_dir as study_dir  # noqa: F401  (a fixture, used by name)
 
@@ -84,7 +85,7 @@ def test_two_lanes_run_every_ready_line_once_and_never_the_same_launch_twice_at_
                      f"{log} b\n# a comment\n{log} c\n")
     resolver = lambda line, _: study_queue.Resolved("ready", tuple(line.split()))  # noqa: E731
     assert study_queue.run_queue(queue, tmp_path, lanes=2, runner=RUNNER, log_dir=tmp_path / "logs",
-                                 poll_seconds=0.05, resolver=resolver) == 0
+                                 poll_seconds=0.05, resolver=resolver, done=lambda args: False) == 0
     spans = _spans(log)
     assert {k: len(v) for k, v in spans.items()} == {"a": 2, "b": 1, "c": 1}
     (s1, e1), (s2, _) = spans["a"]
@@ -103,10 +104,37 @@ def test_a_failed_launch_and_a_line_that_can_never_resolve_end_the_queue_nonzero
         return study_queue.Resolved("ready", tuple(line.split()))
 
     assert study_queue.run_queue(queue, tmp_path, lanes=2, runner=RUNNER, log_dir=tmp_path / "logs",
-                                 poll_seconds=0.05, resolver=resolver) == 1
+                                 poll_seconds=0.05, resolver=resolver, done=lambda args: False) == 1
     out = capsys.readouterr().out
     assert "FAILED (exit 3)" in out and "WAITING, not run:" in out and "its grid is not complete" in out
     assert set(_spans(log)) == {"bad", "ok"}
+
+
+def test_a_line_whose_member_is_complete_is_passed_over_without_a_process(tmp_path, capsys):
+    log, queue = tmp_path / "log.txt", tmp_path / "queue.txt"
+    queue.write_text(f"{log} finished\n{log} new\n")
+    resolver = lambda line, _: study_queue.Resolved("ready", tuple(line.split()))  # noqa: E731
+    assert study_queue.run_queue(queue, tmp_path, runner=RUNNER, log_dir=tmp_path / "logs", poll_seconds=0.05,
+                                 resolver=resolver, done=lambda args: args[-1] == "finished") == 0
+    assert set(_spans(log)) == {"new"}
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
+def test_completed_decides_as_the_runner_does(tmp_path):
+    """A member the runner has finished is complete; the same line at another seed is not."""
+    from hizfo.train import run
+
+    line = ["model=tiny-llama", "task=dialogsum", "method=full_ft", "task.max_train_examples=4",
+            "task.max_eval_examples=2", "task.max_input_len=32", "task.max_output_len=8",
+            "task.generation.max_new_tokens=2", "task.generation.num_beams=1", "eval.max_loss_batches=1",
+            "trainer.num_epochs=1", "logger.wandb=false", f"paths.results_dir={tmp_path}/runs",
+            f"paths.checkpoint_dir={tmp_path}/ckpt", "trainer.skip_completed=true"]
+    assert not study_queue.completed(line)
+    run(make_cfg(tmp_path, *line[2:]))
+    assert study_queue.completed(line)
+    assert not study_queue.completed([*line, "seed=1"])
+    assert not study_queue.completed([*line[:-1], "trainer.skip_completed=false"])   # the runner would rerun
+    assert not study_queue.completed([*line, "seed=1,2"])                             # left to the runner
 
 
 # --------------------------------------------------------------------------- the file against the Makefile
