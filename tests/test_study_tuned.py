@@ -387,6 +387,12 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     assert capsys.readouterr().out == "6.3e-06\n"
     assert tuned.main(["next-lr", "full_ft", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out == ""
+    assert tuned.main(["chosen-lr", "hizfo", "--dir", str(study_dir)]) == 2      # seeds would waste hours
+    assert "at the grid's lower edge (6.3e-06 runs next" in capsys.readouterr().err
+    assert tuned.main(["chosen-lr", "hizfo", "--provisional", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out == "2e-05\n"
+    assert tuned.main(["chosen-lr", "full_ft", "--dir", str(study_dir)]) == 0
+    assert capsys.readouterr().out == "6.3e-05\n"
 
     base = [float(10 + (i % 5)) for i in range(N_TEST)]
     _write(runs, "hz_6.3e-06", "hizfo", 0, 6.3e-6, 150, base, [15.0] * N_DEV, [(25, 2.1), (150, 1.9)])
@@ -398,6 +404,8 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     assert study.chosen_lr(hz.sig) == 2e-5 and study.grid_edge(hz) is None
     assert tuned.main(["next-lr", "hizfo", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out == ""
+    assert tuned.main(["chosen-lr", "hizfo", "--dir", str(study_dir)]) == 0     # final now
+    assert capsys.readouterr().out == "2e-05\n"
 
 
 def test_time_to_target_reads_seed_0s_curve_whatever_the_members_order(study_dir):

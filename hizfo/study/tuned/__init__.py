@@ -19,8 +19,9 @@ results/study/webq/runs), follows the same rules with strict exact match (x 100)
 answers the paper's WebQuestions claims (C1-C5) once its gate (``make study-webq-check``) has passed.
 
 Run ``python -m hizfo.study.tuned`` (``make study-report``); ``python -m hizfo.study.tuned chosen-lr
-METHOD [--task webquestions]`` prints a method's chosen rate for the seeds grid, and ``next-lr METHOD``
-the rate its grid runs next when that choice sits at the grid's edge.
+METHOD [--task webquestions]`` prints a method's chosen rate for the seeds grid (and refuses while the
+choice is provisional, unless ``--provisional``), and ``next-lr METHOD`` the rate its grid runs next when
+that choice sits at the grid's edge.
 """
 
 

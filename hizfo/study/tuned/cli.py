@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("method", nargs="?", help="with chosen-lr or next-lr: the method")
     parser.add_argument("--task", default="dialogsum", choices=sorted(TASKS),
                         help="with chosen-lr or next-lr: the task whose grid chooses")
+    parser.add_argument("--provisional", action="store_true",
+                        help="with chosen-lr: print the best rate so far even while its grid is incomplete "
+                             "or its best rate sits at an edge")
     parser.add_argument("--dir", default=STUDY_DIR, help="the study folder (records in <dir>/runs, "
                                                          "WebQuestions' in <dir>/webq/runs)")
     args = parser.parse_args(argv)
@@ -47,11 +50,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "chosen-lr":
         task = TASKS[args.task]
-        rates = chosen_rates(Study(load_members(folder / task.folder / "runs", skipped, task.protocol),
-                                   task=task))
+        study = Study(load_members(folder / task.folder / "runs", skipped, task.protocol), task=task)
+        rates = chosen_rates(study)
         if args.method not in rates:
             print(f"no chosen learning rate for {args.method!r} on {task.name} yet (its grid needs two or "
                   f"more completed rates at seed 0); chosen so far: {rates}", file=sys.stderr)
+            return 2
+        arm = study.method_arm(args.method)
+        gap, edge = (study.grid_gap(arm), study.grid_edge(arm)) if arm else (None, None)
+        if (gap or edge) and not args.provisional:
+            why = (f"{gap[0]} of its {gap[1]} planned rates have run" if gap else
+                   f"it sits at the grid's {edge[0]} edge ({edge[1]:g} runs next: make study-lr-extend)")
+            print(f"{args.method} on {task.name}: the best rate so far, {rates[args.method]:g}, is not "
+                  f"final: {why}. Seeds at it could be spent on the wrong rate; pass --provisional to print "
+                  "it anyway.", file=sys.stderr)
             return 2
         print(f"{rates[args.method]:g}")
         return 0
