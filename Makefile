@@ -177,7 +177,7 @@ STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
 STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
 # Seeds 1-2 skip the dev-loss curve: only seed 0's is read (convergence, time-to-target), and evaluating
-# it does not change training (tests/test_eval_cadence.py); it cost 8-18 min of a ~55-min member.
+# it does not change training (tests/test_eval_cadence.py); it cost 8-20 min of a 55-90-min member.
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
