@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hizfo.study.tuned import TASKS, Study, load_members
+from hizfo.study.tuned import TASKS, Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -63,8 +63,7 @@ class Resolved:
 
 def _study(spec: str, study_dir: Path) -> tuple[Study, str]:
     method, _, task_name = spec.partition("@")
-    task = TASKS[task_name or "dialogsum"]
-    return Study(load_members(study_dir / task.folder / "runs", [], task.protocol), task=task), method
+    return load_study(study_dir, TASKS[task_name or "dialogsum"]), method
 
 
 def resolve(line: str, study_dir: Path) -> Resolved:
@@ -80,21 +79,17 @@ def resolve(line: str, study_dir: Path) -> Resolved:
                 reasons.append(f"{spec} does not exist yet (its timing pilot has not run)")
         else:
             study, method = _study(spec, study_dir)
+            rate, why = study.final_rate(method)
             arm = study.method_arm(method)
-            gap = study.grid_gap(arm) if arm else None
-            edge = study.grid_edge(arm) if arm else None
-            if arm is None or arm.lr is None or gap:
-                reasons.append(f"{spec}: its grid is not complete yet"
-                               + (f" ({gap[0]} of {gap[1]} rates)" if gap else ""))
-            elif kind == "lr" and edge:
-                reasons.append(f"{spec}: its best rate {arm.lr:g} is at the grid's {edge[0]} edge "
-                               f"({edge[1]:g} runs first)")
-            elif kind == "lr":
-                value = f"{arm.lr:g}"
-            elif edge:
+            edge = study.grid_edge(arm) if arm is not None else None
+            if kind == "lr" and rate is not None:
+                value = f"{rate:g}"
+            elif kind == "next_lr" and edge is not None:
                 value = f"{edge[1]:g}"
+            elif kind == "next_lr" and rate is not None:
+                return Resolved("drop", why=f"{spec}: {why}")
             else:
-                return Resolved("drop", why=f"{spec}: its best rate {arm.lr:g} has a neighbour on each side")
+                reasons.append(f"{spec}: {why}")
         if value is not None:
             out = out.replace(f"{{{kind}:{spec}}}", value)
     if reasons:

@@ -38,7 +38,7 @@ def test_tokens_resolve_from_the_records_or_wait_or_drop(planned_study, tmp_path
     assert resolve("method.lr={lr:full_ft} seed=1", planned_study) == \
         study_queue.Resolved("ready", ("method.lr=6.3e-05", "seed=1"))
     fate = resolve("method.lr={lr:hizfo} seed=1", planned_study)
-    assert fate.state == "wait" and "lower edge (6.3e-06 runs first)" in fate.why
+    assert fate.state == "wait" and "lower edge (6.3e-06 runs next)" in fate.why
     assert resolve("method.lr={next_lr:hizfo}", planned_study).args == ("method.lr=6.3e-06",)
     assert resolve("method.lr={next_lr:full_ft}", planned_study).state == "drop"
     assert resolve("method.lr={lr:lora}", planned_study).state == "wait"          # no grid at all

@@ -370,6 +370,9 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     study = tuned.Study(tuned.load_members(runs))
     hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
     assert study.grid_edge(hz) is None       # the records name no planned grid: no rule to apply
+    assert study.final_rate("hizfo") == (2e-5, "the best of 3 rates (its records plan no grid to grow)")
+    assert study.final_rate("lora") == (None, "its grid needs two or more completed rates at seed 0 "
+                                               "(0 so far)")
     plan = {"study": {"lr_grid": {"full_ft": [2e-5, 6.3e-5, 2e-4], "hizfo": [2e-5, 6.3e-5, 2e-4]}}}
     for path in runs.glob("*.json"):
         record = json.loads(path.read_text())
@@ -380,6 +383,10 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     assert study.grid_edge(full) is None     # 6.3e-5 is interior
     assert study.grid_edge(hz) == ("lower", 6.3e-6)
     assert study.grid_edge(study.find("hizfo", 250)) == ("lower", 6.3e-6)   # its variants wait with it
+    assert study.final_rate("hizfo") == (None, "its best rate 2e-05 sits at the grid's lower edge "
+                                               "(6.3e-06 runs next)")
+    assert study.final_rate("full_ft") == (6.3e-5, "its best rate 6.3e-05 has a neighbour on each side")
+    assert tuned.load_study(study_dir).final_rate("hizfo") == study.final_rate("hizfo")
     because = tuned.at_least_claim(study, hz, full).because
     assert because.endswith("(provisional: Hi-ZFO (150 steps)'s rate 2e-05 is at its grid's lower edge "
                             "(6.3e-06 not run yet))")
@@ -402,6 +409,7 @@ def test_a_rate_chosen_at_its_grids_edge_is_provisional_until_the_next_rate_runs
     study = tuned.Study(tuned.load_members(runs))
     hz = study.find("hizfo", 150)
     assert study.chosen_lr(hz.sig) == 2e-5 and study.grid_edge(hz) is None
+    assert study.final_rate("hizfo") == (2e-5, "its best rate 2e-05 has a neighbour on each side")
     assert tuned.main(["next-lr", "hizfo", "--dir", str(study_dir)]) == 0
     assert capsys.readouterr().out == ""
     assert tuned.main(["chosen-lr", "hizfo", "--dir", str(study_dir)]) == 0     # final now

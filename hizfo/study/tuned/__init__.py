@@ -39,6 +39,7 @@ from hizfo.study.tuned.members import (
     Study,
     StudyTask,
     load_members,
+    load_study,
     next_rate,
     signature,
 )
@@ -68,6 +69,6 @@ __all__ = [
     "CANNOT_TELL", "CONTRADICTED", "DIALOGSUM", "MARGIN", "NAMES", "NOT_RUN", "NOT_TESTABLE", "PROTOCOL",
     "SUPPORTED", "TASKS", "WEBQ", "Arm", "Member", "Signature", "Study", "StudyTask", "Verdict",
     "at_least_claim", "beats_claim", "chosen_rates", "claims", "cost_section", "grid_of", "load_members",
-    "main", "memory_claim", "mezo_claim", "next_rate", "pilot_minutes", "ratio_claim", "render", "rho_claim",
-    "signature", "time_claim", "timing_key", "webq_gate", "webq_qualifies",
+    "load_study", "main", "memory_claim", "mezo_claim", "next_rate", "pilot_minutes", "ratio_claim",
+    "render", "rho_claim", "signature", "time_claim", "timing_key", "webq_gate", "webq_qualifies",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hizfo.runs.resources import project_path
-from hizfo.study.tuned.members import STUDY_DIR, TASKS, WEBQ, Study, load_members
+from hizfo.study.tuned.members import DIALOGSUM, STUDY_DIR, TASKS, WEBQ, load_members, load_study
 from hizfo.study.tuned.report import chosen_rates, render
 from hizfo.study.tuned.verdicts import webq_gate, webq_qualifies
 
@@ -37,41 +37,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(project_path(args.dir))
     skipped: list[str] = []
-    if args.command == "next-lr":
+    if args.command in ("next-lr", "chosen-lr"):
         task = TASKS[args.task]
-        study = Study(load_members(folder / task.folder / "runs", skipped, task.protocol), task=task)
-        arm = study.method_arm(args.method)
-        edge = study.grid_edge(arm) if arm is not None else None
-        if edge is None:
-            print(f"{args.method} on {task.name}: no rate to add (its grid is incomplete, has not run, or "
-                  "its best rate has a neighbour on each side)", file=sys.stderr)
+        study = load_study(folder, task)
+        if args.command == "next-lr":
+            arm = study.method_arm(args.method)
+            edge = study.grid_edge(arm) if arm is not None else None
+            if edge is None:
+                print(f"{args.method} on {task.name}: no rate to add (its grid is incomplete, has not run, "
+                      "or its best rate has a neighbour on each side)", file=sys.stderr)
+                return 0
+            print(f"{edge[1]:g}")
             return 0
-        print(f"{edge[1]:g}")
-        return 0
-    if args.command == "chosen-lr":
-        task = TASKS[args.task]
-        study = Study(load_members(folder / task.folder / "runs", skipped, task.protocol), task=task)
-        rates = chosen_rates(study)
-        if args.method not in rates:
-            print(f"no chosen learning rate for {args.method!r} on {task.name} yet (its grid needs two or "
-                  f"more completed rates at seed 0); chosen so far: {rates}", file=sys.stderr)
+        rate, why = study.final_rate(args.method)
+        best = chosen_rates(study).get(args.method)
+        if rate is None and args.provisional and best is not None:
+            rate = best
+        if rate is None and best is None:
+            print(f"{args.method} on {task.name}: no chosen learning rate yet: {why}", file=sys.stderr)
             return 2
-        arm = study.method_arm(args.method)
-        gap, edge = (study.grid_gap(arm), study.grid_edge(arm)) if arm else (None, None)
-        if (gap or edge) and not args.provisional:
-            why = (f"{gap[0]} of its {gap[1]} planned rates have run" if gap else
-                   f"it sits at the grid's {edge[0]} edge ({edge[1]:g} runs next: make study-lr-extend)")
-            print(f"{args.method} on {task.name}: the best rate so far, {rates[args.method]:g}, is not "
-                  f"final: {why}. Seeds at it could be spent on the wrong rate; pass --provisional to print "
-                  "it anyway.", file=sys.stderr)
+        if rate is None:
+            print(f"{args.method} on {task.name}: the best rate so far, {best:g}, is not final: {why}. Seeds "
+                  "at it could be spent on the wrong rate; pass --provisional to print it anyway.",
+                  file=sys.stderr)
             return 2
-        print(f"{rates[args.method]:g}")
+        print(f"{rate:g}")
         return 0
-    members = load_members(folder / "runs", skipped)
     gate = load_members(folder / "webq_check", skipped, protocol="study_webq")
-    webq_members = load_members(folder / WEBQ.folder / "runs", skipped, WEBQ.protocol)
-    study = Study(members, skipped)
-    webq_study = Study(webq_members, task=WEBQ) if webq_qualifies(gate) else None
+    webq = load_study(folder, WEBQ, skipped)
+    study = load_study(folder, DIALOGSUM, skipped)
+    members, webq_members = study.members, webq.members
+    webq_study = webq if webq_qualifies(gate) else None
     folder.mkdir(parents=True, exist_ok=True)
     pilot, webq_pilot = _timing(folder), _timing(folder / WEBQ.folder)
     (folder / "REPORT.md").write_text(render(study, pilot.get("arms"), webq_gate(gate), webq_study,
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "chosen_lr.json").write_text(json.dumps(chosen_rates(study), indent=2, sort_keys=True) + "\n")
     if webq_members:
         (folder / WEBQ.folder / "chosen_lr.json").write_text(
-            json.dumps(chosen_rates(Study(webq_members, task=WEBQ)), indent=2, sort_keys=True) + "\n")
+            json.dumps(chosen_rates(webq), indent=2, sort_keys=True) + "\n")
     print(f"wrote {folder / 'REPORT.md'} ({len(members)} DialogSum and {len(webq_members)} WebQuestions "
           "records)")
     return 0

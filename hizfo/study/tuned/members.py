@@ -216,6 +216,13 @@ class Arm:
         return ids, rows
 
 
+def load_study(study_dir: str | Path, task: StudyTask = DIALOGSUM,
+               skipped: list[str] | None = None) -> Study:
+    """One task's study from its records, ``<study_dir>/<task.folder>/runs``."""
+    return Study(load_members(Path(study_dir) / task.folder / "runs", skipped, task.protocol), skipped,
+                 task=task)
+
+
 class Study:
     def __init__(self, members: list[Member], skipped: list[str] | None = None,
                  task: StudyTask = DIALOGSUM) -> None:
@@ -286,6 +293,23 @@ class Study:
         if lr == rates[0]:
             return "lower", next_rate(lr, up=False)
         return None
+
+    def final_rate(self, method: str) -> tuple[float | None, str]:
+        """(the rate seeds and variants may run at, why) once ``method``'s grid has decided: two or more
+        rates run, its planned rates all run, and its best rate not at the grid's edge. Until then
+        (None, why not). The CLI's ``chosen-lr`` and the study queue's ``{lr:M}`` both ask this."""
+        arm = self.method_arm(method)
+        main = self._main(method)
+        if arm is None or arm.lr is None or main is None or len(self.grid(main)) < 2:
+            run = len(self.grid(main)) if main is not None else 0
+            return None, f"its grid needs two or more completed rates at seed 0 ({run} so far)"
+        if gap := self.grid_gap(arm):
+            return None, f"{gap[0]} of its {gap[1]} planned rates have run"
+        if edge := self.grid_edge(arm):
+            return None, f"its best rate {arm.lr:g} sits at the grid's {edge[0]} edge ({edge[1]:g} runs next)"
+        if not self._planned(main, method):
+            return arm.lr, f"the best of {len(self.grid(main))} rates (its records plan no grid to grow)"
+        return arm.lr, f"its best rate {arm.lr:g} has a neighbour on each side"
 
     def method_arm(self, method: str) -> Arm | None:
         """A method's main arm (default knobs, its grid) at its chosen rate."""
