@@ -15,6 +15,9 @@ line is taken:
     {next_lr:METHOD}, {next_lr:METHOD@webquestions}  the rate past a grid's edge (the line is dropped
                                                  when the best rate has a neighbour on each side)
     {mezo_steps:PATH}                            MeZO's equal-CPU-time steps from a timing pilot's file
+    {close:C11}, {close:C13}                     nothing, when that sweep claim cannot tell on seed 0
+                                                 alone (its sweep arms get seeds 1-2); the line is
+                                                 dropped when seed 0 decides it
 
 A line that cannot be resolved yet waits, and lines after it may run first; a line that resolves to a
 launch already running waits for it; a line whose member has a completed record is passed over without
@@ -41,14 +44,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hizfo.study.tuned import TASKS, Study, load_study
+from hizfo.study.tuned import CANNOT_TELL, NOT_RUN, TASKS, Study, load_study, sweep_claim_on_seed0
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 from study_timing import mezo_steps  # noqa: E402
 
 QUEUE = ROOT / "experiments" / "study_queue.txt"
-TOKEN = re.compile(r"\{(lr|next_lr|mezo_steps):([^}]+)\}")
+TOKEN = re.compile(r"\{(lr|next_lr|mezo_steps|close):([^}]+)\}")
 RUNNER = [sys.executable, "-m", "hizfo.train", "-m"]
 
 
@@ -77,6 +80,14 @@ def resolve(line: str, study_dir: Path) -> Resolved:
                 value = str(mezo_steps(json.loads(path.read_text())))
             else:
                 reasons.append(f"{spec} does not exist yet (its timing pilot has not run)")
+        elif kind == "close":
+            verdict = sweep_claim_on_seed0(load_study(study_dir), spec)
+            if verdict.verdict == CANNOT_TELL:
+                value = ""
+            elif verdict.verdict == NOT_RUN:
+                reasons.append(f"{spec} has no verdict on seed 0 yet ({verdict.because})")
+            else:
+                return Resolved("drop", why=f"{spec} is decided on seed 0 alone: {verdict.verdict}")
         else:
             study, method = _study(spec, study_dir)
             rate, why = study.final_rate(method)

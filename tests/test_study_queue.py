@@ -14,6 +14,8 @@ from test_runner import HAS_DATA, make_cfg
 from test_study_tuned import N_DEV, N_TEST, _write, study_commands, study_members
 from test_study_tuned import study_dir as study_dir  # noqa: F401  (a fixture, used by name)
 
+from hizfo.study import tuned
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("study_queue", ROOT / "experiments" / "study_queue.py")
 study_queue = sys.modules["study_queue"] = importlib.util.module_from_spec(_spec)
@@ -137,9 +139,38 @@ def test_completed_decides_as_the_runner_does(tmp_path):
     assert not study_queue.completed([*line, "seed=1,2"])                             # left to the runner
 
 
+def test_a_sweep_claim_gets_seeds_only_when_seed_0_alone_cannot_tell_and_seed_0_alone_decides(study_dir):
+    """C11 compares rho 0.6 (Hi-ZFO's main arm at 2e-5, scoring base + 9.8) with rho 0.5 and 0.8 on
+    paired test examples. Ties at seed 0 cannot tell: the seed lines run. Both ends 4.8 below at seed 0:
+    supported, the lines are dropped, and a later rho 0.5 seed-1 record that leaves the all-seeds claim
+    unable to tell does not bring them back: only seed 0 decides."""
+    resolve, runs = study_queue.resolve, study_dir / "runs"
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    line = "method.rho=0.5 seed=2 {close:C11}"
+    fate = resolve(line, study_dir)
+    assert fate.state == "wait" and "C11 has no verdict on seed 0 yet (rho 0.5, 0.6 or 0.8" in fate.why
+    for rho in (0.5, 0.8):
+        _write(runs, f"hz_rho{rho}", "hizfo", 0, 2e-5, 150, [b + 9.8 for b in base], [19.0] * N_DEV, rho=rho)
+    assert tuned.sweep_claim_on_seed0(study_queue.load_study(study_dir), "C11").verdict == tuned.CANNOT_TELL
+    assert resolve(line, study_dir) == study_queue.Resolved("ready", ("method.rho=0.5", "seed=2"))
+    assert resolve("{close:C13}", study_dir).state == "wait"          # no r sweep yet
+
+    for rho in (0.5, 0.8):
+        _write(runs, f"hz_rho{rho}", "hizfo", 0, 2e-5, 150, [b + 5 for b in base], [19.0] * N_DEV, rho=rho)
+    fate = resolve(line, study_dir)
+    assert fate.state == "drop" and fate.why == "C11 is decided on seed 0 alone: supported"
+    _write(runs, "hz_rho0.5_s1", "hizfo", 1, 2e-5, 150, [b + 30 for b in base], [19.0] * N_DEV, rho=0.5)
+    study = study_queue.load_study(study_dir)
+    assert tuned.rho_claim(study).verdict == tuned.CANNOT_TELL          # on all seeds
+    assert resolve(line, study_dir).state == "drop"                     # on seed 0
+    with pytest.raises(ValueError, match="'C6' is not a sweep claim"):
+        tuned.sweep_claim_on_seed0(study, "C6")
+
+
 # --------------------------------------------------------------------------- the file against the Makefile
 
-PLACEHOLDERS = {"lr": "1e-4", "next_lr": "6.3e-4", "mezo_steps": "300"}   # as study_commands() fills them
+# as study_commands() fills them; a {close:C} line runs as if its claim could not tell on seed 0
+PLACEHOLDERS = {"lr": "1e-4", "next_lr": "6.3e-4", "mezo_steps": "300", "close": ""}
 
 
 def queue_members() -> list[tuple[str, str]]:
@@ -147,7 +178,7 @@ def queue_members() -> list[tuple[str, str]]:
     for line, occurrence in study_queue.read_queue(study_queue.QUEUE):
         if occurrence > 1:
             continue       # a second step past a grid's edge: the same launch until the first has run
-        filled = re.sub(r"\{(lr|next_lr|mezo_steps):[^}]+\}", lambda m: PLACEHOLDERS[m.group(1)], line)
+        filled = re.sub(r"\{(lr|next_lr|mezo_steps|close):[^}]+\}", lambda m: PLACEHOLDERS[m.group(1)], line)
         members += study_members(filled.split())
     return members
 

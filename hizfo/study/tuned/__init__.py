@@ -59,6 +59,7 @@ from hizfo.study.tuned.verdicts import (
     pilot_minutes,
     ratio_claim,
     rho_claim,
+    sweep_claim_on_seed0,
     time_claim,
     timing_key,
     webq_gate,
@@ -70,5 +71,6 @@ __all__ = [
     "SUPPORTED", "TASKS", "WEBQ", "Arm", "Member", "Signature", "Study", "StudyTask", "Verdict",
     "at_least_claim", "beats_claim", "chosen_rates", "claims", "cost_section", "grid_of", "load_members",
     "load_study", "main", "memory_claim", "mezo_claim", "next_rate", "pilot_minutes", "ratio_claim",
-    "render", "rho_claim", "signature", "time_claim", "timing_key", "webq_gate", "webq_qualifies",
+    "render", "rho_claim", "signature", "sweep_claim_on_seed0", "time_claim", "timing_key", "webq_gate",
+    "webq_qualifies",
 ]

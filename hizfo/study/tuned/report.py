@@ -155,7 +155,9 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
             f"Rules: \"at least\" = non-inferiority, the paired 95% interval of the difference lies above "
             f"-{MARGIN} points (ROUGE-1 on DialogSum, strict EM on WebQuestions); \"beats\" = the "
             "paired interval excludes 0; a verdict that rests on an arm "
-            "that did not learn on dev says so.", "",
+            "that did not learn on dev says so. The rho and r sweeps run one seed; a sweep claim (C11, "
+            "C13) that cannot tell on seed 0 alone gets seeds 1-2 for the sweep arms it compares, decided "
+            "on seed 0 only, so no seed is added or withheld after seeing it.", "",
             *_table(["claim", "the paper says", "verdict", "because"], rows), "",
             "## Open questions (no verdict of the paper to test; same rules)", "",
             *_table(["question", "", "verdict", "because"], qrows), ""]

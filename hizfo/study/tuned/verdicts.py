@@ -3,6 +3,7 @@ collapse, rho and r shapes, time from the timing pilot, memory), and the WebQues
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,19 @@ def ratio_claim(study: Study) -> Verdict:
     if stable in (bs.SUPERIOR, bs.NON_INFERIOR) and collapse == bs.INFERIOR:
         return Verdict(SUPPORTED, text)
     return Verdict(CANNOT_TELL, text)
+
+
+SWEEP_CLAIMS: dict[str, Callable[[Study], Verdict]] = {"C11": rho_claim, "C13": ratio_claim}
+
+
+def sweep_claim_on_seed0(study: Study, claim: str) -> Verdict:
+    """A sweep claim (C11: rho, C13: r) judged on the seed-0 members alone. The sweeps run one seed; a
+    claim that cannot tell there gets seeds 1-2 for its sweep arms (the queue's ``{close:C11}``). Only
+    seed 0 decides, so the decision is the same before and after the added seeds run: no seed is added
+    or withheld after seeing what it shows."""
+    if claim not in SWEEP_CLAIMS:
+        raise ValueError(f"{claim!r} is not a sweep claim; the sweep claims are {sorted(SWEEP_CLAIMS)}")
+    return SWEEP_CLAIMS[claim](Study([m for m in study.members if m.seed == 0], task=study.task))
 
 
 def timing_key(sig: Signature) -> str | None:
