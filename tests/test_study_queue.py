@@ -64,6 +64,28 @@ def test_tokens_resolve_from_the_records_or_wait_or_drop(planned_study, tmp_path
     assert resolve("method.lr={next_lr:hizfo}", planned_study).state == "drop"
 
 
+
+def test_an_unfinished_grid_makes_every_token_and_chosen_lr_wait(planned_study, capsys):
+    """Full FT's planned grid with one or two of its three rates run: its best rate so far (6.3e-5) is not
+    final, so seeds at it wait, the edge extension waits, and ``chosen-lr`` refuses unless told
+    ``--provisional``; the study queue and the CLI give the same reason."""
+    resolve, runs = study_queue.resolve, planned_study / "runs"
+    for suffix in (".json", ".predictions.jsonl.gz"):
+        (runs / f"full_2e-05{suffix}").unlink()
+    fate = resolve("method.lr={lr:full_ft} seed=1", planned_study)
+    assert fate.state == "wait" and fate.why == "full_ft: 2 of its 3 planned rates have run"
+    assert resolve("method.lr={next_lr:full_ft}", planned_study).state == "wait"
+    assert tuned.main(["chosen-lr", "full_ft", "--dir", str(planned_study)]) == 2
+    assert "2 of its 3 planned rates have run" in capsys.readouterr().err
+    assert tuned.main(["chosen-lr", "full_ft", "--provisional", "--dir", str(planned_study)]) == 0
+    assert capsys.readouterr().out == "6.3e-05\n"
+    for suffix in (".json", ".predictions.jsonl.gz"):
+        (runs / f"full_0.0002{suffix}").unlink()
+    fate = resolve("method.lr={lr:full_ft}", planned_study)
+    assert fate.state == "wait" and "two or more completed rates at seed 0 (1 so far)" in fate.why
+    assert resolve("method.lr={next_lr:full_ft}", planned_study).state == "wait"
+
+
 RUNNER = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write("
           "f'start {sys.argv[2]} {time.time()}\\n'); time.sleep(0.3); "
           "open(sys.argv[1], 'a').write(f'end {sys.argv[2]} {time.time()}\\n'); "
@@ -165,6 +187,24 @@ def test_a_sweep_claim_gets_seeds_only_when_seed_0_alone_cannot_tell_and_seed_0_
     assert resolve(line, study_dir).state == "drop"                     # on seed 0
     with pytest.raises(ValueError, match="'C6' is not a sweep claim"):
         tuned.sweep_claim_on_seed0(study, "C6")
+
+
+def test_a_close_token_beside_a_rate_token_and_the_r_sweeps_contradicted_path(study_dir):
+    """C13 (r): r 0.5's paired difference from r 0.1 straddles the margin and r 0.7 lies far below, so
+    seed 0 cannot tell and the line runs with Hi-ZFO's rate filled in; r 0.7 no worse than r 0.1 (no
+    collapse) contradicts the claim on seed 0, and the line is dropped."""
+    resolve, runs = study_queue.resolve, study_dir / "runs"
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    line = "method.lr={lr:hizfo} method.zo_lr_ratio=0.7 seed=1 {close:C13}"
+    straddles = [b + 9.8 - 2.0 * (i % 2) for i, b in enumerate(base)]     # mean -1.0 from r 0.1
+    _write(runs, "hz_r0.5", "hizfo", 0, 2e-5, 150, straddles, [19.0] * N_DEV, zo_lr_ratio=0.5)
+    _write(runs, "hz_r0.7", "hizfo", 0, 2e-5, 150, [b + 4.8 for b in base], [19.0] * N_DEV, zo_lr_ratio=0.7)
+    assert tuned.sweep_claim_on_seed0(study_queue.load_study(study_dir), "C13").verdict == tuned.CANNOT_TELL
+    assert resolve(line, study_dir) == \
+        study_queue.Resolved("ready", ("method.lr=2e-05", "method.zo_lr_ratio=0.7", "seed=1"))
+    _write(runs, "hz_r0.7", "hizfo", 0, 2e-5, 150, [b + 9.8 for b in base], [19.0] * N_DEV, zo_lr_ratio=0.7)
+    fate = resolve(line, study_dir)
+    assert fate.state == "drop" and fate.why == "C13 is decided on seed 0 alone: contradicted"
 
 
 # --------------------------------------------------------------------------- the file against the Makefile
