@@ -12,6 +12,7 @@ import pytest
 
 from hizfo.evaluation.predictions import attach_predictions
 from hizfo.study import tuned
+from hizfo.study.tuned.report import lr_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -119,6 +120,25 @@ def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate
     assert capsys.readouterr().out.strip() == "6.3e-05"
     assert tuned.main(["chosen-lr", "lora", "--dir", str(study_dir)]) == 2
 
+
+
+def test_each_grid_rate_shows_its_paired_dev_gap_to_the_chosen_rate(study_dir):
+    """Full FT's dev scores are constant per rate (14, 20 chosen, 17): the gaps are exactly -6 and -3
+    with no width. A rate at 20 +- 1 per example ties the chosen rate on the mean (the lower rate wins
+    the tie): its gap is 0 with an interval on both sides of it."""
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    grid = study.grid(study.find("full_ft", 250).sig)
+    assert study.dev_gap(grid[2e-5], grid[6.3e-5]).text(2) == "-6.00 [-6.00, -6.00]"
+    rows = [line for line in lr_section(study) if line.startswith("| Full FT")]
+    assert [row.split(" | ")[3] for row in rows] == ["-6.00 [-6.00, -6.00]", "-", "-3.00 [-3.00, -3.00]"]
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(study_dir / "runs", "full_0.0002", "full_ft", 0, 2e-4, 250, [b + 10 for b in base],
+           [20.0 + (-1) ** i for i in range(N_DEV)])
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    grid = study.grid(study.find("full_ft", 250).sig)
+    assert study.chosen_lr(study.find("full_ft", 250).sig) == 6.3e-5
+    gap = study.dev_gap(grid[2e-4], grid[6.3e-5])
+    assert gap.mean == pytest.approx(0.0) and gap.lo < 0 < gap.hi
 
 def test_the_timing_pilots_file_decides_the_time_claim(study_dir):
     """The report reads results/study/timing.json as experiments/study_timing.py writes it."""

@@ -353,6 +353,11 @@ class Study:
             raise ValueError(f"{a.label} and {b.label} scored different {split} examples")
         return bs.paired_difference(rows_a, rows_b)
 
+    def dev_gap(self, a: Member, b: Member) -> bs.Estimate:
+        """Member a's dev score minus member b's, paired on the dev examples: how far apart two rates of
+        one grid are, beside the noise of a 100-dialogue dev set."""
+        return self.diff(Arm(a.sig, a.lr, [a]), Arm(b.sig, b.lr, [b]), "validation")
+
     def learned(self, arm: Arm) -> tuple[str, bs.Estimate | None]:
         """The arm's label from its paired dev difference to zero-shot (computed once per arm: the
         report asks for it in the arms table and beside every verdict that uses the arm)."""

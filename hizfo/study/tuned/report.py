@@ -54,16 +54,21 @@ def lr_section(study: Study) -> list[str]:
         chosen = study.chosen_lr(sig)
         for lr, m in sorted(grid.items()):
             curve = m.val_curve
+            gap = "-" if lr == chosen or chosen not in grid else study.dev_gap(m, grid[chosen]).text(2)
             rows.append([sig.label, f"{lr:g}" + (" **chosen**" if lr == chosen else ""),
-                         _fmt(m.metric("validation")), _fmt(curve[-1][1], 3) if curve else "-",
+                         _fmt(m.metric("validation")), gap, _fmt(curve[-1][1], 3) if curve else "-",
                          _fmt(m.metric("test")), _last_loss(m)])
     if not rows:
         return out + ["No grid has two rates yet.", ""]
-    return out + _table(["arm", "learning rate", f"dev {score} (100)", "final dev loss",
+    return out + _table(["arm", "learning rate", f"dev {score} (100)", "dev - chosen [95%]", "final dev loss",
                          f"test {score} (500)", "train loss, last 10 steps"], rows) + [
         "", "A rate chosen at the highest or lowest rate of its method's complete grid is not yet a "
         "choice: the grid grows by one half-decade rate past that edge (`make study-lr-extend`), the "
-        "same rule for every method, until the best rate has a neighbour run on each side.", ""]
+        "same rule for every method, until the best rate has a neighbour run on each side.", "",
+        "dev - chosen: the rate's paired difference from the chosen rate on the same dev examples (bootstrap "
+        "over examples, 95%). A rate whose interval holds 0 is not told apart from the chosen one on dev: "
+        "between such rates the rule's choice rests on dev noise, and their test scores may rank them the "
+        "other way. The rule stays as fixed before the grids ran; test scores never choose.", ""]
 
 
 def _on(study: Study) -> str:
