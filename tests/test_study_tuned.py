@@ -114,6 +114,9 @@ def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate
     text = first.decode()
     assert "6.3e-05 **chosen**" in text and "| C6 |" in text and "| C1 |" in text
     assert "Dev loss every 25 steps" in text and "still falling" not in text  # 1.70 -> 1.695: flat
+    # every rate has the same curve: (1.70 - 1.695) / 1.70 = 0.29%
+    assert ("fell by 0.3% (flat: under 1%). The same fall at the grid's other rates: 2e-05: 0.3%, "
+            "0.0002: 0.3%.") in text
     assert json.loads((study_dir / "chosen_lr.json").read_text()) == {"full_ft": 6.3e-5, "hizfo": 2e-5}
     capsys.readouterr()
     assert tuned.main(["chosen-lr", "full_ft", "--dir", str(study_dir)]) == 0

@@ -138,13 +138,28 @@ def convergence_section(study: Study) -> list[str]:
     curve = m0.val_curve if m0 else []
     if len(curve) < 3:
         return []
-    last = curve[-1]
-    ref = min(curve, key=lambda sv: abs(sv[0] - 0.8 * last[0]))
-    change = (ref[1] - last[1]) / ref[1] * 100
+    change = _last_fifth_fall(curve)
+    verdict = "flat: under 1%" if change < 1 else "still falling: a longer horizon would help"
+    others = [f"{lr:g}: {fall:.1f}%" for lr, m in sorted(study.grid(full.sig).items())
+              if lr != full.lr and (fall := _last_fifth_fall(m.val_curve)) is not None]
     return [f"## Convergence{_on(study)} (Full FT, chosen rate, seed 0)", "",
             "Dev loss every 25 steps: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve) + ".",
-            f"Over the last fifth of training (step {ref[0]} to {last[0]}) it fell by {change:.1f}% "
-            f"({'flat: under 1%' if change < 1 else 'still falling: a longer horizon would help'}).", ""]
+            f"Over the last fifth of training (step {_fifth_start(curve)} to {curve[-1][0]}) it fell by "
+            f"{change:.1f}% ({verdict})."
+            + (f" The same fall at the grid's other rates: {', '.join(others)}." if others else ""), ""]
+
+
+def _fifth_start(curve: list[tuple[int, float]]) -> int:
+    """The evaluated step nearest 4/5 of the last one."""
+    return min(curve, key=lambda sv: abs(sv[0] - 0.8 * curve[-1][0]))[0]
+
+
+def _last_fifth_fall(curve: list[tuple[int, float]]) -> float | None:
+    """Percent the dev loss fell over the last fifth of training (None: under 3 evaluations)."""
+    if len(curve) < 3:
+        return None
+    ref = dict(curve)[_fifth_start(curve)]
+    return (ref - curve[-1][1]) / ref * 100
 
 
 def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
