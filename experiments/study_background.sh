@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The tuned study's grid in the background, from a git worktree pinned to one commit, so that edits to
+# this checkout never change a running member; its completed records are copied back and committed here.
+#
+#   bash experiments/study_background.sh start [REF]   # pin the worktree to REF (default HEAD), set it up,
+#                                                      # start `make study-queue` there and the sync loop
+#   bash experiments/study_background.sh sync          # once: copy completed records, re-render, commit
+#   bash experiments/study_background.sh sync-loop     # `sync` every $SYNC_SECONDS (default 600)
+#
+# The worktree is $STUDY_GRID_DIR (default ../grid beside this checkout). Its queue's log is
+# $STUDY_GRID_DIR.queue.log and the sync loop's $STUDY_GRID_DIR.sync.log. A member is copied once both its
+# record (.json) and its predictions exist; the commit holds results/study only, nothing else staged here.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+GRID="${STUDY_GRID_DIR:-$(dirname "$ROOT")/grid}"
+SYNC_SECONDS="${SYNC_SECONDS:-600}"
+FOLDERS=(results/study/runs results/study/webq/runs results/study/webq_check)
+
+sync_once() {
+  cd "$ROOT"
+  local copied=0 src dst json base
+  for folder in "${FOLDERS[@]}"; do
+    src="$GRID/$folder" dst="$ROOT/$folder"
+    [ -d "$src" ] || continue
+    mkdir -p "$dst"
+    for json in "$src"/*.json; do
+      [ -e "$json" ] || continue
+      base="$(basename "$json" .json)"
+      if [ -e "$dst/$base.json" ] || [ ! -e "$src/$base.predictions.jsonl.gz" ]; then continue; fi
+      cp "$src/$base.predictions.jsonl.gz" "$dst/" && cp "$json" "$dst/"   # the record last: it marks a copy
+      echo "$(date -u +%FT%TZ) copied $folder/$base"
+      copied=$((copied + 1))
+    done
+  done
+  [ -n "$(git status --porcelain -- results/study)" ] || return 0
+  nice -n 10 "$ROOT/.venv/bin/python" -m hizfo.study.tuned > /dev/null
+  local n; n="$(find results/study/runs -maxdepth 1 -name '*.json' | wc -l)"
+  git add -- results/study
+  git commit --quiet -m "Study records: $n completed members of the tuned study; results/study re-rendered" \
+    -- results/study && echo "$(date -u +%FT%TZ) committed ($n DialogSum members, $copied new files)"
+}
+
+start() {
+  local ref="${1:-HEAD}" commit
+  commit="$(git -C "$ROOT" rev-parse --verify "$ref^{commit}")"
+  if pgrep -f "experiments/study_queue.py" > /dev/null; then
+    echo "a study queue is already running (pgrep -f experiments/study_queue.py); stop it first" >&2
+    exit 1
+  fi
+  git -C "$ROOT" worktree prune
+  if [ -d "$GRID" ]; then
+    # its untracked records are copies of what is committed or to be synced: sync first, then re-pin
+    sync_once
+    git -C "$GRID" clean --quiet -fd -- results/study
+    git -C "$GRID" checkout --quiet --detach "$commit"
+  else
+    git -C "$ROOT" worktree add --quiet --detach "$GRID" "$commit"
+  fi
+  [ -x "$ROOT/.venv/bin/python" ] || make -C "$ROOT" setup
+  nice -n 5 make -C "$GRID" setup model
+  (cd "$GRID" && setsid nohup make study-queue > "$GRID.queue.log" 2>&1 < /dev/null &)
+  (setsid nohup bash "$0" sync-loop > "$GRID.sync.log" 2>&1 < /dev/null &)
+  echo "study queue at $(git -C "$GRID" log -1 --format='%h %s' | cut -c1-80) in $GRID"
+  echo "logs: $GRID.queue.log (queue), $GRID.sync.log (records committed to $ROOT every ${SYNC_SECONDS}s)"
+}
+
+case "${1:-}" in
+  start) shift; start "$@" ;;
+  sync) sync_once ;;
+  sync-loop) while true; do sync_once || echo "$(date -u +%FT%TZ) sync failed (retrying)"; sleep "$SYNC_SECONDS"; done ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+esac
