@@ -176,12 +176,13 @@ STUDY_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1))
 STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions)
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
 STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
+STUDY_LATER_METHODS ?= ft_topk,prefix
 # Seeds 1-2 skip the dev-loss curve: only seed 0's is read (convergence, time-to-target), and evaluating
 # it does not change training (tests/test_eval_cadence.py); it cost 8-20 min of a 55-90-min member.
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
-.PHONY: study-webq-timing study-webq study-webq-seeds
+.PHONY: study-webq-timing study-webq study-webq-seeds study-later
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
@@ -236,6 +237,10 @@ study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.
 		seed=0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) \
 		method.zo_lr_ratio=0.5,0.7,1.0 seed=0 $(ARGS)
+	$(MAKE) study-report
+
+study-later: setup model  ## tuned study, as the budget allows after every required arm: FT-Top2's and Prefix's 3 rates at seed 0 (then study-lr-extend STUDY_EXTEND_METHODS="ft_topk prefix")
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LATER_METHODS) $(ARGS)
 	$(MAKE) study-report
 
 study-webq-timing: setup model  ## tuned study, WebQuestions: s/step of each of its arms alone on an idle machine (its timing.json)

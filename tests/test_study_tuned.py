@@ -191,8 +191,9 @@ def study_commands() -> list[tuple[str, list[str]]]:
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     variables = {line.split("?=")[0].strip(): line.split("?=")[1].strip()
                  for line in text.splitlines() if "?=" in line and line[:1].isupper()}
-    methods, webq_methods, later_seeds = (variables[name] for name in
-                                          ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS", "LATER_SEEDS"))
+    methods, webq_methods, later_seeds, later_methods = (
+        variables[name]
+        for name in ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS", "LATER_SEEDS", "STUDY_LATER_METHODS"))
     out, target = [], None
     for line in text.splitlines():
         if line and not line[0].isspace() and ":" in line and not line.startswith((".", "STUDY", "#")):
@@ -204,6 +205,7 @@ def study_commands() -> list[tuple[str, list[str]]]:
             command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
             command = command.replace("$$r", "6.3e-4")                                   # a grid's next rate
             command = command.replace("$(STUDY_WEBQ_METHODS)", webq_methods)
+            command = command.replace("$(STUDY_LATER_METHODS)", later_methods)
             command = command.replace("$(LATER_SEEDS)", later_seeds)
             words = command.split()
             assert not any("$" in w for w in words), f"unexpanded make text in {words}"
@@ -223,7 +225,7 @@ def test_seeds_after_the_first_skip_the_dev_loss_curve_and_seed_0_keeps_it():
 def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
     assert targets == {"study-lr", "study-lr-extend", "study-webq-check", "study-mezo", "study-seeds",
-                       "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds"}
+                       "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds", "study-later"}
 
 
 def study_members(overrides: list[str]) -> list[tuple[str, str]]:
@@ -459,4 +461,5 @@ def test_the_report_names_the_required_methods_not_run_apart_from_the_optional_o
     assert tuned.main(["--dir", str(study_dir)]) == 0
     text = (study_dir / "REPORT.md").read_text()
     assert "Methods with no record in this study yet: GT, LoRA.\n" in text
-    assert "Not scheduled: FT-Top2, Prefix, Bilevel-ZOFO, the arms to add after the required ones" in text
+    assert "Not run yet: FT-Top2, Prefix, the arms added after the required ones" in text
+    assert "Not scheduled: Bilevel-ZOFO. The copy it evaluates" in text
