@@ -58,8 +58,12 @@ start() {
   fi
   [ -x "$ROOT/.venv/bin/python" ] || make -C "$ROOT" setup
   nice -n 5 make -C "$GRID" setup model
-  (cd "$GRID" && setsid nohup make study-queue > "$GRID.queue.log" 2>&1 < /dev/null &)
-  (setsid nohup bash "$0" sync-loop > "$GRID.sync.log" 2>&1 < /dev/null &)
+  # a member interrupted at the last session's end resumes from its checkpoint, unless the new commit
+  # changed a source file it imports: then its checkpoint is moved aside and it starts over
+  (cd "$GRID" && .venv/bin/python experiments/stale_checkpoints.py --move-aside checkpoints/study checkpoints/study_webq)
+  # the redirections hold for the whole detached subshell, so no caller's pipe is kept open
+  (cd "$GRID" && exec setsid nohup make study-queue) > "$GRID.queue.log" 2>&1 < /dev/null &
+  (exec setsid nohup bash "$0" sync-loop) > "$GRID.sync.log" 2>&1 < /dev/null &
   echo "study queue at $(git -C "$GRID" log -1 --format='%h %s' | cut -c1-80) in $GRID"
   echo "logs: $GRID.queue.log (queue), $GRID.sync.log (records committed to $ROOT every ${SYNC_SECONDS}s)"
 }

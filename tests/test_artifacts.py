@@ -1,11 +1,15 @@
 """Run artifacts: trainer.save_final exports the trained model (or adapter) that the record names and
 that loads back with the trained weights; trainer.keep_checkpoints=none deletes a completed run's
 checkpoints (a failed run keeps them); a checkpoint from another code version is refused unless
-trainer.allow_version_mismatch=true (then it resumes with a warning)."""
+trainer.allow_version_mismatch=true (then it resumes with a warning), unless git shows that no source
+file the run imports differs between the two commits."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +116,96 @@ def test_unknown_versions_do_not_count_as_a_mismatch():
     assert ckpt.version_difference({"hizfo": "0.1.0", "commit": None}, current) is None  # installed package
     assert ckpt.version_difference({"hizfo": "0.1.0", "commit": "c" * 40}, current) is None
     assert ckpt.version_difference({"hizfo": "0.0.9", "commit": None}, current) == "hizfo 0.0.9 -> 0.1.0"
+
+
+def _git_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A repository with commits "base" (two sources, a doc), "docs" (the doc changed) and "code"
+    (hizfo/b.py changed); returns it and each commit's hash."""
+    repo = tmp_path / "repo"
+    (repo / "hizfo").mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    commits = {}
+    steps = [("base", "README.md", "v1"), ("docs", "README.md", "v2"), ("code", "hizfo/b.py", "x = 2")]
+    for name, path, text in steps:
+        if name == "base":
+            (repo / "hizfo" / "a.py").write_text("y = 1")
+            (repo / "hizfo" / "b.py").write_text("x = 1")
+        (repo / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-q", "-m", name)
+        commits[name] = git("rev-parse", "HEAD")
+    return repo, commits
+
+
+def _at(monkeypatch, repo: Path, commit: str) -> None:
+    """This process runs ``commit`` of ``repo``: its working tree and its recorded code version."""
+    subprocess.run(["git", "checkout", "-q", commit], cwd=repo, check=True)
+    _other_code(monkeypatch, commit)
+
+
+def test_changed_sources_compares_a_commit_with_the_working_tree(tmp_path):
+    repo, c = _git_repo(tmp_path)  # its working tree is at "code"
+    both = ["hizfo/a.py", "hizfo/b.py"]
+    assert ckpt.changed_sources(repo, c["base"], ["hizfo/a.py"]) == []
+    assert ckpt.changed_sources(repo, c["docs"], both) == ["hizfo/b.py"]
+    assert ckpt.changed_sources(repo, c["code"], both) == []
+    (repo / "hizfo" / "a.py").write_text("y = 3")  # an edit not yet committed counts
+    (repo / "hizfo" / "new.py").write_text("z = 0")  # so does an untracked file the run imports
+    assert ckpt.changed_sources(repo, c["code"], [*both, "hizfo/new.py"]) == ["hizfo/a.py", "hizfo/new.py"]
+    assert ckpt.changed_sources(repo, "f" * 40, both) is None  # a commit git does not know: cannot tell
+    assert ckpt.changed_sources(tmp_path / "not-a-repo", c["base"], both) is None
+
+
+def test_another_commit_resumes_only_when_no_imported_source_changed(tmp_path, monkeypatch):
+    repo, c = _git_repo(tmp_path)
+    monkeypatch.setattr(ckpt, "CHECKOUT_ROOT", repo)
+    monkeypatch.setattr(ckpt, "in_checkout", lambda: True)
+    monkeypatch.setattr(ckpt, "imported_sources", lambda: ["hizfo/b.py"])
+    _at(monkeypatch, repo, c["base"])
+    folder = tmp_path / "ckpt"
+    ckpt.save(folder, {"x": torch.ones(2)}, step=3)
+    assert ckpt.read_manifest(folder)["latest"]["code"]["sources"] == ["hizfo/b.py"]
+    _at(monkeypatch, repo, c["docs"])  # a commit that changed a doc only: the same program
+    assert ckpt.load(folder).version_mismatch is None
+    _at(monkeypatch, repo, c["code"])  # b.py, which the run imports, changed: refused, naming it
+    with pytest.raises(ckpt.CheckpointVersionError, match=r"which changed hizfo/b\.py"):
+        ckpt.load(folder)
+    monkeypatch.setattr(ckpt, "imported_sources", lambda: ["hizfo/a.py"])  # the reader imports a.py only,
+    with pytest.raises(ckpt.CheckpointVersionError):  # but the writer's b.py still counts
+        ckpt.load(folder)
+
+
+def test_stale_checkpoints_moves_aside_only_what_another_program_wrote(tmp_path, monkeypatch, capsys):
+    """A re-pinned grid: the member whose code changed starts over (its folder renamed, nothing
+    deleted); the one whose commit changed only docs keeps its checkpoint and resumes."""
+    spec = importlib.util.spec_from_file_location(
+        "stale_checkpoints", Path(__file__).resolve().parents[1] / "experiments" / "stale_checkpoints.py")
+    stale = sys.modules["stale_checkpoints"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stale)
+    repo, c = _git_repo(tmp_path)
+    monkeypatch.setattr(ckpt, "CHECKOUT_ROOT", repo)
+    monkeypatch.setattr(ckpt, "in_checkout", lambda: True)
+    root = tmp_path / "checkpoints"
+    _at(monkeypatch, repo, c["base"])
+    for name, sources in [("uses_a", ["hizfo/a.py"]), ("uses_b", ["hizfo/b.py"])]:
+        monkeypatch.setattr(ckpt, "imported_sources", lambda sources=sources: sources)
+        ckpt.save(root / name / "fp", {"x": torch.ones(1)}, step=2)
+    monkeypatch.setattr(ckpt, "imported_sources", lambda: [])
+    _at(monkeypatch, repo, c["code"])  # b.py changed since "base"
+    found = [(folder.parent.name, "hizfo/b.py" in why) for folder, why in stale.stale_folders(root)]
+    assert found == [("uses_b", True)]
+    assert stale.main(["--move-aside", str(root)]) == 0
+    assert sorted(p.name for p in (root / "uses_b").iterdir()) == ["fp.stale"]
+    assert ckpt.read_manifest(root / "uses_b" / "fp.stale")["latest"]["step"] == 2  # kept, not deleted
+    assert ckpt.load(root / "uses_b" / "fp") is None  # so its run starts over
+    assert ckpt.load(root / "uses_a" / "fp").state["x"].item() == 1.0  # the same program resumes
+    assert "moved aside" in capsys.readouterr().out
+    assert list(stale.stale_folders(root)) == []  # a second start moves nothing again
 
 
 @needs_data

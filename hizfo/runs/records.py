@@ -59,18 +59,20 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def git_output(repo: Path, *args: str) -> str | None:
+    """``git args`` run in ``repo``, its stdout stripped; None when git is missing or the command fails."""
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def git_info(repo: Path | None = None) -> dict[str, Any]:
     repo = repo or Path(__file__).resolve().parents[2]
-
-    def run(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    status = git_output(repo, "status", "--porcelain", "--untracked-files=no")
+    dirty = bool(status) if status is not None else None
+    return {"commit": git_output(repo, "rev-parse", "HEAD"), "dirty": dirty}
 
 
 def _cpu_model() -> str | None:

@@ -17,9 +17,13 @@ with it, and how to start over. Writes go to a unique temporary file in the fold
 only an atomic rename of the manifest makes a new checkpoint current, so a crash at any point
 leaves a consistent manifest and two writers never share a temporary name.
 
-Each entry records the code that wrote it (``code``: hizfo's version and the checkout's git commit).
-Resuming from a checkpoint of another code version would make one run of two programs, so ``load``
-refuses it unless ``allow_version_mismatch`` (``trainer.allow_version_mismatch=true``), which warns.
+Each entry records the code that wrote it (``code``: hizfo's version, the checkout's git commit and the
+hizfo source files the writing process had imported). Resuming from a checkpoint of another code
+version would make one run of two programs, so ``load`` refuses it unless ``allow_version_mismatch``
+(``trainer.allow_version_mismatch=true``), which warns. Another commit alone is not another program:
+when git shows that none of the source files either process imported differs between the writer's
+commit and this checkout (a commit that touched only reports, tests or docs), the run resumes. So a
+background grid re-pinned to a newer commit keeps its members' checkpoints unless their code changed.
 ``delete_folder`` removes a finished run's checkpoints (``trainer.keep_checkpoints=none``).
 """
 
@@ -33,6 +37,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,8 +50,8 @@ from typing import Any
 import torch
 
 from hizfo import __version__
-from hizfo.runs.records import follow_umask, git_info
-from hizfo.runs.resources import CHECKOUT_ROOT, in_checkout
+from hizfo.runs.records import follow_umask, git_info, git_output
+from hizfo.runs.resources import CHECKOUT_ROOT, PACKAGE_DIR, in_checkout
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +95,55 @@ def code_version() -> dict[str, str | None]:
     return {"hizfo": __version__, "commit": commit}
 
 
-def version_difference(written: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+def imported_sources() -> list[str]:
+    """The hizfo source files this process has imported, relative to the checkout: the program a run
+    executes (configs are covered by the folder's config fingerprint)."""
+    package = PACKAGE_DIR.resolve()
+    out = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and (path := Path(file).resolve()).is_relative_to(package):
+            out.add(path.relative_to(package.parent).as_posix())
+    return sorted(out)
+
+
+def changed_sources(repo: Path, commit: str, files: list[str]) -> list[str] | None:
+    """Which of ``files`` differ between ``commit`` and ``repo``'s working tree (edits not yet committed
+    count; an untracked file counts as changed); None when git cannot tell (no git, unknown commit)."""
+    if not files:
+        return None
+    diff = git_output(repo, "diff", "--name-only", commit, "--", *files)
+    untracked = git_output(repo, "ls-files", "--others", "--", *files)
+    if diff is None or untracked is None:
+        return None
+    return sorted(set(diff.split()) | set(untracked.split()))
+
+
+def version_difference(written: dict[str, Any] | None, current: dict[str, Any],
+                       repo: Path | None = None) -> str | None:
     """How the code that wrote a checkpoint differs from ``current``; None when it is the same (or
-    unknown: entries written before versions were recorded, or a commit missing on one side)."""
+    unknown: entries written before versions were recorded, or a commit missing on one side). With
+    ``repo`` (a checkout), commits that differ count only when a source file that the writer or this
+    process imported differs between them."""
     if not written:
         return None
-    diffs = [f"{key} {written.get(key)} -> {current.get(key)}" for key in ("hizfo", "commit")
-             if written.get(key) and current.get(key) and written.get(key) != current.get(key)]
+    diffs = []
+    for key in ("hizfo", "commit"):
+        before, now = written.get(key), current.get(key)
+        if not (before and now and before != now):
+            continue
+        if key == "commit" and repo is not None:
+            files = sorted(set(written.get("sources") or []) | set(imported_sources()))
+            changed = changed_sources(repo, before, files)
+            if changed == []:
+                log.info("checkpoint written at commit %s: none of the %d source files the run imports "
+                         "changed since, so it is the same program", before[:12], len(files))
+                continue
+            if changed:
+                shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+                diffs.append(f"commit {before} -> {now}, which changed {shown}")
+                continue
+        diffs.append(f"{key} {before} -> {now}")
     return ", ".join(diffs) or None
 
 
@@ -194,7 +241,7 @@ def save(folder: Path, payload: dict[str, Any], step: int, parts: list[dict[str,
     """Write ``payload`` as the newest checkpoint; the old newest becomes the previous one. ``parts``:
     the entries of the per-rank parts (``write_part``) that belong to it."""
     tmp, entry = _write_temp(folder, payload, f"checkpoint-{step:08d}-")
-    entry.update(step=int(step), code=code_version())
+    entry.update(step=int(step), code={**code_version(), "sources": imported_sources()})
     try:
         if parts is not None:
             entry["parts"] = list(parts)
@@ -323,9 +370,14 @@ def _retire_latest(folder: Path, manifest: dict[str, Any]) -> None:
                                            "saved_at": time.time()})
 
 
+def other_program(entry: dict[str, Any]) -> str | None:
+    """How the program that wrote a manifest entry differs from this one; None when it is the same."""
+    return version_difference(entry.get("code"), code_version(), CHECKOUT_ROOT if in_checkout() else None)
+
+
 def _check_version(entry: dict[str, Any], path: Path, allow_mismatch: bool) -> str | None:
     """Refuse (or, allowed, warn about) a checkpoint written by another code version."""
-    diff = version_difference(entry.get("code"), code_version())
+    diff = other_program(entry)
     if diff is None:
         return None
     if not allow_mismatch:
