@@ -97,6 +97,8 @@ def test_cells_labels_and_a_verdict_by_hand(study_dir):
     assert tuned.verdicts.step_cost_question(timing).verdict == tuned.CONTRADICTED  # 10-11 s > 8-8.2 s
     assert tuned.verdicts.step_cost_question(None).verdict == tuned.NOT_RUN
     assert tuned.rho_claim(study).verdict == tuned.NOT_RUN
+    zo_off = tuned.members.Signature("hizfo", 150, (("alpha", 0.0), ("zo_enabled", False)))
+    assert zo_off.label == "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"
 
 
 def test_a_claim_on_an_arm_that_did_not_learn_says_so(study_dir):
@@ -104,6 +106,21 @@ def test_a_claim_on_an_arm_that_did_not_learn_says_so(study_dir):
     verdict = tuned.beats_claim(study, study.find("full_ft", 250), study.find("mezo"))
     assert verdict.verdict == tuned.SUPPORTED
     assert "rests on MeZO" in verdict.because and "did not learn" in verdict.because
+
+
+def test_a_beats_claim_inside_the_margin_says_what_its_interval_excludes(study_dir):
+    """Both intervals hold 0 ("cannot tell"); only the one that lies within +-1 says any difference is
+    smaller than the margin."""
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    for alpha, wobble in ((0.0, 0.3), (0.05, 10.0)):  # Hi-ZFO's test scores +- wobble, mean difference 0
+        test = [b + 9.8 + (wobble if i % 2 else -wobble) for i, b in enumerate(base)]
+        _write(study_dir / "runs", f"hz_alpha{alpha}", "hizfo", 0, 2e-5, 150, test, [19.0] * N_DEV,
+               alpha=alpha)
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz = study.find("hizfo", 150)
+    close, wide = (tuned.beats_claim(study, hz, study.find("hizfo", 150, alpha=a)) for a in (0.0, 0.05))
+    assert close.verdict == wide.verdict == tuned.CANNOT_TELL
+    assert "smaller than the margin" in close.because and "smaller than the margin" not in wide.because
 
 
 def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate(study_dir, capsys):

@@ -71,7 +71,7 @@ class Signature:
         knobs = dict(self.knobs)
         if self.method == "greentrainer":
             name = f"GT-{knobs.pop('rho', 0.7)}"
-        parts = [f"{_KNOB_TEXT.get(k, k)} {v}" for k, v in sorted(knobs.items())]
+        parts = [f"{_KNOB_TEXT.get(k, k)} {_knob_value(v)}" for k, v in sorted(knobs.items())]
         if self.steps is not None:
             parts.insert(0, f"{self.steps} steps")
         return name + (f" ({', '.join(parts)})" if parts else "")
@@ -79,6 +79,11 @@ class Signature:
 
 _KNOB_TEXT = {"zo_lr_ratio": "r", "zo_enabled": "ZO part", "alpha": "alpha", "rho": "rho",
               "zo_optimizer": "ZO optimizer"}
+
+
+def _knob_value(value: Any) -> str:
+    """A knob's value as a label shows it: switches read on / off."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def signature(record: dict[str, Any]) -> Signature:
