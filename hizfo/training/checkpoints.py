@@ -100,7 +100,9 @@ def imported_sources() -> list[str]:
     executes (configs are covered by the folder's config fingerprint)."""
     package = PACKAGE_DIR.resolve()
     out = set()
-    for module in list(sys.modules.values()):
+    for name, module in list(sys.modules.items()):
+        if name != "hizfo" and not name.startswith("hizfo."):
+            continue
         file = getattr(module, "__file__", None)
         if file and (path := Path(file).resolve()).is_relative_to(package):
             out.add(path.relative_to(package.parent).as_posix())
