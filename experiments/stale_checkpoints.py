@@ -24,14 +24,20 @@ from hizfo.training import checkpoints as ckpt
 
 
 def stale_folders(root: Path) -> Iterator[tuple[Path, str]]:
-    """Each checkpoint folder under ``root`` whose newest checkpoint another program wrote, with how."""
+    """Each checkpoint folder under ``root`` that the runner would refuse, with why: its newest checkpoint
+    was written by another program, or its manifest is damaged. (A folder whose newest entry is of this
+    program but damaged, and whose previous one is not, is left for the runner to report.)"""
     for manifest in sorted(root.rglob(ckpt.MANIFEST)):
         if any(".stale" in part for part in manifest.relative_to(root).parts[:-1]):
             continue  # already moved aside
-        entry = (ckpt.read_manifest(manifest.parent) or {}).get("latest") or {}
+        try:
+            entry = (ckpt.read_manifest(manifest.parent) or {}).get("latest") or {}
+        except ckpt.CheckpointError as exc:  # the runner refuses a damaged manifest, too
+            yield manifest.parent, str(exc).split("; " + ckpt.START_OVER)[0]
+            continue
         diff = ckpt.other_program(entry)
         if diff:
-            yield manifest.parent, diff
+            yield manifest.parent, f"written by another program ({diff})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,16 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         for folder, diff in stale_folders(root):
             found += 1
             if not args.move_aside:
-                print(f"{folder}: written by another program ({diff})")
+                print(f"{folder}: {diff}")
                 continue
             target = folder.with_name(folder.name + ".stale")
             n = 1
             while target.exists():
                 n += 1
                 target = folder.with_name(f"{folder.name}.stale{n}")
-            folder.rename(target)
-            print(f"moved aside {folder} -> {target.name}: written by another program ({diff}); "
-                  "its run starts over")
+            try:
+                with ckpt.folder_lock(folder, "fail"):  # never under a run that still uses it
+                    folder.rename(target)
+            except ckpt.CheckpointLockedError as exc:
+                print(f"left {folder} in place: {exc}")
+                continue
+            print(f"moved aside {folder} -> {target.name}: {diff}; its run starts over")
     if found and args.move_aside:
         print(f"{found} stale checkpoint folder(s) kept as *.stale; delete them to free the disk, or resume "
               "one by renaming it back and running it with trainer.allow_version_mismatch=true")

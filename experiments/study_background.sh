@@ -63,7 +63,7 @@ start() {
   (cd "$GRID" && .venv/bin/python experiments/stale_checkpoints.py --move-aside checkpoints/study checkpoints/study_webq)
   # the redirections hold for the whole detached subshell, so no caller's pipe is kept open
   (cd "$GRID" && exec setsid nohup make study-queue) > "$GRID.queue.log" 2>&1 < /dev/null &
-  (exec setsid nohup bash "$0" sync-loop) > "$GRID.sync.log" 2>&1 < /dev/null &
+  (exec setsid nohup bash "$ROOT/experiments/study_background.sh" sync-loop) > "$GRID.sync.log" 2>&1 < /dev/null &
   echo "study queue at $(git -C "$GRID" log -1 --format='%h %s' | cut -c1-80) in $GRID"
   echo "logs: $GRID.queue.log (queue), $GRID.sync.log (records committed to $ROOT every ${SYNC_SECONDS}s)"
 }

@@ -7,7 +7,9 @@ file the run imports differs between the two commits."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,15 +93,25 @@ def _other_code(monkeypatch, commit: str, version: str = "0.1.0") -> None:
     monkeypatch.setattr(ckpt, "code_version", lambda: {"hizfo": version, "commit": commit})
 
 
+def _edited(monkeypatch) -> None:
+    """Every source file the checkpoint recorded now has other content."""
+    monkeypatch.setattr(ckpt, "source_sha", lambda relative: "edited")
+
+
 def test_checkpoint_from_another_code_version_is_refused_naming_the_override(tmp_path, monkeypatch, caplog):
     _other_code(monkeypatch, "a" * 40)
     ckpt.save(tmp_path, {"x": torch.ones(3)}, step=4)
-    assert ckpt.read_manifest(tmp_path)["latest"]["code"]["commit"] == "a" * 40
+    code = ckpt.read_manifest(tmp_path)["latest"]["code"]
+    assert code["commit"] == "a" * 40 and code["sources"]["hizfo/training/checkpoints.py"] == \
+        ckpt.source_sha("hizfo/training/checkpoints.py")
     assert ckpt.load(tmp_path).version_mismatch is None  # same code: loads
     _other_code(monkeypatch, "b" * 40)
+    assert ckpt.load(tmp_path).version_mismatch is None  # another commit, the same sources: loads
+    _edited(monkeypatch)
     with pytest.raises(ckpt.CheckpointVersionError, match="trainer.allow_version_mismatch=true") as err:
         ckpt.load(tmp_path)
     assert "commit " + "a" * 40 + " -> " + "b" * 40 in str(err.value)
+    assert "changed since the checkpoint" in str(err.value) and "hizfo/__init__.py" in str(err.value)
     assert "trainer.resume=false" in str(err.value)
     with caplog.at_level(logging.WARNING, logger="hizfo.training.checkpoints"):
         loaded = ckpt.load(tmp_path, allow_version_mismatch=True)
@@ -142,12 +154,21 @@ def _git_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return repo, commits
 
 
+def _imports(monkeypatch, repo: Path, *files: str) -> None:
+    """This process has imported ``files`` of ``repo`` (as they are on disk when asked)."""
+    monkeypatch.setattr(ckpt, "imported_sources", lambda: {f: ckpt._sha256(repo / f) for f in files})
+
+
 def _at(monkeypatch, repo: Path, commit: str) -> None:
     """This process runs ``commit`` of ``repo``: its working tree and its recorded code version."""
     subprocess.run(["git", "checkout", "-q", commit], cwd=repo, check=True)
     _other_code(monkeypatch, commit)
 
 
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+@needs_git
 def test_changed_sources_compares_a_commit_with_the_working_tree(tmp_path):
     repo, c = _git_repo(tmp_path)  # its working tree is at "code"
     both = ["hizfo/a.py", "hizfo/b.py"]
@@ -161,44 +182,96 @@ def test_changed_sources_compares_a_commit_with_the_working_tree(tmp_path):
     assert ckpt.changed_sources(tmp_path / "not-a-repo", c["base"], both) is None
 
 
+@needs_git
 def test_another_commit_resumes_only_when_no_imported_source_changed(tmp_path, monkeypatch):
     repo, c = _git_repo(tmp_path)
     monkeypatch.setattr(ckpt, "CHECKOUT_ROOT", repo)
     monkeypatch.setattr(ckpt, "in_checkout", lambda: True)
-    monkeypatch.setattr(ckpt, "imported_sources", lambda: ["hizfo/b.py"])
+    _imports(monkeypatch, repo, "hizfo/b.py")
     _at(monkeypatch, repo, c["base"])
     folder = tmp_path / "ckpt"
     ckpt.save(folder, {"x": torch.ones(2)}, step=3)
-    assert ckpt.read_manifest(folder)["latest"]["code"]["sources"] == ["hizfo/b.py"]
+    assert list(ckpt.read_manifest(folder)["latest"]["code"]["sources"]) == ["hizfo/b.py"]
     _at(monkeypatch, repo, c["docs"])  # a commit that changed a doc only: the same program
     assert ckpt.load(folder).version_mismatch is None
-    _at(monkeypatch, repo, c["code"])  # b.py, which the run imports, changed: refused, naming it
-    with pytest.raises(ckpt.CheckpointVersionError, match=r"which changed hizfo/b\.py"):
+    (repo / "hizfo" / "b.py").write_text("x = 5")  # an edit not committed: refused
+    with pytest.raises(ckpt.CheckpointVersionError, match=r"changed since the checkpoint.*: hizfo/b\.py"):
         ckpt.load(folder)
-    monkeypatch.setattr(ckpt, "imported_sources", lambda: ["hizfo/a.py"])  # the reader imports a.py only,
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)
+    _at(monkeypatch, repo, c["code"])  # b.py, which the run imports, changed: refused, naming it
+    with pytest.raises(ckpt.CheckpointVersionError, match=r"\(commit \w+ -> \w+\): hizfo/b\.py"):
+        ckpt.load(folder)
+    _imports(monkeypatch, repo, "hizfo/a.py")  # the reader imports a.py only,
     with pytest.raises(ckpt.CheckpointVersionError):  # but the writer's b.py still counts
         ckpt.load(folder)
 
 
+@needs_git
+def test_a_reader_only_source_is_compared_by_git_and_an_old_entry_by_git_alone(tmp_path, monkeypatch):
+    repo, c = _git_repo(tmp_path)
+    monkeypatch.setattr(ckpt, "CHECKOUT_ROOT", repo)
+    monkeypatch.setattr(ckpt, "in_checkout", lambda: True)
+    _at(monkeypatch, repo, c["base"])
+    _imports(monkeypatch, repo, "hizfo/a.py")
+    ckpt.save(tmp_path / "new", {"x": torch.ones(1)}, step=1)
+    ckpt.save(tmp_path / "old", {"x": torch.ones(1)}, step=1)
+    manifest = ckpt.read_manifest(tmp_path / "old")  # as an earlier version wrote it: names, no hashes
+    manifest["latest"]["code"]["sources"] = ["hizfo/a.py"]
+    (tmp_path / "old" / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    _at(monkeypatch, repo, c["code"])
+    _imports(monkeypatch, repo, "hizfo/a.py", "hizfo/b.py")  # the reader also imports b.py, changed
+    for folder in ("new", "old"):
+        with pytest.raises(ckpt.CheckpointVersionError, match=r"hizfo/b\.py"):
+            ckpt.load(tmp_path / folder)
+    _imports(monkeypatch, repo, "hizfo/a.py")
+    assert ckpt.load(tmp_path / "new").version_mismatch is None
+    assert ckpt.load(tmp_path / "old").version_mismatch is None
+
+
+def test_imported_sources_names_a_module_run_as_main_by_its_spec(monkeypatch):
+    """``python -m hizfo.train`` loads train.py as ``__main__``: it must still count as a source."""
+    import importlib.machinery
+    import types
+
+    from hizfo.runs.resources import PACKAGE_DIR
+
+    module = types.ModuleType("__main__")
+    module.__spec__ = importlib.machinery.ModuleSpec("hizfo.plan", None)
+    module.__file__ = str(PACKAGE_DIR / "plan.py")
+    monkeypatch.delitem(sys.modules, "hizfo.plan", raising=False)
+    assert "hizfo/plan.py" not in ckpt.imported_sources()
+    monkeypatch.setitem(sys.modules, "__fake_main__", module)
+    assert ckpt.imported_sources()["hizfo/plan.py"] == ckpt.source_sha("hizfo/plan.py")
+
+
+@needs_git
 def test_stale_checkpoints_moves_aside_only_what_another_program_wrote(tmp_path, monkeypatch, capsys):
     """A re-pinned grid: the member whose code changed starts over (its folder renamed, nothing
     deleted); the one whose commit changed only docs keeps its checkpoint and resumes."""
     spec = importlib.util.spec_from_file_location(
         "stale_checkpoints", Path(__file__).resolve().parents[1] / "experiments" / "stale_checkpoints.py")
-    stale = sys.modules["stale_checkpoints"] = importlib.util.module_from_spec(spec)
+    stale = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "stale_checkpoints", stale)
     spec.loader.exec_module(stale)
     repo, c = _git_repo(tmp_path)
     monkeypatch.setattr(ckpt, "CHECKOUT_ROOT", repo)
     monkeypatch.setattr(ckpt, "in_checkout", lambda: True)
     root = tmp_path / "checkpoints"
     _at(monkeypatch, repo, c["base"])
-    for name, sources in [("uses_a", ["hizfo/a.py"]), ("uses_b", ["hizfo/b.py"])]:
-        monkeypatch.setattr(ckpt, "imported_sources", lambda sources=sources: sources)
+    for name, source in [("uses_a", "hizfo/a.py"), ("uses_b", "hizfo/b.py")]:
+        _imports(monkeypatch, repo, source)
         ckpt.save(root / name / "fp", {"x": torch.ones(1)}, step=2)
-    monkeypatch.setattr(ckpt, "imported_sources", lambda: [])
+    _imports(monkeypatch, repo)
     _at(monkeypatch, repo, c["code"])  # b.py changed since "base"
     found = [(folder.parent.name, "hizfo/b.py" in why) for folder, why in stale.stale_folders(root)]
     assert found == [("uses_b", True)]
+    (root / "damaged" / "fp").mkdir(parents=True)  # a manifest the runner refuses, too
+    (root / "damaged" / "fp" / ckpt.MANIFEST).write_text("{not json")
+    assert [f.parent.name for f, why in stale.stale_folders(root) if "damaged" in why] == ["damaged"]
+    with ckpt.folder_lock(root / "uses_b" / "fp", "fail"):  # a run still holds it: left in place
+        assert stale.main(["--move-aside", str(root)]) == 0
+    assert (root / "uses_b" / "fp").is_dir() and (root / "damaged" / "fp.stale").is_dir()
+    assert "left" in capsys.readouterr().out
     assert stale.main(["--move-aside", str(root)]) == 0
     assert sorted(p.name for p in (root / "uses_b").iterdir()) == ["fp.stale"]
     assert ckpt.read_manifest(root / "uses_b" / "fp.stale")["latest"]["step"] == 2  # kept, not deleted
@@ -213,12 +286,13 @@ def test_resume_across_versions_in_a_run_refuses_then_resumes_with_the_override(
     _other_code(monkeypatch, "a" * 40)
     first = run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null"))
     _other_code(monkeypatch, "b" * 40)
+    _edited(monkeypatch)
     with pytest.raises(ckpt.CheckpointVersionError):
         run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null"))
     again = run(make_cfg(tmp_path, "method=full_ft", "eval.final_split=null", "eval.split=null",
                          "trainer.allow_version_mismatch=true"))
     assert again["resumed_from_step"] == first["time"]["steps"]
-    assert "commit" in again["segments"][-1]["resumed_across_code_versions"]
+    assert "changed since the checkpoint (commit" in again["segments"][-1]["resumed_across_code_versions"]
 
 
 class _Tokenizer:

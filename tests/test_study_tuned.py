@@ -109,8 +109,8 @@ def test_a_claim_on_an_arm_that_did_not_learn_says_so(study_dir):
 
 
 def test_a_beats_claim_inside_the_margin_says_what_its_interval_excludes(study_dir):
-    """Both intervals hold 0 ("cannot tell"); only the one that lies within +-1 says any difference is
-    smaller than the margin."""
+    """Both intervals hold 0 ("cannot tell"); only the one that lies within +-1 says it excludes
+    differences of the margin's size."""
     base = [float(10 + (i % 5)) for i in range(N_TEST)]
     for alpha, wobble in ((0.0, 0.3), (0.05, 10.0)):  # Hi-ZFO's test scores +- wobble, mean difference 0
         test = [b + 9.8 + (wobble if i % 2 else -wobble) for i, b in enumerate(base)]
@@ -120,7 +120,7 @@ def test_a_beats_claim_inside_the_margin_says_what_its_interval_excludes(study_d
     hz = study.find("hizfo", 150)
     close, wide = (tuned.beats_claim(study, hz, study.find("hizfo", 150, alpha=a)) for a in (0.0, 0.05))
     assert close.verdict == wide.verdict == tuned.CANNOT_TELL
-    assert "smaller than the margin" in close.because and "smaller than the margin" not in wide.because
+    assert "excludes differences of +-1.0" in close.because and "excludes" not in wide.because
 
 
 def test_rendering_twice_gives_the_same_bytes_and_the_cli_prints_the_chosen_rate(study_dir, capsys):

@@ -17,13 +17,14 @@ with it, and how to start over. Writes go to a unique temporary file in the fold
 only an atomic rename of the manifest makes a new checkpoint current, so a crash at any point
 leaves a consistent manifest and two writers never share a temporary name.
 
-Each entry records the code that wrote it (``code``: hizfo's version, the checkout's git commit and the
-hizfo source files the writing process had imported). Resuming from a checkpoint of another code
-version would make one run of two programs, so ``load`` refuses it unless ``allow_version_mismatch``
-(``trainer.allow_version_mismatch=true``), which warns. Another commit alone is not another program:
-when git shows that none of the source files either process imported differs between the writer's
-commit and this checkout (a commit that touched only reports, tests or docs), the run resumes. So a
-background grid re-pinned to a newer commit keeps its members' checkpoints unless their code changed.
+Each entry records the code that wrote it (``code``: hizfo's version, the checkout's git commit, and
+each hizfo source file the writing process had imported with its sha256). Resuming from a checkpoint
+of another program would make one run of two programs, so ``load`` refuses it unless
+``allow_version_mismatch`` (``trainer.allow_version_mismatch=true``), which warns. The program is the
+sources, not the commit: a checkpoint whose recorded sources all hash the same now resumes across
+commits (one that changed only reports, tests or docs), and one whose sources were edited is refused
+naming the files, committed or not. So a background grid re-pinned to a newer commit keeps its
+members' checkpoints unless their code changed (experiments/stale_checkpoints.py moves those aside).
 ``delete_folder`` removes a finished run's checkpoints (``trainer.keep_checkpoints=none``).
 """
 
@@ -95,57 +96,90 @@ def code_version() -> dict[str, str | None]:
     return {"hizfo": __version__, "commit": commit}
 
 
-def imported_sources() -> list[str]:
-    """The hizfo source files this process has imported, relative to the checkout: the program a run
-    executes (configs are covered by the folder's config fingerprint)."""
+def imported_sources() -> dict[str, str]:
+    """The hizfo source files this process has imported, relative to the checkout, each with the sha256
+    of its content: the program a run executes. Configs are covered by the folder's config fingerprint;
+    data files the package reads without importing them are not covered. ``python -m hizfo.train`` is
+    loaded as ``__main__``: its spec still names it."""
     package = PACKAGE_DIR.resolve()
-    out = set()
-    for name, module in list(sys.modules.items()):
+    out = {}
+    for key, module in list(sys.modules.items()):
+        name = getattr(getattr(module, "__spec__", None), "name", None) or key
         if name != "hizfo" and not name.startswith("hizfo."):
             continue
         file = getattr(module, "__file__", None)
-        if file and (path := Path(file).resolve()).is_relative_to(package):
-            out.add(path.relative_to(package.parent).as_posix())
-    return sorted(out)
+        if file and (path := Path(file).resolve()).is_relative_to(package) and path.is_file():
+            out[path.relative_to(package.parent).as_posix()] = _sha256(path)
+    return out
+
+
+def source_sha(relative: str) -> str | None:
+    """The sha256 of a source file of this checkout (or installed package) now; None when it is gone."""
+    path = CHECKOUT_ROOT / relative
+    return _sha256(path) if path.is_file() else None
 
 
 def changed_sources(repo: Path, commit: str, files: list[str]) -> list[str] | None:
-    """Which of ``files`` differ between ``commit`` and ``repo``'s working tree (edits not yet committed
-    count; an untracked file counts as changed); None when git cannot tell (no git, unknown commit)."""
+    """Which of ``files`` (relative to the repository's top) differ between ``commit`` and ``repo``'s
+    working tree (edits not yet committed count; an untracked file counts as changed); None when git
+    cannot tell (no git, unknown commit, a shallow clone without it)."""
     if not files:
-        return None
-    diff = git_output(repo, "diff", "--name-only", commit, "--", *files)
-    untracked = git_output(repo, "ls-files", "--others", "--", *files)
+        return []
+    literal = ("-c", "core.quotePath=false", "--literal-pathspecs")
+    diff = git_output(repo, *literal, "diff", "--name-only", "-z", commit, "--", *files)
+    untracked = git_output(repo, *literal, "ls-files", "--others", "--full-name", "-z", "--", *files)
     if diff is None or untracked is None:
         return None
-    return sorted(set(diff.split()) | set(untracked.split()))
+    return sorted({f for f in diff.split("\0") + untracked.split("\0") if f})
+
+
+def _shown(files: list[str]) -> str:
+    return ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
 
 
 def version_difference(written: dict[str, Any] | None, current: dict[str, Any],
                        repo: Path | None = None) -> str | None:
-    """How the code that wrote a checkpoint differs from ``current``; None when it is the same (or
-    unknown: entries written before versions were recorded, or a commit missing on one side). With
-    ``repo`` (a checkout), commits that differ count only when a source file that the writer or this
-    process imported differs between them."""
+    """How the code that wrote a checkpoint differs from ``current``; None when it is the same program.
+
+    Another hizfo release differs. Source files are compared, not commit labels: the writer recorded
+    each source it had imported with its sha256, and a file whose content differs now (or is gone)
+    differs, whatever the commits (so uncommitted edits count, and no git is needed). Sources only this
+    process imported are compared by git between the writer's commit and ``repo``'s working tree.
+    Entries of earlier versions (no hashes) are compared by git alone; without a checkout they fall
+    back to the commit. Unknown (no record, or a commit missing on one side) counts as the same."""
     if not written:
         return None
     diffs = []
-    for key in ("hizfo", "commit"):
-        before, now = written.get(key), current.get(key)
-        if not (before and now and before != now):
-            continue
-        if key == "commit" and repo is not None:
-            files = sorted(set(written.get("sources") or []) | set(imported_sources()))
-            changed = changed_sources(repo, before, files)
-            if changed == []:
-                log.info("checkpoint written at commit %s: none of the %d source files the run imports "
-                         "changed since, so it is the same program", before[:12], len(files))
-                continue
-            if changed:
-                shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-                diffs.append(f"commit {before} -> {now}, which changed {shown}")
-                continue
-        diffs.append(f"{key} {before} -> {now}")
+    if written.get("hizfo") and current.get("hizfo") and written["hizfo"] != current["hizfo"]:
+        diffs.append(f"hizfo {written['hizfo']} -> {current['hizfo']}")
+    before, now = written.get("commit"), current.get("commit")
+    moved = bool(before and now and before != now)
+    commits = f"commit {before} -> {now}"
+    sources = written.get("sources")
+    if isinstance(sources, dict) and sources:
+        changed = [path for path, sha in sources.items() if source_sha(path) != sha]
+        only_here = sorted(set(imported_sources()) - set(sources))
+        if moved and only_here:
+            more = changed_sources(repo, before, only_here) if repo is not None else None
+            if more is None:
+                diffs.append(f"{commits}; git cannot compare the {len(only_here)} source files the writer "
+                             "had not imported")
+            changed += more or []
+        if changed:
+            diffs.append(f"source files changed since the checkpoint{f' ({commits})' if moved else ''}: "
+                         + _shown(sorted(changed)))
+        elif moved:
+            log.info("checkpoint written at commit %s: none of its %d source files changed since, so it "
+                     "is the same program", before[:12], len(sources))
+        return ", ".join(diffs) or None
+    if moved:  # an entry without hashes: git over the sources it listed and those imported here
+        files = sorted(set(sources or []) | set(imported_sources()))
+        changed_or_unknown = changed_sources(repo, before, files) if repo is not None else None
+        if changed_or_unknown is None:
+            diffs.append(commits)
+        elif changed_or_unknown:
+            diffs.append(f"source files changed since the checkpoint ({commits}): "
+                         + _shown(changed_or_unknown))
     return ", ".join(diffs) or None
 
 

@@ -64,8 +64,8 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
     v = bs.better(d)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
     # the verdict stays "cannot tell"; the text adds what the interval does exclude
-    within = (f"; the whole interval lies within +-{MARGIN} of 0: any difference is smaller than the "
-              f"margin" if v == bs.INCONCLUSIVE and -MARGIN < d.lo and d.hi < MARGIN else "")
+    within = (f"; the interval excludes differences of +-{MARGIN} points or more"
+              if v == bs.INCONCLUSIVE and -MARGIN < d.lo and d.hi < MARGIN else "")
     return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v}){within}"
                    + _caveat(study, a, b))
 
