@@ -106,13 +106,16 @@ def _train(method_name: str, grad_accum: int, steps: int, ckpt: str | None = Non
     return weights, [h["loss"] for h in result.history]
 
 
+ORIGINAL_OTHER_PROGRAM = checkpoints.other_program
+
+
 def _worker(rank: int, world: int, ports: tuple[int, int], out: str, ckpt: str) -> None:
     """One process pair does every check, DDP then FSDP (spawning costs seconds of imports per
     process)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
     torch.set_num_threads(1)
-    distributed.setup("ddp", "cpu")
+    distributed.setup("ddp", "cpu", timeout_min=3)  # a rank left waiting fails the test, not CI
     try:
         results = {name: _train(name, 1, 4) for name in sorted(METHODS)}
         results["whole"] = _train("full_ft", 1, 5, f"{ckpt}/whole")
@@ -122,6 +125,14 @@ def _worker(rank: int, world: int, ports: tuple[int, int], out: str, ckpt: str) 
             pass
         distributed.barrier()
         results["resumed"] = _train("full_ft", 1, 5, f"{ckpt}/crashed")
+        if rank == 1:  # rank 1 alone finds the checkpoint of another program
+            checkpoints.other_program = lambda entry: "source files changed since the checkpoint: x.py"
+        try:
+            _train("full_ft", 1, 6, f"{ckpt}/whole")
+        except CheckpointError as exc:  # every rank raises; none waits in a collective for the other
+            results["one_rank_refused"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            checkpoints.other_program = ORIGINAL_OTHER_PROGRAM
         torch.save(results, f"{out}.ddp.{rank}")
     finally:
         distributed.teardown()
@@ -161,6 +172,12 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_ranks, method_name)
 def test_killed_two_rank_run_resumes_exactly(two_ranks):
     for rank in two_ranks:
         assert torch.equal(rank["whole"][0], rank["resumed"][0]) and rank["whole"][1] == rank["resumed"][1]
+
+
+def test_a_checkpoint_one_rank_refuses_stops_every_rank(two_ranks):
+    rank0, rank1 = (r.get("one_rank_refused", "") for r in two_ranks)
+    assert rank1.startswith("CheckpointVersionError") and "x.py" in rank1
+    assert rank0.startswith("CheckpointError: rank 1 refused the checkpoint") and "x.py" in rank0
 
 
 def test_mismatched_strategies_are_clear_errors(monkeypatch):

@@ -216,6 +216,25 @@ def train(model: nn.Module, method: Method, dataset: Dataset, collate: Callable,
         return train_in_folder(model, method, dataset, collate, cfg, *args, **kwargs)
 
 
+def _load_on_every_rank(ckpt_dir: Path, allow_version_mismatch: bool) -> checkpoints.LoadedCheckpoint | None:
+    """``checkpoints.load`` with one outcome on every rank: a rank that refused alone (its own files, its
+    own git call) would leave the others waiting in their first collective, so every rank raises."""
+    try:
+        loaded, error = checkpoints.load(ckpt_dir, allow_version_mismatch), None
+    except checkpoints.CheckpointError as exc:
+        loaded, error = None, exc
+    outcomes = distributed.gather_objects(None if error is None else str(error))
+    if error is not None:
+        raise error
+    refused = [(rank, why) for rank, why in enumerate(outcomes) if why is not None]
+    if refused:
+        rank, why = refused[0]
+        raise checkpoints.CheckpointError(f"rank {rank} refused the checkpoint: {why}")
+    distributed.check_same_on_all_ranks("the checkpoint to resume from",
+                                        None if loaded is None else loaded.file.name)
+    return loaded
+
+
 def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate: Callable, cfg: LoopConfig,
                     device: torch.device, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
                     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -257,7 +276,7 @@ def train_in_folder(model: nn.Module, method: Method, dataset: Dataset, collate:
             "the trainable tensors", sorted(n for n, p in model.named_parameters() if p.requires_grad))
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)  # each rank its own dropout masks
     start_step = 0
-    loaded = checkpoints.load(ckpt_dir, cfg.allow_version_mismatch) if (ckpt_dir and cfg.resume) else None
+    loaded = _load_on_every_rank(ckpt_dir, cfg.allow_version_mismatch) if (ckpt_dir and cfg.resume) else None
     if loaded is not None:
         state = _apply_checkpoint(loaded, model, method)
         start_step = int(state["loop"]["step"])
