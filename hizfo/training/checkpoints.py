@@ -158,8 +158,9 @@ def version_difference(written: dict[str, Any] | None, current: dict[str, Any],
     sources = written.get("sources")
     if isinstance(sources, dict) and sources:
         changed = [path for path, sha in sources.items() if source_sha(path) != sha]
-        only_here = sorted(set(imported_sources()) - set(sources))
-        if moved and only_here:
+        # git only for another commit: the same commit's unrecorded sources are the writer's own
+        only_here = sorted(set(imported_sources()) - set(sources)) if moved else []
+        if only_here:
             more = changed_sources(repo, before, only_here) if repo is not None else None
             if more is None:
                 diffs.append(f"{commits}; git cannot compare the {len(only_here)} source files the writer "
