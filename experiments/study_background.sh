@@ -6,6 +6,9 @@
 #                                                      # start `make study-queue` there and the sync loop
 #   bash experiments/study_background.sh sync          # once: copy completed records, re-render, commit
 #   bash experiments/study_background.sh sync-loop     # `sync` every $SYNC_SECONDS (default 600)
+#   bash experiments/study_background.sh stop          # stop the queue, its members and the sync loop, then
+#                                                      # sync once; a stopped member resumes from its last
+#                                                      # checkpoint at the next `start`
 #
 # The worktree is $STUDY_GRID_DIR (default ../grid beside this checkout). Its queue's log is
 # $STUDY_GRID_DIR.queue.log and the sync loop's $STUDY_GRID_DIR.sync.log. A member is copied once both its
@@ -68,8 +71,40 @@ start() {
   echo "logs: $GRID.queue.log (queue), $GRID.sync.log (records committed to $ROOT every ${SYNC_SECONDS}s)"
 }
 
+# the queue started from $GRID: its process runs there (another checkout's queue is left alone)
+grid_queues() {
+  local pid
+  for pid in $(pgrep -f "experiments/study_queue.py"); do
+    [ "$(readlink "/proc/$pid/cwd")" = "$GRID" ] && echo "$pid"
+  done
+  return 0
+}
+
+stop() {
+  local pid sid sids=() waited
+  for pid in $(grid_queues); do
+    sid="$(ps -o sid= -p "$pid" | tr -d ' ')" && [ -n "$sid" ] && sids+=("$sid")
+  done
+  # the sync loop first, so it does not commit while the queue stops (a sync under way finishes)
+  pkill -TERM -f "study_background.sh sync-loop" || true
+  if [ "${#sids[@]}" -eq 0 ]; then
+    echo "no study queue runs from $GRID"
+  else
+    # `start` runs the queue under setsid: its session holds make, the queue and every member
+    for sid in "${sids[@]}"; do pkill -TERM -s "$sid" || true; done
+    for waited in $(seq 30); do
+      [ -z "$(for sid in "${sids[@]}"; do pgrep -s "$sid"; done)" ] && break
+      sleep 1
+    done
+    for sid in "${sids[@]}"; do pkill -KILL -s "$sid" || true; done
+    echo "stopped the study queue in $GRID (session ${sids[*]}); its members resume from their checkpoints at the next start"
+  fi
+  sync_once
+}
+
 case "${1:-}" in
   start) shift; start "$@" ;;
+  stop) stop ;;
   sync) sync_once ;;
   sync-loop) while true; do sync_once || echo "$(date -u +%FT%TZ) sync failed (retrying)"; sleep "$SYNC_SECONDS"; done ;;
   *) sed -n '2,12p' "$0" >&2; exit 2 ;;
