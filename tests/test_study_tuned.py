@@ -480,3 +480,13 @@ def test_the_report_names_the_required_methods_not_run_apart_from_the_optional_o
     assert "Methods with no record in this study yet: GT, LoRA.\n" in text
     assert "Not run yet: FT-Top2, Prefix, the arms added after the required ones" in text
     assert "Not scheduled: Bilevel-ZOFO. The copy it evaluates" in text
+
+
+def test_a_claim_not_run_yet_names_exactly_the_arms_without_a_record(study_dir):
+    """The fixture has Hi-ZFO at rho 0.6 and r 0.1 (its defaults) but no GT and no rho or r sweep arm."""
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    rows = {line.split(" | ")[0][2:]: line for line in (study_dir / "REPORT.md").read_text().splitlines()
+            if line.startswith("| C")}
+    assert f"| {tuned.NOT_RUN} | GT-0.7 (250 steps) has no record |" in rows["C7"]
+    assert f"| {tuned.NOT_RUN} | rho 0.5 and rho 0.8 have no record (rho <= 0.4" in rows["C11"]
+    assert f"| {tuned.NOT_RUN} | r 0.5 and r 0.7 have no record |" in rows["C13"]

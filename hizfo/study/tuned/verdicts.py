@@ -46,9 +46,19 @@ def _caveat(study: Study, *arms: Arm) -> str:
     return out + _provisional(study, *arms)
 
 
-def at_least_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
+def _no_record(arms: dict[str, Arm | None]) -> Verdict | None:
+    """"Not run yet", naming each arm (by what the claim calls it) that has no record; None when all have."""
+    missing = [name for name, arm in arms.items() if arm is None]
+    if not missing:
+        return None
+    names = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+    return Verdict(NOT_RUN, f"{names} {'has' if len(missing) == 1 else 'have'} no record")
+
+
+def at_least_claim(study: Study, a: Arm | None, b: Arm | None,
+                   names: tuple[str, str] = ("the first arm", "the second arm")) -> Verdict:
     if a is None or b is None:
-        return Verdict(NOT_RUN, "an arm has no record")
+        return _no_record(dict(zip(names, (a, b))))
     d = study.diff(a, b)
     v = bs.at_least(d, MARGIN)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.NON_INFERIOR: SUPPORTED,
@@ -57,9 +67,10 @@ def at_least_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
                    + _caveat(study, a, b))
 
 
-def beats_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
+def beats_claim(study: Study, a: Arm | None, b: Arm | None,
+                names: tuple[str, str] = ("the first arm", "the second arm")) -> Verdict:
     if a is None or b is None:
-        return Verdict(NOT_RUN, "an arm has no record")
+        return _no_record(dict(zip(names, (a, b))))
     d = study.diff(a, b)
     v = bs.better(d)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
@@ -72,8 +83,8 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None) -> Verdict:
 
 def mezo_claim(study: Study) -> Verdict:
     mezo, full, zero = study.find("mezo"), study.find("full_ft", 250), study.zero_shot
-    if mezo is None or full is None or zero is None:
-        return Verdict(NOT_RUN, "MeZO, Full FT or zero-shot has no record")
+    if missing := _no_record({"MeZO": mezo, "Full FT (250 steps)": full, "zero-shot": zero}):
+        return missing
     vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
     label = study.learned(mezo)[0]
     text = (f"MeZO - Full FT: {vs_full.text(2)}; MeZO - zero-shot (test): {vs_zero.text(2)}; "
@@ -89,9 +100,9 @@ def mezo_claim(study: Study) -> Verdict:
 def rho_claim(study: Study) -> Verdict:
     arms = {r: study.find("hizfo", 150, **({} if r == 0.6 else {"rho": r})) for r in (0.5, 0.6, 0.7, 0.8)}
     mid = arms[0.6]
-    if mid is None or arms[0.5] is None or arms[0.8] is None:
-        return Verdict(NOT_RUN, "rho 0.5, 0.6 or 0.8 has no record (rho <= 0.4 leaves no tensor that "
-                                "fits SmolLM2's backward budget: the pilot's failed members)")
+    if missing := _no_record({f"rho {r}": arms[r] for r in (0.5, 0.6, 0.8)}):
+        return Verdict(NOT_RUN, missing.because + " (rho <= 0.4 leaves no tensor that fits SmolLM2's "
+                                "backward budget: the pilot's failed members)")
     ends = {r: study.diff(mid, arms[r]) for r in (0.5, 0.8)}
     text = "; ".join(f"rho 0.6 - rho {r}: {d.text(2)}" for r, d in ends.items())
     if any(d.hi < 0 for d in ends.values()):
@@ -104,8 +115,8 @@ def rho_claim(study: Study) -> Verdict:
 def ratio_claim(study: Study) -> Verdict:
     ref = study.find("hizfo", 150)
     r05, r07 = (study.find("hizfo", 150, zo_lr_ratio=r) for r in (0.5, 0.7))
-    if ref is None or r05 is None or r07 is None:
-        return Verdict(NOT_RUN, "r 0.1, 0.5 or 0.7 has no record")
+    if missing := _no_record({"r 0.1": ref, "r 0.5": r05, "r 0.7": r07}):
+        return missing
     inside, above = study.diff(r05, ref), study.diff(r07, ref)
     text = f"r 0.5 - r 0.1: {inside.text(2)}; r 0.7 - r 0.1: {above.text(2)}"
     stable, collapse = bs.at_least(inside, MARGIN), bs.better(above)
@@ -172,8 +183,10 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
                                 f"{target}`) has not run; grid records' times are not measurements (two "
                                 "members share the machine)")
     hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
-    if hz is None or full is None or "hizfo" not in timing or "full_ft" not in timing:
-        return Verdict(NOT_RUN, "Hi-ZFO or Full FT has no record or no timing")
+    if missing := _no_record({"Hi-ZFO (150 steps)": hz, "Full FT (250 steps)": full}):
+        return missing
+    if untimed := [name for key, name in (("hizfo", "Hi-ZFO"), ("full_ft", "Full FT")) if key not in timing]:
+        return Verdict(NOT_RUN, f"the timing pilot has no {' or '.join(untimed)} entry")
     t_hz = pilot_minutes(timing["hizfo"], hz.sig.steps)
     t_full = pilot_minutes(timing["full_ft"], full.sig.steps)
     text = (f"Hi-ZFO ({hz.sig.steps} steps) {min(t_hz):.1f}-{max(t_hz):.1f} min vs Full FT "
@@ -184,8 +197,8 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
 
 def memory_claim(study: Study) -> Verdict:
     hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
-    if hz is None or full is None:
-        return Verdict(NOT_RUN, "Hi-ZFO or Full FT has no record")
+    if missing := _no_record({"Hi-ZFO (150 steps)": hz, "Full FT (250 steps)": full}):
+        return missing
     a = [m.train_peak_gb for m in hz.members if m.train_peak_gb]
     b = [m.train_peak_gb for m in full.members if m.train_peak_gb]
     if not a or not b:
@@ -254,7 +267,9 @@ def webq_gate(members: list[Member]) -> Verdict:
 def task_claims(study: Study, timing: dict[str, Any] | None) -> list[Verdict]:
     """The five claims the paper makes on each task, in its order (C1-C5 WebQuestions, C6-C10 DialogSum)."""
     hz, full, gt = study.find("hizfo", 150), study.find("full_ft", 250), study.find("greentrainer", rho=0.7)
-    return [at_least_claim(study, hz, full), at_least_claim(study, hz, gt), time_claim(study, timing),
+    hz_name, full_name = "Hi-ZFO (150 steps)", "Full FT (250 steps)"
+    return [at_least_claim(study, hz, full, (hz_name, full_name)),
+            at_least_claim(study, hz, gt, (hz_name, "GT-0.7 (250 steps)")), time_claim(study, timing),
             memory_claim(study), mezo_claim(study)]
 
 
@@ -275,7 +290,8 @@ def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = N
     out += [
         ("C11", "Inverted U in rho, peaking near rho = 0.6", rho_claim(study)),
         ("C12", "alpha > 0 (the ZO loss) beats alpha = 0",
-         beats_claim(study, hz, study.find("hizfo", 150, alpha=0.0))),
+         beats_claim(study, hz, study.find("hizfo", 150, alpha=0.0),
+                     ("Hi-ZFO (150 steps)", "Hi-ZFO (150 steps, alpha 0.0)"))),
         ("C13", "Stable for r <= 0.5, collapse above", ratio_claim(study)),
     ]
     return out
@@ -295,8 +311,10 @@ def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[
     hz = study.find("hizfo", 150)
     return [
         ("Q1", "Hi-ZFO at equal steps is at least Full FT",
-         at_least_claim(study, study.find("hizfo", 250), study.find("full_ft", 250))),
+         at_least_claim(study, study.find("hizfo", 250), study.find("full_ft", 250),
+                        ("Hi-ZFO (250 steps)", "Full FT (250 steps)"))),
         ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
-         beats_claim(study, hz, study.find("hizfo", 150, zo_enabled=False, alpha=0.0))),
+         beats_claim(study, hz, study.find("hizfo", 150, zo_enabled=False, alpha=0.0),
+                     ("Hi-ZFO (150 steps)", "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"))),
         ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
     ]
