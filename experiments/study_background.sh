@@ -82,9 +82,8 @@ grid_queues() {
 
 stop() {
   local pid sid sids=() waited
-  for pid in $(grid_queues); do
-    sid="$(ps -o sid= -p "$pid" | tr -d ' ')" && [ -n "$sid" ] && sids+=("$sid")
-  done
+  # the queue's shell and its python share one session
+  for sid in $(for pid in $(grid_queues); do ps -o sid= -p "$pid"; done | sort -u); do sids+=("$sid"); done
   # the sync loop first, so it does not commit while the queue stops (a sync under way finishes)
   pkill -TERM -f "study_background.sh sync-loop" || true
   if [ "${#sids[@]}" -eq 0 ]; then
