@@ -490,3 +490,22 @@ def test_a_claim_not_run_yet_names_exactly_the_arms_without_a_record(study_dir):
     assert f"| {tuned.NOT_RUN} | GT-0.7 (250 steps) has no record |" in rows["C7"]
     assert f"| {tuned.NOT_RUN} | rho 0.5 and rho 0.8 have no record (rho <= 0.4" in rows["C11"]
     assert f"| {tuned.NOT_RUN} | r 0.5 and r 0.7 have no record |" in rows["C13"]
+
+
+def test_c12_counts_the_identical_generations_of_its_two_arms_over_the_seeds_both_ran(study_dir):
+    """Hi-ZFO has seeds 0 and 1, its alpha = 0 arm seed 0 only: only seed 0 is compared. The alpha = 0
+    member generates Hi-ZFO's text on every dev example and on all test examples but 3."""
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    test = [b + 9.8 + (1.0 if i < 3 else 0.0) for i, b in enumerate(base)]
+    _write(study_dir / "runs", "hz_alpha0", "hizfo", 0, 2e-5, 150, test, [19.0] * N_DEV, alpha=0.0)
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz, off = study.find("hizfo", 150), study.find("hizfo", 150, alpha=0.0)
+    assert study.identical(hz, off) == (N_TEST - 3, N_TEST)
+    assert study.identical(hz, off, "dev") == (N_DEV, N_DEV)
+    assert study.identical(off, hz) == (N_TEST - 3, N_TEST)
+    assert f"; identical generations on {N_TEST - 3} of {N_TEST} test examples (same seeds)" in \
+        tuned.beats_claim(study, hz, off).because
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    text = (study_dir / "REPORT.md").read_text()
+    assert "Why alpha barely moves Hi-ZFO (C12)" in text
+    assert f"identically on {N_DEV} of {N_DEV} dev and {N_TEST - 3} of {N_TEST} test examples" in text

@@ -119,26 +119,34 @@ class Member:
         return str(self.record["run_name"])
 
     @cached_property
-    def per_example(self) -> dict[str, dict[str, float]]:
-        """phase ("final" = test, "validation" = dev) -> example id -> the study's score: ROUGE-1, or
-        strict exact match x 100 for WebQuestions (the second-task gate)."""
+    def _predictions(self) -> list[dict[str, Any]]:
+        """The rows of the member's predictions file (phase, id, generation, references)."""
         side = self.record.get("predictions", {}) or {}
         path = Path(self.record["_path"]).with_name(Path(side.get("file", "")).name) if side else None
         if path is None or not path.is_file():
             raise FileNotFoundError(f"{self.record['_path']}: its predictions file is missing; the study "
                                     "scores every example from it")
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+    @cached_property
+    def per_example(self) -> dict[str, dict[str, float]]:
+        """phase ("final" = test, "validation" = dev) -> example id -> the study's score: ROUGE-1, or
+        strict exact match x 100 for WebQuestions (the second-task gate)."""
         task = self.record["config"]["task"]
         aggregation = task.get("rouge_reference_aggregation", "mean")
         out: dict[str, dict[str, float]] = defaultdict(dict)
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                if task.get("metric") == "webq_accuracy":
-                    score = 100.0 * webq_example(row["generation"], row["references"])["accuracy"]
-                else:
-                    score = rouge_example(row["generation"].strip(), row["references"], aggregation)[METRIC]
-                out[row["phase"]][row["id"]] = score
+        for row in self._predictions:
+            if task.get("metric") == "webq_accuracy":
+                score = 100.0 * webq_example(row["generation"], row["references"])["accuracy"]
+            else:
+                score = rouge_example(row["generation"].strip(), row["references"], aggregation)[METRIC]
+            out[row["phase"]][row["id"]] = score
         return dict(out)
+
+    def generations(self, phase: str) -> dict[str, str]:
+        """Example id -> the generated text, for one phase ("final" = test, "validation" = dev)."""
+        return {row["id"]: row["generation"] for row in self._predictions if row["phase"] == phase}
 
     def metric(self, split: str) -> float | None:
         """The record's own score of a split in points: ROUGE-1, or strict EM x 100 (WebQuestions)."""
@@ -357,6 +365,21 @@ class Study:
         if ids_a != ids_b:
             raise ValueError(f"{a.label} and {b.label} scored different {split} examples")
         return bs.paired_difference(rows_a, rows_b)
+
+    def identical(self, a: Arm, b: Arm, split: str = "test") -> tuple[int, int]:
+        """How many of the two arms' generations are the same text, over the seeds both arms ran
+        (member against member of the same seed): (identical, compared). Two arms that score alike
+        because they generate alike are one model, not two that happen to tie."""
+        phase = "final" if split == "test" else "validation"
+        seeds_b = {m.seed: m for m in b.members}
+        same = total = 0
+        for m in a.members:
+            if m.seed not in seeds_b:
+                continue
+            ga, gb = m.generations(phase), seeds_b[m.seed].generations(phase)
+            same += sum(ga[i] == gb.get(i) for i in ga)
+            total += len(ga)
+        return same, total
 
     def dev_gap(self, a: Member, b: Member) -> bs.Estimate:
         """Member a's dev score minus member b's, paired on the dev examples: how far apart two rates of

@@ -186,8 +186,25 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
             "C13) that cannot tell on seed 0 alone gets seeds 1-2 for the sweep arms it compares, decided "
             "on seed 0 only, so no seed is added or withheld after seeing it.", "",
             *_table(["claim", "the paper says", "verdict", "because"], rows), "",
+            *alpha_note(study),
             "## Open questions (no verdict of the paper to test; same rules)", "",
             *_table(["question", "", "verdict", "because"], qrows), ""]
+
+
+def alpha_note(study: Study) -> list[str]:
+    """Why C12's two arms are nearly one model: the algebra, and the count of identical generations."""
+    hz, off = study.find("hizfo", 150), study.find("hizfo", 150, alpha=0.0)
+    if hz is None or off is None:
+        return []
+    (dev_same, dev_n), (test_same, test_n) = study.identical(hz, off, "dev"), study.identical(hz, off)
+    return ["Why alpha barely moves Hi-ZFO (C12): Theta_FO's gradient is grad L(theta) + alpha x grad "
+            "L(theta + eps u) = (1 + alpha) x grad L(theta) + alpha x [grad L(theta + eps u) - grad "
+            "L(theta)]. AdamW without clipping (this study's setting) gives the same update for a gradient "
+            "scaled by a constant, so the factor (1 + alpha) cancels, and alpha acts only through the "
+            "second term: the gradient's change under the perturbation, zero-mean in u to first order in "
+            "eps. The perturbed pass and Theta_ZO's update do not depend on alpha at all. Measured: "
+            f"{hz.label} and {off.label} generated identically on {dev_same} of {dev_n} dev and "
+            f"{test_same} of {test_n} test examples (same seeds).", ""]
 
 
 def grid_of(study: Study, m: Member) -> str:

@@ -77,7 +77,9 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None,
     # the verdict stays "cannot tell"; the text adds what the interval does exclude
     within = (f"; the interval excludes differences of +-{MARGIN} points or more"
               if v == bs.INCONCLUSIVE and -MARGIN < d.lo and d.hi < MARGIN else "")
-    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v}){within}"
+    same, compared = study.identical(a, b)
+    alike = f"; identical generations on {same} of {compared} test examples (same seeds)" if compared else ""
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v}){within}{alike}"
                    + _caveat(study, a, b))
 
 
