@@ -35,10 +35,12 @@ sync_once() {
       copied=$((copied + 1))
     done
   done
-  [ -n "$(git status --porcelain -- results/study)" ] || return 0
+  # only new records start a commit: a report re-rendered by hand in this checkout is its author's to commit
+  [ -n "$(git status --porcelain -- "${FOLDERS[@]}")" ] || return 0
   nice -n 10 "$ROOT/.venv/bin/python" -m hizfo.study.tuned > /dev/null
   local n; n="$(find results/study/runs -maxdepth 1 -name '*.json' | wc -l)"
   git add -- results/study
+  git diff --cached --quiet -- results/study && return 0   # someone committed them meanwhile
   git commit --quiet -m "Study records: $n completed members of the tuned study; results/study re-rendered" \
     -- results/study && echo "$(date -u +%FT%TZ) committed ($n DialogSum members, $copied new files)"
 }
