@@ -170,7 +170,8 @@ def test_a_sweep_claim_gets_seeds_only_when_seed_0_alone_cannot_tell_and_seed_0_
     base = [float(10 + (i % 5)) for i in range(N_TEST)]
     line = "method.rho=0.5 seed=2 {close:C11}"
     fate = resolve(line, study_dir)
-    assert fate.state == "wait" and "C11 has no verdict on seed 0 yet (rho 0.5 and rho 0.8 have no record" in fate.why
+    assert fate.state == "wait"
+    assert "C11 has no verdict on seed 0 yet (rho 0.5 and rho 0.8 have no record" in fate.why
     for rho in (0.5, 0.8):
         _write(runs, f"hz_rho{rho}", "hizfo", 0, 2e-5, 150, [b + 9.8 for b in base], [19.0] * N_DEV, rho=rho)
     assert tuned.sweep_claim_on_seed0(study_queue.load_study(study_dir), "C11").verdict == tuned.CANNOT_TELL
