@@ -509,3 +509,24 @@ def test_c12_counts_the_identical_generations_of_its_two_arms_over_the_seeds_bot
     text = (study_dir / "REPORT.md").read_text()
     assert "Why alpha barely moves Hi-ZFO (C12)" in text
     assert f"identically on {N_DEV} of {N_DEV} dev and {N_TEST - 3} of {N_TEST} test examples" in text
+
+
+def test_a_tie_on_the_dev_score_goes_to_the_lower_final_dev_loss_then_to_the_lower_rate(study_dir):
+    """MeZO scores 12 on dev at all three rates (it generates zero-shot's text). Its final dev losses
+    fall with the rate, so the highest rate wins the tie, and the grid grows upwards past that edge;
+    with equal losses the lower rate wins (Hi-ZFO's 2e-5 against 2e-4 in the fixture)."""
+    runs = study_dir / "runs"
+    (runs / "mezo.json").unlink()
+    plan = {"mezo": [1e-6, 3.2e-6, 1e-5]}
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    for lr, loss in zip(plan["mezo"], (2.6, 2.5, 2.4)):
+        _write(runs, f"mezo_{lr}", "mezo", 0, lr, 400, base, [12.0] * N_DEV, [(400, loss)])
+    for path in runs.glob("mezo_*.json"):
+        record = json.loads(path.read_text())
+        record["config"]["study"] = {"lr_grid": plan}
+        path.write_text(json.dumps(record))
+    study = tuned.Study(tuned.load_members(runs))
+    mezo = study.find("mezo")
+    assert mezo.lr == 1e-5 and study.chosen_lr(mezo.sig) == 1e-5
+    assert study.grid_edge(mezo) == ("upper", 3.2e-5)
+    assert study.chosen_lr(study.find("hizfo", 150).sig) == 2e-5

@@ -253,8 +253,10 @@ class Study:
         return {m.lr: m for m in self.by_sig.get(sig, []) if m.seed == 0 and m.lr is not None}
 
     def chosen_lr(self, sig: Signature) -> float | None:
-        """Best dev score at seed 0 (ties: the lower rate). A variant with no grid of its own (other
-        steps, rho, r, the ZO part off) takes its method's chosen rate."""
+        """Best dev score at seed 0; ties (strict EM on 100 questions is a count) go to the lower final
+        dev loss, then to the lower rate. A grid whose every rate scores 0 thus still tells its rates
+        apart, and grows past the edge its losses point to, not always downwards. A variant with no
+        grid of its own (other steps, rho, r, the ZO part off) takes its method's chosen rate."""
         grid = self.grid(sig)
         main = self._main(LR_FROM.get(sig.method, sig.method))
         if len(grid) < 2 and main is not None and main != sig:
@@ -262,7 +264,11 @@ class Study:
         scored = {lr: m.metric("validation") for lr, m in grid.items() if m.metric("validation") is not None}
         if not scored:
             return None
-        return max(sorted(scored), key=lambda lr: scored[lr])
+
+        def rank(lr: float) -> tuple[float, float]:
+            curve = grid[lr].val_curve
+            return scored[lr], -curve[-1][1] if curve else float("-inf")
+        return max(sorted(scored), key=rank)
 
     def _main(self, method: str) -> Signature | None:
         """A method's main arm: default knobs, the signature whose grid has the most rates."""

@@ -75,7 +75,9 @@ def lr_section(study: Study) -> list[str]:
         "dev - chosen: the rate's paired difference from the chosen rate on the same dev examples (bootstrap "
         "over examples, 95%). A rate whose interval holds 0 is not told apart from the chosen one on dev: "
         "between such rates the rule's choice rests on dev noise, and their test scores may rank them the "
-        "other way. The rule stays as fixed before the grids ran; test scores never choose.", ""]
+        "other way. The rule stays as fixed before the grids ran; test scores never choose. One addition: "
+        "ties on the dev score go to the lower final dev loss, then to the lower rate (added when "
+        "WebQuestions' MeZO scored 0 at its first two rates; it changed no rate chosen before).", ""]
 
 
 def _on(study: Study) -> str:
