@@ -203,9 +203,9 @@ def alpha_note(study: Study) -> list[str]:
             "L(theta + eps u) = (1 + alpha) x grad L(theta) + alpha x [grad L(theta + eps u) - grad "
             "L(theta)]. AdamW without clipping (this study's setting) gives the same update, up to its "
             "epsilon (1e-8), for a gradient scaled by a constant, so the factor (1 + alpha) cancels, and "
-            "alpha acts only through the "
-            "second term: the gradient's change under the perturbation, zero-mean in u to first order in "
-            "eps. The perturbed pass and Theta_ZO's update do not depend on alpha at all. Measured: "
+            "alpha acts only through the second term: the gradient's change under the perturbation, "
+            "zero-mean in u to first order in eps. The perturbed pass and Theta_ZO's update do not depend "
+            "on alpha at all. Measured: "
             f"{hz.label} and {off.label} generated identically on {dev_same} of {dev_n} dev and "
             f"{test_same} of {test_n} test examples (same seeds).", ""]
 
