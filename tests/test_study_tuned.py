@@ -92,7 +92,7 @@ def test_cells_labels_and_a_verdict_by_hand(study_dir):
     memory = tuned.memory_claim(study)
     assert memory.verdict == tuned.SUPPORTED  # 1.5 GB < 2.0 GB
     # equal peaks read as one value with their seed count, not as a range
-    assert "Hi-ZFO 1.50 (2 seeds) GB vs Full FT 2.00 (3 seeds) GB" in memory.because
+    assert "Hi-ZFO 1.50 GB (2 seeds) vs Full FT 2.00 GB (3 seeds)" in memory.because
     assert tuned.time_claim(study, None).verdict == tuned.NOT_RUN
     timing = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
               "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
