@@ -533,3 +533,13 @@ def test_a_tie_on_the_dev_score_goes_to_the_lower_final_dev_loss_then_to_the_low
     assert mezo.lr == 1e-5 and study.chosen_lr(mezo.sig) == 1e-5
     assert study.grid_edge(mezo) == ("upper", 3.2e-5)
     assert study.chosen_lr(study.find("hizfo", 150).sig) == 2e-5
+
+
+def test_a_claims_arm_label_is_the_label_its_record_gets(study_dir):
+    """Claims name an arm without a record by ``label``; with a record it must read the same."""
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    for method, steps, knobs in (("hizfo", 150, {}), ("hizfo", 250, {}), ("full_ft", 250, {}), ("mezo", 400, {})):
+        assert tuned.members.label(method, steps, **knobs) == study.find(method, steps, **knobs).label
+    assert tuned.members.label("greentrainer", 250) == "GT-0.7 (250 steps)"
+    assert tuned.members.label("hizfo", 150, zo_enabled=False, alpha=0.0) == \
+        "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"

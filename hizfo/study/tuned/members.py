@@ -86,6 +86,18 @@ def _knob_value(value: Any) -> str:
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
+def _wanted_knobs(method: str, knobs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The knobs an arm is looked up by: GreenTrainer's rho always (0.7 unless given), else as given."""
+    if method == "greentrainer":
+        knobs = {"rho": knobs.get("rho", 0.7)}
+    return tuple(sorted(knobs.items()))
+
+
+def label(method: str, steps: int | None = None, **knobs: Any) -> str:
+    """The label ``Study.find(method, steps, **knobs)``'s arm has, also when it has no record yet."""
+    return Signature(method, steps, _wanted_knobs(method, knobs)).label
+
+
 def signature(record: dict[str, Any]) -> Signature:
     cfg = record["config"]
     method = cfg["method"]["name"]
@@ -349,9 +361,7 @@ class Study:
 
     def find(self, method: str, steps: int | None = None, **knobs: Any) -> Arm | None:
         """The arm of ``method`` at ``steps`` whose non-default knobs are exactly ``knobs`` (GT: rho)."""
-        if method == "greentrainer":
-            knobs = {"rho": knobs.get("rho", 0.7)}
-        want = sorted(knobs.items())
+        want = sorted(_wanted_knobs(method, knobs))
         for sig in sorted(self.by_sig, key=lambda s: (s.steps or 0, s.knobs)):
             if sig.method == method and (steps is None or sig.steps == steps) and sorted(sig.knobs) == want:
                 return self.arm(sig)

@@ -15,6 +15,7 @@ from hizfo.study.tuned.members import (
     Member,
     Signature,
     Study,
+    label,
 )
 
 SUPPORTED, CONTRADICTED, CANNOT_TELL = "supported", "contradicted", "cannot tell at this scale"
@@ -44,6 +45,11 @@ def _caveat(study: Study, *arms: Arm) -> str:
                    if a.sig.method != "zero_shot" and study.learned(a)[0] != bs.LEARNED]
     out = f" (rests on {', '.join(not_learned)}, which did not learn on dev)" if not_learned else ""
     return out + _provisional(study, *arms)
+
+
+def _arm(study: Study, method: str, steps: int | None = None, **knobs: Any) -> tuple[str, Arm | None]:
+    """An arm a claim needs, with the label that names it also while it has no record."""
+    return label(method, steps, **knobs), study.find(method, steps, **knobs)
 
 
 def _no_record(arms: dict[str, Arm | None]) -> Verdict | None:
@@ -83,10 +89,17 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None,
                    + _caveat(study, a, b))
 
 
+def _pair(study: Study, claim: Callable[..., Verdict], a: tuple[str, Arm | None],
+          b: tuple[str, Arm | None]) -> Verdict:
+    """``claim`` on two (label, arm) pairs: the arms, and their labels for a "not run yet" verdict."""
+    return claim(study, a[1], b[1], (a[0], b[0]))
+
+
 def mezo_claim(study: Study) -> Verdict:
-    mezo, full, zero = study.find("mezo"), study.find("full_ft", 250), study.zero_shot
-    if missing := _no_record({"MeZO": mezo, "Full FT (250 steps)": full, "zero-shot": zero}):
+    wanted = dict((_arm(study, "mezo"), _arm(study, "full_ft", 250), ("zero-shot", study.zero_shot)))
+    if missing := _no_record(wanted):
         return missing
+    mezo, full, zero = wanted.values()
     vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
     label = study.learned(mezo)[0]
     text = (f"MeZO - Full FT: {vs_full.text(2)}; MeZO - zero-shot (test): {vs_zero.text(2)}; "
@@ -184,9 +197,10 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
         return Verdict(NOT_RUN, f"the timing pilot on {study.task.name} (each arm alone, 3 repeats: `make "
                                 f"{target}`) has not run; grid records' times are not measurements (two "
                                 "members share the machine)")
-    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
-    if missing := _no_record({"Hi-ZFO (150 steps)": hz, "Full FT (250 steps)": full}):
+    wanted = dict((_arm(study, "hizfo", 150), _arm(study, "full_ft", 250)))
+    if missing := _no_record(wanted):
         return missing
+    hz, full = wanted.values()
     if untimed := [name for key, name in (("hizfo", "Hi-ZFO"), ("full_ft", "Full FT")) if key not in timing]:
         return Verdict(NOT_RUN, f"the timing pilot has no {' or '.join(untimed)} entry")
     t_hz = pilot_minutes(timing["hizfo"], hz.sig.steps)
@@ -198,9 +212,10 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
 
 
 def memory_claim(study: Study) -> Verdict:
-    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
-    if missing := _no_record({"Hi-ZFO (150 steps)": hz, "Full FT (250 steps)": full}):
+    wanted = dict((_arm(study, "hizfo", 150), _arm(study, "full_ft", 250)))
+    if missing := _no_record(wanted):
         return missing
+    hz, full = wanted.values()
     a = [m.train_peak_gb for m in hz.members if m.train_peak_gb]
     b = [m.train_peak_gb for m in full.members if m.train_peak_gb]
     if not a or not b:
@@ -275,11 +290,10 @@ def webq_gate(members: list[Member]) -> Verdict:
 
 def task_claims(study: Study, timing: dict[str, Any] | None) -> list[Verdict]:
     """The five claims the paper makes on each task, in its order (C1-C5 WebQuestions, C6-C10 DialogSum)."""
-    hz, full, gt = study.find("hizfo", 150), study.find("full_ft", 250), study.find("greentrainer", rho=0.7)
-    hz_name, full_name = "Hi-ZFO (150 steps)", "Full FT (250 steps)"
-    return [at_least_claim(study, hz, full, (hz_name, full_name)),
-            at_least_claim(study, hz, gt, (hz_name, "GT-0.7 (250 steps)")), time_claim(study, timing),
-            memory_claim(study), mezo_claim(study)]
+    hz = _arm(study, "hizfo", 150)
+    return [_pair(study, at_least_claim, hz, _arm(study, "full_ft", 250)),
+            _pair(study, at_least_claim, hz, _arm(study, "greentrainer", 250, rho=0.7)),
+            time_claim(study, timing), memory_claim(study), mezo_claim(study)]
 
 
 def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
@@ -287,7 +301,6 @@ def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = N
            ) -> list[tuple[str, str, Verdict]]:
     """C1-C13. C1-C5 come from ``webq_study`` when WebQuestions passed its gate and has records (the
     caller passes it only then); else every one of them is the gate's verdict ``webq``."""
-    hz = study.find("hizfo", 150)
     texts = ("Hi-ZFO's quality is at least Full FT's", "Hi-ZFO's quality is at least GT-0.7's",
              "Hi-ZFO trains in less time than Full FT", "Hi-ZFO's peak memory is below Full FT's",
              "MeZO collapses on generative tasks")
@@ -299,8 +312,7 @@ def claims(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = N
     out += [
         ("C11", "Inverted U in rho, peaking near rho = 0.6", rho_claim(study)),
         ("C12", "alpha > 0 (the ZO loss) beats alpha = 0",
-         beats_claim(study, hz, study.find("hizfo", 150, alpha=0.0),
-                     ("Hi-ZFO (150 steps)", "Hi-ZFO (150 steps, alpha 0.0)"))),
+         _pair(study, beats_claim, _arm(study, "hizfo", 150), _arm(study, "hizfo", 150, alpha=0.0))),
         ("C13", "Stable for r <= 0.5, collapse above", ratio_claim(study)),
     ]
     return out
@@ -317,13 +329,11 @@ def step_cost_question(timing: dict[str, Any] | None) -> Verdict:
 
 
 def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[str, str, Verdict]]:
-    hz = study.find("hizfo", 150)
+    hz = _arm(study, "hizfo", 150)
     return [
         ("Q1", "Hi-ZFO at equal steps is at least Full FT",
-         at_least_claim(study, study.find("hizfo", 250), study.find("full_ft", 250),
-                        ("Hi-ZFO (250 steps)", "Full FT (250 steps)"))),
+         _pair(study, at_least_claim, _arm(study, "hizfo", 250), _arm(study, "full_ft", 250))),
         ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
-         beats_claim(study, hz, study.find("hizfo", 150, zo_enabled=False, alpha=0.0),
-                     ("Hi-ZFO (150 steps)", "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"))),
+         _pair(study, beats_claim, hz, _arm(study, "hizfo", 150, zo_enabled=False, alpha=0.0))),
         ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
     ]
