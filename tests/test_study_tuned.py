@@ -538,8 +538,8 @@ def test_a_tie_on_the_dev_score_goes_to_the_lower_final_dev_loss_then_to_the_low
 def test_a_claims_arm_label_is_the_label_its_record_gets(study_dir):
     """Claims name an arm without a record by ``label``; with a record it must read the same."""
     study = tuned.Study(tuned.load_members(study_dir / "runs"))
-    for method, steps, knobs in (("hizfo", 150, {}), ("hizfo", 250, {}), ("full_ft", 250, {}), ("mezo", 400, {})):
-        assert tuned.members.label(method, steps, **knobs) == study.find(method, steps, **knobs).label
+    for method, steps in (("hizfo", 150), ("hizfo", 250), ("full_ft", 250), ("mezo", 400)):
+        assert tuned.members.label(method, steps) == study.find(method, steps).label
     assert tuned.members.label("greentrainer", 250) == "GT-0.7 (250 steps)"
     assert tuned.members.label("hizfo", 150, zo_enabled=False, alpha=0.0) == \
         "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"
