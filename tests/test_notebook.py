@@ -24,6 +24,9 @@ def test_committed_notebook_is_executed_without_errors():
     assert all(c["outputs"] for c in cells)
     assert not [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
     assert any("image/png" in o.get("data", {}) for c in cells for o in c["outputs"])  # the loss curves
+    # a warning in the committed outputs is either fixed or said in the notebook's own words
+    stderr = [o["text"] for c in cells for o in c["outputs"] if o.get("name") == "stderr"]
+    assert not stderr, f"the committed notebook printed warnings: {stderr[0][:300]}"
 
 
 def test_notebook_never_writes_into_results():
