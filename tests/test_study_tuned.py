@@ -543,3 +543,9 @@ def test_a_claims_arm_label_is_the_label_its_record_gets(study_dir):
     assert tuned.members.label("greentrainer", 250) == "GT-0.7 (250 steps)"
     assert tuned.members.label("hizfo", 150, zo_enabled=False, alpha=0.0) == \
         "Hi-ZFO (150 steps, alpha 0.0, ZO part off)"
+
+
+def test_the_report_says_how_many_arms_rest_on_one_seed(study_dir):
+    """Full FT has seeds 0-2, Hi-ZFO (150 steps) 0-1; Hi-ZFO (250 steps) and MeZO one seed each."""
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    assert "Seeds: 2 of 4 arms have one seed so far." in (study_dir / "REPORT.md").read_text()

@@ -121,7 +121,20 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
                      "steps (pilot min) to Full FT's dev loss"], rows), "",
             f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
-            "Arms whose knobs change the work per step (rho, r) have no pilot of their own.", ""]
+            "Arms whose knobs change the work per step (rho, r) have no pilot of their own.", "",
+            *_one_seed_note(study)]
+
+
+def _one_seed_note(study: Study) -> list[str]:
+    """Says which cells cannot yet hold seed-to-seed variation: those of arms with a single seed."""
+    trained = [a for a in study.arms() if a.sig.method != "zero_shot"]
+    single = [a for a in trained if len(a.members) == 1]
+    if not single:
+        return []
+    return [f"Seeds: {len(single)} of {len(trained)} arms have one seed so far. Their intervals, and the "
+            f"claims' paired differences that use them, vary only the test {study.task.examples}, not the "
+            "training seed. Seeds 1-2 of the required arms, and of a sweep arm whose claim is close, are "
+            "queued in experiments/study_queue.txt.", ""]
 
 
 def _time_to(arm: Arm, target: float | None, timing: dict[str, Any] | None = None) -> str:
