@@ -82,12 +82,22 @@ grid_queues() {
   return 0
 }
 
+# the sync loop of this checkout: its first sync moved it here (another checkout's loop is left alone)
+sync_loops() {
+  local pid here
+  here="$(cd "$ROOT" && pwd -P)"
+  for pid in $(pgrep -f "study_background.sh sync-loop"); do
+    [ "$(readlink "/proc/$pid/cwd")" = "$here" ] && echo "$pid"
+  done
+  return 0
+}
+
 stop() {
   local pid sid sids=() waited
   # the queue's shell and its python share one session
   for sid in $(for pid in $(grid_queues); do ps -o sid= -p "$pid"; done | sort -u); do sids+=("$sid"); done
   # the sync loop first, so it does not commit while the queue stops (a sync under way finishes)
-  pkill -TERM -f "study_background.sh sync-loop" || true
+  for pid in $(sync_loops); do kill -TERM "$pid" 2>/dev/null || true; done
   if [ "${#sids[@]}" -eq 0 ]; then
     echo "no study queue runs from $GRID"
   else

@@ -1,12 +1,17 @@
-"""experiments/study_background.sh sync: a grid member's record is copied back once both its files
-exist, committed once, and a report re-rendered by hand in the checkout is never committed by it."""
+"""experiments/study_background.sh: `sync` copies a grid member's record back once both its files exist,
+commits it once, and never commits a report re-rendered by hand; `stop` stops only its own checkout's
+sync loop."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "study_background.sh"
 
@@ -66,3 +71,42 @@ def test_sync_commits_each_complete_record_once_and_leaves_a_hand_rendered_repor
     (runs / "b.predictions.jsonl.gz").write_bytes(b"b")
     assert _sync(repo, grid).returncode == 0
     assert len(_commits(repo)) == 3 and "results/study/runs/b.json" in _committed_files(repo)
+
+
+def _checkout(path: Path) -> Path:
+    """A git repository holding the script, as a checkout of this project would."""
+    (path / "experiments").mkdir(parents=True)
+    shutil.copy(SCRIPT, path / "experiments")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
+                                                 "start"]):
+        subprocess.run(["git", *args], cwd=path, check=True)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists() or shutil.which("pgrep") is None,
+                    reason="needs Linux /proc and pgrep")
+def test_stop_stops_its_own_checkouts_sync_loop_and_leaves_another_running(tmp_path):
+    repos = [_checkout(tmp_path / name) for name in ("mine", "other")]
+    env = {**os.environ, "SYNC_SECONDS": "3600"}
+    loops = [subprocess.Popen(["bash", "experiments/study_background.sh", "sync-loop"], cwd=repo,
+                              env={**env, "STUDY_GRID_DIR": str(tmp_path / f"grid_{repo.name}")},
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for repo in repos]
+    try:
+        deadline = time.monotonic() + 30
+        while any(os.readlink(f"/proc/{p.pid}/cwd") != str(r.resolve()) for p, r in zip(loops, repos)):
+            assert time.monotonic() < deadline, "the sync loops did not start"
+            time.sleep(0.1)
+        stopped = subprocess.run(["bash", "experiments/study_background.sh", "stop"], cwd=repos[0],
+                                 env={**env, "STUDY_GRID_DIR": str(tmp_path / "grid_mine")},
+                                 capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert loops[0].wait(timeout=10) == -signal.SIGTERM
+        assert loops[1].poll() is None, "stop ended another checkout's sync loop"
+    finally:
+        for p in loops:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)   # the loop and its sleep
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
