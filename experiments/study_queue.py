@@ -26,7 +26,8 @@ and names them. The file is read again whenever a lane frees, so lines can be ad
 runs.
 
     python experiments/study_queue.py                 # make study-queue
-    python experiments/study_queue.py --dry-run       # per line: done, ready (as launched), wait, drop
+    python experiments/study_queue.py --dry-run       # per line: done, ready (as launched), wait, drop;
+                                                      # then the counts and the ready lines' member-hours
 """
 
 from __future__ import annotations
@@ -108,26 +109,62 @@ def resolve(line: str, study_dir: Path) -> Resolved:
     return Resolved("ready", tuple(shlex.split(out)))
 
 
+def _compose(args: Sequence[str]):
+    """The runner's config for one line's overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from hizfo.runs.config_schema import register_resolvers
+    from hizfo.runs.resources import conf_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=list(args))
+
+
 def completed(args: Sequence[str]) -> bool:
     """Whether the line's member already has a completed record, decided as the runner's
     ``trainer.skip_completed`` decides it, so that a finished member costs no process start. A line that
     names several members (a comma in a value) is left to the runner."""
     if any("," in arg.split("=", 1)[-1] for arg in args):
         return False
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from hizfo.runs.config_schema import register_resolvers
-    from hizfo.runs.resources import conf_dir, project_path
+    from hizfo.runs.resources import project_path
     from hizfo.training.resume import completed_record
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=list(args))
+    cfg = _compose(args)
     if not cfg.trainer.get("skip_completed", False):
         return False
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return completed_record(project_path(cfg.paths.results_dir), resolved) is not None
+
+
+def member_hours(args: Sequence[str], study: Study) -> float | None:
+    """A ready line's member-hours, from the completed members of its method on its task: their median
+    seconds per training step x its steps, plus their median final evaluation. None without such members.
+    Those members ran two at a time, as the queue runs; a grid member's periodic dev evaluations are left
+    out, since a seed member has none."""
+    cfg = _compose(args)
+    method, steps = cfg.method.name, int(cfg.trainer.max_steps or 0)
+    times = [m.record.get("time") or {} for m in study.members if m.sig.method == method]
+    per_step = sorted(t["train_seconds"] / t["steps"] for t in times
+                      if t.get("steps") and t.get("train_seconds"))
+    final = sorted(t["final_eval_seconds"] for t in times if t.get("final_eval_seconds"))
+    if not final or (steps and not per_step):
+        return None
+    seconds = (per_step[len(per_step) // 2] * steps if steps else 0.0) + final[len(final) // 2]
+    return seconds / 3600
+
+
+def summary(states: list[str], hours: list[float | None]) -> str:
+    """The dry run's last line: how many lines are in each state, and what the ready ones cost."""
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "ready", "wait", "drop") if s in states)
+    known = [h for h in hours if h is not None]
+    cost = (f"; the ready lines: about {sum(known):.1f} member-hours ({sum(known) / 2:.1f} h at two at a "
+            "time)" if known else "")
+    if unknown := len(hours) - len(known):
+        cost += f", {unknown} of them without a completed member of their method to estimate from"
+    return counts + cost + "; waiting lines are not counted"
 
 
 def read_queue(path: Path) -> list[tuple[str, int]]:
@@ -216,11 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.queue.is_file():
         parser.error(f"{args.queue}: no such queue file")
     if args.dry_run:
+        states, hours = [], []
+        studies = {name: load_study(args.study_dir, task) for name, task in TASKS.items()}
         for line, _ in read_queue(args.queue):
             fate = resolve(line, args.study_dir)
             state = "done" if fate.state == "ready" and completed(fate.args) else fate.state
             shown = " ".join(fate.args) if fate.state == "ready" else f"{line}  ({fate.why})"
             print(f"{state:5}  {shown}")
+            states.append(state)
+            if state == "ready":
+                task = next((n for n, t in TASKS.items() if f"experiment={Path(t.config).stem}" in fate.args),
+                            "dialogsum")
+                hours.append(member_hours(fate.args, studies[task]))
+        print(summary(states, hours))
         return 0
     return run_queue(args.queue, args.study_dir, args.lanes)
 

@@ -232,3 +232,22 @@ def test_the_queue_is_the_studys_members_one_launch_each_and_holds_every_make_ta
     make = {member for target, overrides in study_commands() if target != "study-webq-check"
             for member in study_members(overrides)}
     assert make - set(members) == set()
+
+
+def test_the_dry_run_estimates_a_ready_lines_member_hours_from_its_methods_records(study_dir):
+    """Full FT's five records: medians 12 s per step and 700 s of final evaluation -> a 250-step member
+    takes (12 x 250 + 700) / 3600 h. LoRA has no record, so no estimate."""
+    per_step, final = (10.0, 30.0, 12.0, 20.0, 11.0), (800.0, 500.0, 700.0, 1000.0, 600.0)
+    for path, s, f in zip(sorted((study_dir / "runs").glob("full_*.json")), per_step, final, strict=True):
+        record = json.loads(path.read_text())
+        record["time"] = {"steps": 250, "train_seconds": s * 250, "final_eval_seconds": f}
+        path.write_text(json.dumps(record))
+    study = tuned.load_study(study_dir)
+    line = ["experiment=study_dialogsum", "sweep=study_seeds", "method.lr=6.3e-5", "seed=3"]
+    hours = study_queue.member_hours([*line, "method=full_ft"], study)
+    assert hours == pytest.approx((12 * 250 + 700) / 3600)
+    assert study_queue.member_hours([*line, "method=lora"], study) is None
+    assert study_queue.summary(["done", "ready", "ready", "wait", "drop", "ready"], [1.5, None, 2.5]) == (
+        "1 done, 3 ready, 1 wait, 1 drop; the ready lines: about 4.0 member-hours (2.0 h at two at a "
+        "time), 1 of them without a completed member of their method to estimate from; waiting lines are "
+        "not counted")
