@@ -549,3 +549,68 @@ def test_the_report_says_how_many_arms_rest_on_one_seed(study_dir):
     """Full FT has seeds 0-2, Hi-ZFO (150 steps) 0-1; Hi-ZFO (250 steps) and MeZO one seed each."""
     assert tuned.main(["--dir", str(study_dir)]) == 0
     assert "Seeds: 2 of 4 arms have one seed so far." in (study_dir / "REPORT.md").read_text()
+
+
+def _rewrite(path: Path, **changes) -> None:
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+def test_a_claims_difference_uses_the_seeds_both_arms_ran(study_dir):
+    """Full FT has seeds 0-2, Hi-ZFO 0-1. Full FT's seed 2 scores 20 points higher on every example: a
+    difference that mixed it in would move by 20 / 3. Over seeds 0-1 Hi-ZFO - Full FT is exactly -0.2;
+    against zero-shot (trains nothing) every seed counts."""
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(study_dir / "runs", "full_s2", "full_ft", 2, 6.3e-5, 250, [b + 30 for b in base], [20.0] * N_DEV)
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    d = study.diff(hz, full)
+    assert (d.mean, d.lo, d.hi) == pytest.approx((-0.2, -0.2, -0.2))
+    assert study.diff(full, study.zero_shot).mean == pytest.approx((10 + 10 + 30) / 3)
+    because = tuned.at_least_claim(study, hz, full).because
+    assert "ROUGE-1 on seeds 0, 1, run by both arms, non-inferior" in because
+    same = study.matched(full, study.find("full_ft", 250))
+    assert same[0] is full   # equal seed sets: the arms themselves, nothing named
+    assert " run by both arms" not in tuned.at_least_claim(study, full, full).because
+
+
+def test_mezo_not_learning_names_its_grid_and_its_still_falling_dev_loss(study_dir):
+    """Two MeZO rates, both equal to zero-shot on dev; the tie goes to the lower final dev loss (1e-5)."""
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(study_dir / "runs", "mezo_1e-5", "mezo", 0, 1e-5, 400, base, [12.0] * N_DEV,
+           [(25, 3.0), (400, 2.5)])
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    verdict = tuned.mezo_claim(study)
+    assert verdict.verdict == tuned.SUPPORTED
+    assert ("at all 2 rates of its grid MeZO did not learn on dev; its dev loss at 1e-05 still fell from "
+            "3.000 (step 25) to 2.500 (step 400)") in verdict.because
+
+
+def test_inconclusive_at_the_margin_but_below_zero_and_a_slower_step_are_said(study_dir):
+    """Hi-ZFO = Full FT - 0.2 on every example but one seed of Hi-ZFO scores 2 lower: the interval lies
+    below 0 and reaches past -1, so non-inferiority cannot tell, and the text says it is below 0."""
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    worse = [b + 7.8 - (i % 7) for i, b in enumerate(base)]
+    _write(study_dir / "runs", "hz_s1", "hizfo", 1, 2e-5, 150, worse, [19.0] * N_DEV)
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz, full = study.find("hizfo", 150), study.find("full_ft", 250)
+    d = study.diff(hz, full)
+    assert d.hi < 0 < -1 - d.lo
+    verdict = tuned.at_least_claim(study, hz, full)
+    assert verdict.verdict == tuned.CANNOT_TELL and "; below 0 (the interval excludes 0)" in verdict.because
+    timing = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
+              "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
+    assert "a Hi-ZFO step is the slower (10.5 vs 8.1 s), so the time saved comes from its 150 steps " \
+        "against 250" in tuned.time_claim(study, timing).because
+
+
+def test_the_time_to_target_note_says_when_full_fts_grid_reached_a_lower_loss(study_dir):
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    assert "Time-to-target's target" not in (study_dir / "REPORT.md").read_text()   # every rate ends at 1.695
+    path = next((study_dir / "runs").glob("full_2e-05*.json"))
+    _rewrite(path, val_evaluations=[{"step": 250, "val_loss": 1.5}])
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    report = (study_dir / "REPORT.md").read_text()
+    assert ("Time-to-target's target is Full FT's final dev loss at its chosen rate, 1.695; dev ROUGE-1 "
+            "chose that rate, and at 2e-05 its grid ended lower (1.500)") in report

@@ -376,11 +376,30 @@ class Study:
         return bs.cell(arm.matrix(split)[1])
 
     def diff(self, a: Arm, b: Arm, split: str = "test") -> bs.Estimate:
+        """a - b, paired on the examples, over the seeds both arms ran (``matched``)."""
+        a, b = self.matched(a, b)
         ids_a, rows_a = a.matrix(split)
         ids_b, rows_b = b.matrix(split)
         if ids_a != ids_b:
             raise ValueError(f"{a.label} and {b.label} scored different {split} examples")
         return bs.paired_difference(rows_a, rows_b)
+
+    @staticmethod
+    def matched(a: Arm, b: Arm) -> tuple[Arm, Arm]:
+        """The two arms over the seeds both ran, so a comparison never mixes seeds one arm lacks: while
+        seeds arrive one arm at a time, and for a sweep arm whose seeds 1-2 the protocol dropped (its
+        claim was decided on seed 0). Zero-shot trains nothing and matches every seed; arms with no seed
+        in common are compared over all their seeds."""
+        if "zero_shot" in (a.sig.method, b.sig.method):
+            return a, b
+        common = {m.seed for m in a.members} & {m.seed for m in b.members}
+        if not common:
+            return a, b
+
+        def keep(arm: Arm) -> Arm:
+            members = [m for m in arm.members if m.seed in common]
+            return arm if len(members) == len(arm.members) else Arm(arm.sig, arm.lr, members)
+        return keep(a), keep(b)
 
     def identical(self, a: Arm, b: Arm, split: str = "test") -> tuple[int, int]:
         """How many of the two arms' generations are the same text, over the seeds both arms ran

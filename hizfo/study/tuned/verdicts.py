@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hizfo.report.plots import PAPER_TEXT_POINTS
 from hizfo.study import bootstrap as bs
 from hizfo.study.tuned.members import (
     DIALOGSUM,
@@ -69,8 +70,10 @@ def at_least_claim(study: Study, a: Arm | None, b: Arm | None,
     v = bs.at_least(d, MARGIN)
     verdict = {bs.SUPERIOR: SUPPORTED, bs.NON_INFERIOR: SUPPORTED,
                bs.INFERIOR: CONTRADICTED}.get(v, CANNOT_TELL)
-    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score}, {v} at margin {MARGIN}"
-                   + _caveat(study, a, b))
+    # inconclusive at the margin yet below 0: the first arm is worse, by less than the margin can rule out
+    below = "; below 0 (the interval excludes 0)" if verdict == CANNOT_TELL and d.hi < 0 else ""
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score}{_over(study, a, b)}, {v} "
+                            f"at margin {MARGIN}" + below + _caveat(study, a, b))
 
 
 def beats_claim(study: Study, a: Arm | None, b: Arm | None,
@@ -85,7 +88,8 @@ def beats_claim(study: Study, a: Arm | None, b: Arm | None,
               if v == bs.INCONCLUSIVE and -MARGIN < d.lo and d.hi < MARGIN else "")
     same, compared = study.identical(a, b)
     alike = f"; identical generations on {same} of {compared} test examples (same seeds)" if compared else ""
-    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score} ({v}){within}{alike}"
+    return Verdict(verdict, f"{a.label} - {b.label}: {d.text(2)} {study.task.score}{_over(study, a, b)}: {v}"
+                            f"{within}{alike}"
                    + _caveat(study, a, b))
 
 
@@ -102,14 +106,32 @@ def mezo_claim(study: Study) -> Verdict:
     mezo, full, zero = wanted.values()
     vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
     label = study.learned(mezo)[0]
-    text = (f"MeZO - Full FT: {vs_full.text(2)}; MeZO - zero-shot (test): {vs_zero.text(2)}; "
+    text = (f"MeZO - Full FT: {vs_full.text(2)}{_over(study, mezo, full)}; MeZO - zero-shot (test): "
+            f"{vs_zero.text(2)}; "
             f"MeZO on dev: {label}" + _provisional(study, mezo, full))
     if vs_zero.lo > 0:
         return Verdict(CONTRADICTED, text + ": MeZO lies above zero-shot, it learned")
     if vs_full.hi < 0:
-        return Verdict(SUPPORTED, text + (": at every rate of its grid MeZO did not learn, which is the "
-                                          "collapse the claim names" if label != bs.LEARNED else ""))
+        return Verdict(SUPPORTED, text + (_mezo_grid_note(study, mezo, zero) if label != bs.LEARNED else ""))
     return Verdict(CANNOT_TELL, text)
+
+
+def _mezo_grid_note(study: Study, mezo: Arm, zero: Arm) -> str:
+    """What "did not learn" rests on: how many of MeZO's grid rates learned on dev, and whether its dev
+    loss was still falling, which reads as too few steps rather than a collapse seen in training."""
+    grid, zero0 = study.grid(mezo.sig), zero.seed0
+    if zero0 is None or not grid:
+        return ""
+    flat = [lr for lr, m in grid.items() if bs.learned(study.dev_gap(m, zero0)) != bs.LEARNED]
+    rates = f"all {len(grid)} rates" if len(grid) > 1 else "the one rate"
+    out = (f": at {rates} of its grid MeZO did not learn on dev" if len(flat) == len(grid)
+           else f": MeZO did not learn on dev at {len(flat)} of its {len(grid)} grid rates")
+    curve = mezo.seed0.val_curve if mezo.seed0 else []
+    if len(curve) >= 2 and curve[-1][1] < curve[0][1]:
+        out += (f"; its dev loss at {mezo.lr:g} still fell from {curve[0][1]:.3f} (step {curve[0][0]}) to "
+                f"{curve[-1][1]:.3f} (step {curve[-1][0]}), so this is MeZO not learning within "
+                f"{mezo.sig.steps} steps, not a collapse seen in training")
+    return out
 
 
 def rho_claim(study: Study) -> Verdict:
@@ -119,7 +141,7 @@ def rho_claim(study: Study) -> Verdict:
         return Verdict(NOT_RUN, missing.because + " (rho <= 0.4 leaves no tensor that fits SmolLM2's "
                                 "backward budget: the pilot's failed members)")
     ends = {r: study.diff(mid, arms[r]) for r in (0.5, 0.8)}
-    text = "; ".join(f"rho 0.6 - rho {r}: {d.text(2)}" for r, d in ends.items())
+    text = "; ".join(f"rho 0.6 - rho {r}: {d.text(2)}{_over(study, mid, arms[r])}" for r, d in ends.items())
     if any(d.hi < 0 for d in ends.values()):
         return Verdict(CONTRADICTED, text + ": an end of the range lies above rho 0.6")
     if all(d.lo > 0 for d in ends.values()):
@@ -133,13 +155,38 @@ def ratio_claim(study: Study) -> Verdict:
     if missing := _no_record({"r 0.1": ref, "r 0.5": r05, "r 0.7": r07}):
         return missing
     inside, above = study.diff(r05, ref), study.diff(r07, ref)
-    text = f"r 0.5 - r 0.1: {inside.text(2)}; r 0.7 - r 0.1: {above.text(2)}"
+    text = (f"r 0.5 - r 0.1: {inside.text(2)}{_over(study, r05, ref)}; "
+            f"r 0.7 - r 0.1: {above.text(2)}{_over(study, r07, ref)}")
     stable, collapse = bs.at_least(inside, MARGIN), bs.better(above)
     if stable == bs.INFERIOR or bs.at_least(above, MARGIN) in (bs.SUPERIOR, bs.NON_INFERIOR):
-        return Verdict(CONTRADICTED, text + ": no stability up to 0.5, or no collapse above it")
-    if stable in (bs.SUPERIOR, bs.NON_INFERIOR) and collapse == bs.INFERIOR:
-        return Verdict(SUPPORTED, text)
-    return Verdict(CANNOT_TELL, text)
+        verdict, why = CONTRADICTED, ": no stability up to 0.5, or no collapse above it"
+    elif stable in (bs.SUPERIOR, bs.NON_INFERIOR) and collapse == bs.INFERIOR:
+        verdict, why = SUPPORTED, ""
+    else:
+        verdict, why = CANNOT_TELL, ""
+    return Verdict(verdict, text + why + _r_context(study))
+
+
+def _r_context(study: Study) -> str:
+    """Beside C13's rule (r 0.7 against r 0.1, the paper's collapse point): r 1.0 when it ran, and the
+    size of the paper's drop, so "cannot tell" is not read as "a drop of the paper's size is possible"."""
+    ref, r10 = study.find("hizfo", 150), study.find("hizfo", 150, zo_lr_ratio=1.0)
+    out = (f"; r 1.0 - r 0.1 (not in the rule): {study.diff(r10, ref).text(2)}{_over(study, r10, ref)}"
+           if ref and r10 else "")
+    paper = PAPER_TEXT_POINTS["zo_lr_ratio"]["opt-2.7b"]
+    if study.task is DIALOGSUM:
+        out += (f"; the paper's r 0.7 lies {paper[0.1] - paper[0.7]:.1f} ROUGE-1 below its r 0.1 "
+                f"({paper[0.1]} vs {paper[0.7]}, OPT-2.7B)")
+    return out
+
+
+def _over(study: Study, a: Arm, b: Arm) -> str:
+    """Names the seeds a difference used when one arm ran seeds the other has not (``Study.matched``)."""
+    ma, mb = study.matched(a, b)
+    if ma is a and mb is b:
+        return ""
+    seeds = sorted({m.seed for m in ma.members})
+    return f" on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, run by both arms"
 
 
 SWEEP_CLAIMS: dict[str, Callable[[Study], Verdict]] = {"C11": rho_claim, "C13": ratio_claim}
@@ -208,7 +255,15 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
     text = (f"Hi-ZFO ({hz.sig.steps} steps) {min(t_hz):.1f}-{max(t_hz):.1f} min vs Full FT "
             f"({full.sig.steps} steps) {min(t_full):.1f}-{max(t_full):.1f} min (timing pilot, each arm "
             f"alone, {len(t_hz)} repeats; first step + median step x the rest)")
+    s_hz, s_full = (_mean(timing[k]["seconds_per_step"]) for k in ("hizfo", "full_ft"))
+    if s_hz > s_full:
+        text += (f"; a Hi-ZFO step is the slower ({s_hz:.1f} vs {s_full:.1f} s), so the time saved comes "
+                 f"from its {hz.sig.steps} steps against {full.sig.steps}")
     return _lower(t_hz, t_full, text)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def memory_claim(study: Study) -> Verdict:
