@@ -40,7 +40,9 @@ ARMS: dict[str, list[str]] = {
 
 def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = (),
             experiment: str = "study_dialogsum") -> None:
-    """In this process: one short run of the study's configuration; writes the per-step seconds."""
+    """In this process: one short run of the study's configuration; writes the per-step seconds and the
+    torch threads it ran on."""
+    import torch
     from hydra import compose, initialize_config_dir
 
     import hizfo.train as runner
@@ -65,12 +67,13 @@ def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = (),
             "trainer.skip_completed=false", "logger.wandb=false", f"paths.results_dir={tmp}/runs",
             f"paths.checkpoint_dir={tmp}/ckpt", f"run_name=timing_{method}", *extra])
         runner.run(cfg)
-    out.write_text(json.dumps({"seconds": seconds}))
+    out.write_text(json.dumps({"seconds": seconds, "torch_threads": torch.get_num_threads()}))
 
 
 def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[str] = (),
             experiment: str = "study_dialogsum") -> dict[str, dict]:
-    results: dict[str, dict] = {arm: {"seconds_per_step": [], "all_step_seconds": []} for arm in arms}
+    results: dict[str, dict] = {arm: {"seconds_per_step": [], "all_step_seconds": [], "torch_threads": []}
+                                for arm in arms}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     for rep in range(repeats):
         for arm in arms:
@@ -79,7 +82,9 @@ def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[
                        "--experiment", experiment, *(f"--set={o}" for o in extra)]
                 print(f"[timing] repeat {rep + 1}/{repeats}: {arm} ({steps} steps)", flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-                seconds = json.loads(Path(fh.name).read_text())["seconds"]
+                result = json.loads(Path(fh.name).read_text())
+            seconds = result["seconds"]
+            results[arm]["torch_threads"].append(result["torch_threads"])
             if len(seconds) <= warmup:
                 raise RuntimeError(f"{arm}: {len(seconds)} step times for {warmup} warm-up steps")
             results[arm]["seconds_per_step"].append(statistics.median(seconds[warmup:]))
@@ -133,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from hizfo.runs.records import hardware_info
 
-    timing = {"arms": measure(args.arms, args.repeats, args.steps, args.warmup, args.set, args.experiment),
-              "experiment": args.experiment, "overrides": args.set,
+    arms = measure(args.arms, args.repeats, args.steps, args.warmup, args.set, args.experiment)
+    threads = sorted({t for r in arms.values() for t in r["torch_threads"]})
+    # this process's own thread count is not the arms': each ran in its own process, measured above
+    hardware = {k: v for k, v in hardware_info(torch.device("cpu")).items() if k != "torch_threads"}
+    timing = {"arms": arms, "experiment": args.experiment, "overrides": args.set,
               "steps_per_run": args.steps, "warmup_steps_dropped": args.warmup, "repeats": args.repeats,
               "load_average_at_start": round(load, 2), "forced": bool(args.force),
-              "hardware": hardware_info(torch.device("cpu")), "torch_threads": 1}
+              "hardware": hardware, "torch_threads": threads[0] if len(threads) == 1 else threads}
     if {"full_ft", "mezo"} <= set(args.arms):
         timing["mezo_equal_time_steps"] = mezo_steps(timing)
     args.out.parent.mkdir(parents=True, exist_ok=True)

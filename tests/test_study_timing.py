@@ -34,6 +34,10 @@ def test_the_pilot_times_each_arm_and_derives_mezos_steps(tmp_path):
         r = timing["arms"][arm]
         assert len(r["seconds_per_step"]) == 1 and all(len(s) == 3 for s in r["all_step_seconds"])
         assert all(s > 0 for s in r["seconds_per_step"])
+    # the arms' own thread count (each runs in its own process), not the measuring process's
+    assert timing["torch_threads"] == 1
+    assert all(timing["arms"][arm]["torch_threads"] == [1] for arm in ("full_ft", "mezo"))
+    assert "torch_threads" not in timing["hardware"]
     full, mezo = (timing["arms"][arm]["seconds_per_step"][0] for arm in ("full_ft", "mezo"))
     assert timing["mezo_equal_time_steps"] == round(250 * full / mezo)
     printed = _run("--mezo-steps", str(out))
