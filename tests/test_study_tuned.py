@@ -614,3 +614,15 @@ def test_the_time_to_target_note_says_when_full_fts_grid_reached_a_lower_loss(st
     report = (study_dir / "REPORT.md").read_text()
     assert ("Time-to-target's target is Full FT's final dev loss at its chosen rate, 1.695; dev ROUGE-1 "
             "chose that rate, and at 2e-05 its grid ended lower (1.500)") in report
+
+
+def test_the_report_lists_hizfos_first_order_set_per_rho(study_dir):
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(study_dir / "runs", "hz_rho08", "hizfo", 0, 2e-5, 150, base, [19.0] * N_DEV, rho=0.8)
+    _rewrite(study_dir / "runs" / "hz_rho08.json", method={"fo_params": 30_000_000})
+    for path in (study_dir / "runs").glob("hz_*.json"):
+        if "rho" not in path.name:
+            _rewrite(path, method={"fo_params": 40_000_000})
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    assert "Hi-ZFO's first-order parameters (rho 0.6: 40.0M, rho 0.8: 30.0M)" in \
+        (study_dir / "REPORT.md").read_text()

@@ -123,8 +123,25 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      "steps (pilot min) to Full FT's dev loss"], rows), "",
             f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
             "Arms whose knobs change the work per step (rho, r) have no pilot of their own."
-            + _target_note(study, full, target), "",
+            + _target_note(study, full, target) + _fo_note(study), "",
             *_one_seed_note(study)]
+
+
+def _fo_note(study: Study) -> str:
+    """Hi-ZFO's first-order set per rho: the selection maximises importance within the FLOPs budget, so
+    the set's size, and the analytic column with it, need not grow with rho."""
+    sizes = {}
+    for rho in (0.5, 0.6, 0.7, 0.8):
+        arm = study.find("hizfo", 150, **({} if rho == 0.6 else {"rho": rho}))
+        fo = (arm.members[0].record.get("method") or {}).get("fo_params") if arm else None
+        if fo:
+            sizes[rho] = fo / 1e6
+    if len(sizes) < 2:
+        return ""
+    listed = ", ".join(f"rho {rho}: {m:.1f}M" for rho, m in sizes.items())
+    return (f" Hi-ZFO's first-order parameters ({listed}) are what its selection picks by importance "
+            "within the FLOPs budget rho, so they, and the analytic column, need not grow with rho; the "
+            "training peak also holds the activations that a deeper backward pass keeps.")
 
 
 def _target_note(study: Study, full: Arm | None, target: float | None) -> str:
