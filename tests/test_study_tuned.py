@@ -626,3 +626,13 @@ def test_the_report_lists_hizfos_first_order_set_per_rho(study_dir):
     assert tuned.main(["--dir", str(study_dir)]) == 0
     assert "Hi-ZFO's first-order parameters (rho 0.6: 40.0M, rho 0.8: 30.0M)" in \
         (study_dir / "REPORT.md").read_text()
+
+
+def test_the_margin_is_set_against_each_tasks_full_ft_score(study_dir):
+    """Full FT's test mean is 22.0: a 1-point margin is 5% of it; one task alone gets no note."""
+    from hizfo.study.tuned.report import _margin_note
+
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    share = "5% of Full FT's test ROUGE-1 on DialogSum (22.0)"
+    assert _margin_note(study, study) == f" The margin is 1.0 points on every task: {share}; {share}."
+    assert _margin_note(study, None) == ""

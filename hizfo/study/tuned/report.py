@@ -217,6 +217,19 @@ def _last_fifth_fall(curve: list[tuple[int, float]]) -> float | None:
     return (ref - curve[-1][1]) / ref * 100
 
 
+def _margin_note(*studies: Study | None) -> str:
+    """The one margin against each task's Full FT test score: on a task that scores low, 1 point is a
+    large share of what Full FT gains, and a reader should see that."""
+    shares = []
+    for s in studies:
+        full = s.find("full_ft", 250) if s is not None and s.members else None
+        if full is not None:
+            score = s.cell(full).mean
+            shares.append(f"{MARGIN / score:.0%} of Full FT's test {s.task.score} on {s.task.name} "
+                          f"({score:.1f})" if score > 0 else f"Full FT scores 0 on {s.task.name}")
+    return f" The margin is {MARGIN} points on every task: {'; '.join(shares)}." if len(shares) > 1 else ""
+
+
 def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | None = None,
                    webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None) -> list[str]:
     rows = [[key, text, v.verdict, v.because]
@@ -233,7 +246,9 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
             "ran (zero-shot matches every seed); a verdict that rests on an arm "
             "that did not learn on dev says so. The rho and r sweeps run one seed; a sweep claim (C11, "
             "C13) that cannot tell on seed 0 alone gets seeds 1-2 for the sweep arms it compares, decided "
-            "on seed 0 only, so no seed is added or withheld after seeing it.", "",
+            "on seed 0 only, so no seed is added or withheld after seeing it."
+            + _margin_note(study, webq_study),
+            "",
             *_table(["claim", "the paper says", "verdict", "because"], rows), "",
             *alpha_note(study),
             "## Open questions (no verdict of the paper to test; same rules)", "",
