@@ -42,7 +42,7 @@ sync_once() {
   git add -- results/study
   git diff --cached --quiet -- results/study && return 0   # someone committed them meanwhile
   git commit --quiet -m "Study records: $n completed members of the tuned study; results/study re-rendered" \
-    -- results/study && echo "$(date -u +%FT%TZ) committed ($n DialogSum members, $copied new files)"
+    -- results/study && echo "$(date -u +%FT%TZ) committed ($n DialogSum members; $copied new record(s) copied)"
 }
 
 start() {
