@@ -105,14 +105,14 @@ def mezo_claim(study: Study) -> Verdict:
         return missing
     mezo, full, zero = wanted.values()
     vs_full, vs_zero = study.diff(mezo, full), study.diff(mezo, zero)
-    label = study.learned(mezo)[0]
+    on_dev = study.learned(mezo)[0]
     text = (f"MeZO - Full FT: {vs_full.text(2)}{_over(study, mezo, full)}; MeZO - zero-shot (test): "
             f"{vs_zero.text(2)}; "
-            f"MeZO on dev: {label}" + _provisional(study, mezo, full))
+            f"MeZO on dev: {on_dev}" + _provisional(study, mezo, full))
     if vs_zero.lo > 0:
         return Verdict(CONTRADICTED, text + ": MeZO lies above zero-shot, it learned")
     if vs_full.hi < 0:
-        return Verdict(SUPPORTED, text + (_mezo_grid_note(study, mezo, zero) if label != bs.LEARNED else ""))
+        return Verdict(SUPPORTED, text + (_mezo_grid_note(study, mezo, zero) if on_dev != bs.LEARNED else ""))
     return Verdict(CANNOT_TELL, text)
 
 
