@@ -174,8 +174,8 @@ def alpha_claim(study: Study) -> Verdict:
         return verdict
     paper = PAPER_TEXT_POINTS["alpha"]["opt-2.7b"]
     size = paper[0.1] - paper[0.0]
-    return Verdict(verdict.verdict, verdict.because + f"; the paper's alpha 0.1 lies {size:.1f} ROUGE-1 above "
-                   f"its alpha 0 ({paper[0.1]} vs {paper[0.0]}, OPT-2.7B)")
+    return Verdict(verdict.verdict, verdict.because + f"; the paper's alpha 0.1 lies {size:.1f} ROUGE-1 "
+                   f"above its alpha 0 ({paper[0.1]} vs {paper[0.0]}, OPT-2.7B)")
 
 
 def _r_context(study: Study) -> str:
