@@ -638,3 +638,12 @@ def test_the_margin_is_set_against_each_tasks_full_ft_score(study_dir):
     share = "5% of Full FT's test ROUGE-1 on DialogSum (22.0)"
     assert _margin_note(study, study) == f" The margin is 1.0 points on every task: {share}; {share}."
     assert _margin_note(study, None) == ""
+
+
+def test_arms_with_no_seed_in_common_are_compared_over_their_own_seeds_and_say_so(study_dir):
+    base = [float(10 + (i % 5)) for i in range(N_TEST)]
+    _write(study_dir / "runs", "hz_alpha0_s5", "hizfo", 5, 2e-5, 150, base, [19.0] * N_DEV, alpha=0.0)
+    study = tuned.Study(tuned.load_members(study_dir / "runs"))
+    hz, off = study.find("hizfo", 150), study.find("hizfo", 150, alpha=0.0)
+    assert study.matched(hz, off) == (hz, off)
+    assert "(no seed in common: each arm over its own seeds)" in tuned.beats_claim(study, hz, off).because

@@ -195,7 +195,9 @@ def _over(study: Study, a: Arm, b: Arm) -> str:
     """Names the seeds a difference used when one arm ran seeds the other has not (``Study.matched``)."""
     ma, mb = study.matched(a, b)
     if ma is a and mb is b:
-        return ""
+        own = [{m.seed for m in arm.members} for arm in (a, b)]
+        mixed = own[0] != own[1] and "zero_shot" not in (a.sig.method, b.sig.method)
+        return " (no seed in common: each arm over its own seeds)" if mixed else ""
     seeds = sorted({m.seed for m in ma.members})
     return f" on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, run by both arms"
 
