@@ -647,3 +647,16 @@ def test_arms_with_no_seed_in_common_are_compared_over_their_own_seeds_and_say_s
     hz, off = study.find("hizfo", 150), study.find("hizfo", 150, alpha=0.0)
     assert study.matched(hz, off) == (hz, off)
     assert "(no seed in common: each arm over its own seeds)" in tuned.beats_claim(study, hz, off).because
+
+
+def test_a_resumed_members_training_peak_is_its_first_processs(study_dir):
+    """Loading a checkpoint adds a transient to the resumed process's peak (4.58 against 4.09 GB for a
+    Full FT member here): the first process's peak stands for the member; an unresumed member keeps its
+    record's training peak."""
+    path = study_dir / "runs" / "full_s1.json"
+    _rewrite(path, memory={"train_bytes": 4_580_000_000},
+             segments=[{"start_step": 0, "end_step": 100, "peak_memory": {"bytes": 4_090_000_000}},
+                       {"start_step": 100, "end_step": 250, "peak_memory": {"bytes": 4_580_000_000}}])
+    members = {m.name: m for m in tuned.load_members(study_dir / "runs")}
+    assert members["full_s1"].train_peak_gb == pytest.approx(4.09)
+    assert members["full_s2"].train_peak_gb == pytest.approx(2.0)

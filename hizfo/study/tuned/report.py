@@ -122,8 +122,10 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
                      "steps (pilot min) to Full FT's dev loss"], rows), "",
             f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
-            "Arms whose knobs change the work per step (rho, r) have no pilot of their own."
-            + _target_note(study, full, target) + _fo_note(study), "",
+            "Arms whose knobs change the work per step (rho, r) have no pilot of their own. train peak RSS: "
+            "the highest of the arm's members' training peaks (evaluation left out); a member resumed from a "
+            "checkpoint gives its first process's peak, since a resumed process also holds the loaded "
+            "checkpoint." + _target_note(study, full, target) + _fo_note(study), "",
             *_one_seed_note(study)]
 
 
