@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 from hizfo.report.plots import PAPER_TEXT_POINTS
@@ -268,15 +269,11 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
     text = (f"Hi-ZFO ({hz.sig.steps} steps) {min(t_hz):.1f}-{max(t_hz):.1f} min vs Full FT "
             f"({full.sig.steps} steps) {min(t_full):.1f}-{max(t_full):.1f} min (timing pilot, each arm "
             f"alone, {len(t_hz)} repeats; first step + median step x the rest)")
-    s_hz, s_full = (_mean(timing[k]["seconds_per_step"]) for k in ("hizfo", "full_ft"))
+    s_hz, s_full = (fmean(timing[k]["seconds_per_step"]) for k in ("hizfo", "full_ft"))
     if s_hz > s_full:
         text += (f"; a Hi-ZFO step is the slower ({s_hz:.1f} vs {s_full:.1f} s), so the time saved comes "
                  f"from its {hz.sig.steps} steps against {full.sig.steps}")
     return _lower(t_hz, t_full, text)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def memory_claim(study: Study) -> Verdict:
