@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import hizfo.evaluation as ev
+from hizfo.data import resolve_data_dir
 from hizfo.data.base import Example
 from hizfo.evaluation.predictions import read_predictions, sidecar_path, store_predictions
 from hizfo.evaluation.rescore import main as rescore_main
@@ -153,3 +154,20 @@ def test_eval_cli_record_format_is_rescored(tmp_path, monkeypatch):
     path.write_text(json.dumps(record))
     assert rescore_record(record, path) == {"final": {"accuracy": 1 / 3, "webq_any_normalized": 2 / 3}}
     assert result["accuracy"] == 1 / 3
+
+
+@pytest.mark.skipif(resolve_data_dir(None) is None, reason="release files not found (set HIZFO_DATA_DIR)")
+def test_eval_cli_runs_on_a_saved_model(tmp_path):
+    """`python -m hizfo.evaluation` end to end on a saved tiny model: it loads the model in the precision
+    asked for, scores the task's test split and writes a record the re-scorer reproduces."""
+    from hizfo.evaluation.__main__ import main as eval_main
+
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    out = tmp_path / "zero_shot.json"
+    record = eval_main(["--model", str(folder), "--task", "webquestions", "--max-examples", "2",
+                        "--batch-size", "2", "--precision", "fp32", "--out", str(out)])
+    assert record["metrics"]["n_examples"] == 2 and out.is_file()
+    saved = json.loads(out.read_text())
+    assert rescore_record(saved, out)["final"]["accuracy"] == saved["metrics"]["accuracy"]

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-examples", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--precision", "--dtype", dest="precision", default="fp32", choices=["fp32", "bf16"],
+                    help="the dtype the model is stored in (trainer.precision's names)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     task_cfg = OmegaConf.load(conf_dir() / "task" / f"{args.task}.yaml")
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(OmegaConf.create({"source": "local", "path": args.model}),
-                                          device=resolve_device(args.device), dtype=args.dtype)
+                                          device=resolve_device(args.device), precision=args.precision)
     load_s = time.perf_counter() - t0
     examples = load_task(task_cfg.name, "test", args.data_dir, tok.eos_token,
                          prompt_style=task_cfg.get("prompt_style", "completion") or "completion")
