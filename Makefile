@@ -182,7 +182,7 @@ STUDY_LATER_METHODS ?= ft_topk,prefix
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
-.PHONY: study-webq-timing study-webq study-webq-seeds study-later
+.PHONY: study-webq-timing study-webq study-webq-seeds study-later study-decoding
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
@@ -192,6 +192,9 @@ study-webq-check: setup model  ## tuned study: does WebQuestions qualify (Full F
 	$(STUDY_RUN) experiment=study_webq_check method=zero_shot run_name=study_webq_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) experiment=study_webq_check method=full_ft method.lr=6.3e-5 run_name=study_webq_full_ft_s0 $(ARGS)
 	$(MAKE) study-report
+
+study-decoding: setup model  ## tuned study: zero-shot dev ROUGE-1 under the decodings it dropped, token lengths (decoding.md)
+	$(PY) experiments/study_decoding.py $(ARGS)
 
 study-timing: setup model  ## tuned study: s/step of each arm alone on an idle machine, 3 repeats (timing.json)
 	$(PY) experiments/study_timing.py --out results/study/timing.json $(ARGS)

@@ -660,3 +660,20 @@ def test_a_resumed_members_training_peak_is_its_first_processs(study_dir):
     members = {m.name: m for m in tuned.load_members(study_dir / "runs")}
     assert members["full_s1"].train_peak_gb == pytest.approx(4.09)
     assert members["full_s2"].train_peak_gb == pytest.approx(2.0)
+
+
+def test_the_report_names_every_machine_its_members_ran_on():
+    """Members from sessions on different CPUs are counted per machine; records that predate the CPU-model
+    field are counted apart, tied to a named machine only through a shared platform string."""
+    from hizfo.study.tuned.report import machines
+
+    amd = {"cpu_count": 2, "cpu_model": "AMD EPYC", "platform": "p1"}
+    intel = {"cpu_count": 2, "cpu_model": "Intel Xeon", "platform": "p2"}
+    old = {"cpu_count": 2, "platform": "p1"}
+    records = [{"hardware": h} for h in (intel, intel, intel, amd, old, old)]
+    assert machines(records) == ("2-core Intel Xeon (3 members); 2-core AMD EPYC (1 member); "
+                                 "2 members that predate the CPU-model field (platform p1, as the AMD EPYC "
+                                 "members')")
+    assert machines([{"hardware": {"cpu_count": 2, "platform": "p3"}}]) == (
+        "1 member that predate the CPU-model field (platform p3)")
+    assert machines([]) == "(no records yet)"

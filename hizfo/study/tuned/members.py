@@ -178,7 +178,7 @@ class Member:
         """The training segment's peak RSS, evaluation left out (``memory.train_bytes``; the first
         grid's code wrote it as ``memory.train.bytes``); None when a record has neither. A member resumed
         from a checkpoint reports its first process's peak: a resumed process also holds the loaded
-        checkpoint for a while, 0.2-0.5 GB above the fresh peak in this study's records."""
+        checkpoint for a while, 0.13-0.53 GB above the fresh peak in this study's records."""
         fresh = next((seg for seg in self.record.get("segments") or []
                       if seg.get("start_step") == 0 and (seg.get("end_step") or 0) > 0), None)
         if fresh is not None and len(self.record["segments"]) > 1:
