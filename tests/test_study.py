@@ -410,3 +410,30 @@ def test_fo_set_size_and_depth_are_read_from_the_selected_rows_by_hand():
     assert "| FO set, M params | FO blocks |" in section
     # a table whose arms trained no selection shows no FO columns
     assert "| FO set, M params" not in build_tables(Study([full]), load_paper_numbers())["table1.md"]
+
+
+def test_interval_widths_by_hand(tmp_path):
+    """Two Full FT seeds that score the same on each of two test dialogues (100 and 0): their seed-only
+    interval has width 0, while resampling the two dialogues spans 0 to 100. The note counts that arm
+    as wider, with a seed-only width of 0 and no ratio."""
+    import gzip
+
+    from hizfo.study.report import _widths_phrase, interval_widths
+
+    records = []
+    for seed in (0, 1):
+        rec = record("full_ft", task="dialogsum", seed=seed, quality=50.0)
+        rec["_path"] = str(tmp_path / f"full_ft_{seed}.json")
+        rec["config"]["task"].update(rouge_reference_aggregation="mean")
+        rec["predictions"] = {"file": f"full_ft_{seed}.predictions.jsonl.gz"}
+        rows = [{"phase": "final", "id": "a", "generation": "the cat sat", "references": ["the cat sat"]},
+                {"phase": "final", "id": "b", "generation": "dogs run", "references": ["a bird flew"]}]
+        with gzip.open(tmp_path / rec["predictions"]["file"], "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        records.append(rec)
+    widths = interval_widths(Study(records))
+    assert widths == [("Full FT", 2, 2, 0.0, 100.0)]
+    assert _widths_phrase(widths) == ("a bootstrap that also resamples the test dialogues is wider for 1 of "
+                                      "its 1 DialogSum arms with several seeds, 1 of them with a seed-only "
+                                      "width of 0; measured at the end")
+    assert interval_widths(Study(records[:1])) == []   # one seed: no seed-only interval to compare

@@ -2,11 +2,13 @@
 per-example differences, and the decision rules the claims use.
 
 Why two levels: a cell's score varies with the training seed *and* with which test examples were
-drawn. Seed-only intervals on one fixed test set ignore the second source, which at 500 dialogues is
-4-8x the first (the pilot study's audit). Seeds and examples are crossed (every seed scores the same
-examples), so one replicate resamples seeds with replacement and, independently, examples with
-replacement, and averages the selected rows and columns. Its variance is, to first order,
-``var_seeds / S + var_examples / N + var_residual / (S N)``, which the tests check by hand.
+drawn. Seed-only intervals on one fixed test set ignore the second source, which on the pilot study's
+50 test dialogues made this interval several times wider than the seed-only one for most arms
+(results/mini/REPORT.md measures it per arm, `interval_widths` in hizfo/study/report.py). Seeds and
+examples are crossed (every seed scores the same examples), so one replicate resamples seeds with
+replacement and, independently, examples with replacement, and averages the selected rows and columns.
+Its variance is, to first order, ``var_seeds / S + var_examples / N + var_residual / (S N)``, which the
+tests check by hand.
 
 Why paired: two arms score the same test examples, so a replicate draws one set of examples for both
 and the example-to-example variation (most of the variance) cancels in the difference.
