@@ -266,7 +266,10 @@ study-webq-seeds: setup model  ## tuned study, WebQuestions: seeds 1-2 of every 
 	$(MAKE) study-report
 
 study-queue: setup model  ## tuned study: every member not yet run, two at a time, in the order of experiments/study_queue.txt
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) experiments/study_queue.py $(ARGS); rc=$$?; $(MAKE) study-report; exit $$rc
+	# the report is rendered whether the queue ends well or not; no $$(MAKE) on the queue's line, so that
+	# `make -n study-queue` prints the queue instead of running it
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) experiments/study_queue.py $(ARGS) || { $(PY) -m hizfo.study.tuned; exit 1; }
+	$(MAKE) study-report
 
 study-report: setup  ## re-render results/study/ from its records only
 	$(PY) -m hizfo.study.tuned

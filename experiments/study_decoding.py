@@ -47,15 +47,16 @@ def _record(folder: Path, run_name: str) -> dict:
     return done[-1]
 
 
-def run_members() -> None:
+def run_members(extra: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     for override in VARIANTS.values():
-        cmd = [sys.executable, "-m", "hizfo.train", *BASE, override, f"run_name={_run_name(override)}"]
+        cmd = [sys.executable, "-m", "hizfo.train", *BASE, override, f"run_name={_run_name(override)}",
+               *extra]
         print("+", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
-def lengths() -> dict[str, float]:
+def lengths(extra: list[str]) -> dict[str, float]:
     """Median token counts of the study's 1000 training examples, and the share longer than each cut."""
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
@@ -66,9 +67,9 @@ def lengths() -> dict[str, float]:
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=BASE[:2])
+        cfg = compose("config", overrides=[*BASE[:2], *extra])
     tok = AutoTokenizer.from_pretrained(str(project_path(cfg.model.path)))
-    examples = load_split(cfg.task, "train", cfg.paths.get("data_dir"), tok.eos_token)
+    examples = load_split(cfg.task, "train", cfg.data.dir, tok.eos_token)
     prompt = [len(tok(e.prompt, add_special_tokens=False).input_ids) for e in examples]
     target = [len(tok(e.target, add_special_tokens=False).input_ids) + 1 for e in examples]   # + EOS
     cut_in, cut_out = int(cfg.task.max_input_len), int(cfg.task.max_output_len)
@@ -115,11 +116,12 @@ def render(lens: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-only", action="store_true", help="render from the records; run nothing")
+    ap.add_argument("overrides", nargs="*", help="runner overrides for every member, e.g. data.dir=PATH")
     args = ap.parse_args(argv)
     if not args.report_only:
-        run_members()
+        run_members(args.overrides)
     out = STUDY / "decoding.md"
-    out.write_text(render(lengths()), encoding="utf-8")
+    out.write_text(render(lengths(args.overrides)), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 
