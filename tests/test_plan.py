@@ -99,3 +99,18 @@ def test_cli_prints_every_method(capsys):
         assert method in out
     with pytest.raises(SystemExit, match="unknown model"):
         planner.main(["model=nope"])
+
+
+def test_a_paper_models_config_comes_from_the_bundled_copy_without_the_hub(monkeypatch):
+    """An unreachable hub is retried for about a minute per model; the planner never asks it for a
+    paper model, whose config.json is bundled."""
+    import transformers
+
+    from hizfo.plan import model_config
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    config = model_config({"source": "hub", "path": "facebook/opt-350m"})
+    assert config.model_type == "opt" and config.hidden_size == 1024 and config.num_hidden_layers == 24
