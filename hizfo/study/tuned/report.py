@@ -306,7 +306,7 @@ def cost_section(*studies: Study) -> list[str]:
             "timings)", "", *_table(["method", *header], rows(per)), "",
             *_table(["grid", *header], rows(grids)), "",
             "A resumed member's time is a lower bound: an earlier process's set-up before its loop is not "
-            "recorded.", ""]
+            "recorded. Members ran on the machines named at the top, whose speeds differ.", ""]
 
 
 def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
