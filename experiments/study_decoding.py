@@ -14,7 +14,6 @@ Writes results/study/decoding.md (experiments/DEVIATIONS.md cites it):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_queue import compose  # noqa: E402
+
+from hizfo.runs.records import read_records  # noqa: E402
+from hizfo.study.tuned.report import machine_name  # noqa: E402
+
 STUDY = ROOT / "results" / "study"
 RUNS = STUDY / "decoding" / "runs"
 BASE = ["experiment=study_dialogsum", "method=zero_shot", "eval.final_split=null", "logger.wandb=false",
@@ -39,8 +44,7 @@ def _run_name(override: str) -> str:
 
 
 def _record(folder: Path, run_name: str) -> dict:
-    found = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{run_name}*.json"))]
-    done = [r for r in found if r.get("status") == "completed"]
+    done = [r for r in read_records(folder) if r["run_name"] == run_name]
     if not done:
         raise SystemExit(f"no completed record named {run_name} in {folder}: run "
                          "`python experiments/study_decoding.py` (without --report-only)")
@@ -58,16 +62,12 @@ def run_members(extra: list[str]) -> None:
 
 def lengths(extra: list[str]) -> dict[str, float]:
     """Median token counts of the study's 1000 training examples, and the share longer than each cut."""
-    from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
     from hizfo.data.tasks import load_split
-    from hizfo.runs.config_schema import register_resolvers
-    from hizfo.runs.resources import conf_dir, project_path
+    from hizfo.runs.resources import project_path
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[*BASE[:2], *extra])
+    cfg = compose((*BASE[:2], *extra))
     tok = AutoTokenizer.from_pretrained(str(project_path(cfg.model.path)))
     examples = load_split(cfg.task, "train", cfg.data.dir, tok.eos_token)
     prompt = [len(tok(e.prompt, add_special_tokens=False).input_ids) for e in examples]
@@ -80,9 +80,9 @@ def lengths(extra: list[str]) -> dict[str, float]:
 
 
 def _machine(record: dict) -> str:
+    """The record's machine; the first grid's records name only their platform."""
     hw = record.get("hardware") or {}
-    return (f"{hw.get('cpu_count', '?')}-core {hw['cpu_model']}" if hw.get("cpu_model")
-            else f"platform {hw.get('platform', '?')}")
+    return machine_name(hw) if hw.get("cpu_model") else f"platform {hw.get('platform', '?')}"
 
 
 def render(lens: dict[str, float]) -> str:
@@ -90,8 +90,8 @@ def render(lens: dict[str, float]) -> str:
     rows = [("plain greedy, 48 new tokens (the study's)", greedy, "results/study/runs/study_zero_shot_s0")]
     rows += [(name, _record(RUNS, _run_name(o)), f"results/study/decoding/runs/{_run_name(o)}")
              for name, o in VARIANTS.items()]
-    counts = (json.loads(p.read_text()).get("truncation") for p in sorted((STUDY / "runs").glob("*.json")))
-    trained = next((c for c in counts if c), "no study record counts them yet")
+    trained = next((r["truncation"] for r in read_records(STUDY / "runs") if r.get("truncation")),
+                   "no study record counts them yet")
     lines = [
         "# The tuned study's decoding and length cuts, measured",
         "",

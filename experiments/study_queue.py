@@ -111,10 +111,10 @@ def resolve(line: str, study_dir: Path) -> Resolved:
 
 
 @functools.cache
-def _compose(args: tuple[str, ...]):
-    """The runner's config for one line's overrides. Cached: the dry run asks for a ready line's config
-    twice (is it done, what does it cost), and the conf files do not change under a running queue, which
-    runs from a pinned worktree. Callers only read it."""
+def compose(args: tuple[str, ...]):
+    """The runner's config for these overrides (also study_decoding.py's). Cached: the dry run asks for a
+    ready line's config twice (is it done, what does it cost), and the conf files do not change under a
+    running queue, which runs from a pinned worktree. Callers only read it."""
     from hydra import compose, initialize_config_dir
 
     from hizfo.runs.config_schema import register_resolvers
@@ -136,7 +136,7 @@ def completed(args: Sequence[str]) -> bool:
     from hizfo.runs.resources import project_path
     from hizfo.training.resume import completed_record
 
-    cfg = _compose(tuple(args))
+    cfg = compose(tuple(args))
     if not cfg.trainer.get("skip_completed", False):
         return False
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -148,7 +148,7 @@ def member_hours(args: Sequence[str], study: Study) -> float | None:
     seconds per training step x its steps, plus their median final evaluation. None without such members.
     Those members ran two at a time, as the queue runs; a grid member's periodic dev evaluations are left
     out, since a seed member has none."""
-    cfg = _compose(tuple(args))
+    cfg = compose(tuple(args))
     method, steps = cfg.method.name, int(cfg.trainer.max_steps or 0)
     times = [m.record.get("time") or {} for m in study.members if m.sig.method == method]
     per_step = sorted(t["train_seconds"] / t["steps"] for t in times

@@ -18,6 +18,8 @@ _spec.loader.exec_module(study_decoding)
 def _record(folder: Path, run_name: str, rouge1: float, status: str = "completed", **extra) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"run_name": run_name, "status": status, "metrics": {"validation": {"rouge1": rouge1}},
+              "config": {"seed": 0, "model": {"name": "smollm2-135m"}, "task": {"name": "dialogsum"},
+                         "method": {"name": "zero_shot"}},
               "hardware": {"cpu_count": 2, "cpu_model": "CPU X"}, **extra}
     (folder / f"{run_name}__t__{status}.json").write_text(json.dumps(record))
 

@@ -660,6 +660,12 @@ def test_a_resumed_members_training_peak_is_its_first_processs(study_dir):
     members = {m.name: m for m in tuned.load_members(study_dir / "runs")}
     assert members["full_s1"].train_peak_gb == pytest.approx(4.09)
     assert members["full_s2"].train_peak_gb == pytest.approx(2.0)
+    assert members["full_s1"].resume_excess_gb == pytest.approx(0.49)
+    assert members["full_s2"].resume_excess_gb is None
+    from hizfo.study.tuned.report import _resume_note
+
+    study = tuned.Study(list(members.values()))
+    assert _resume_note(study) == ". Resuming raised a whole run's peak by 0.49 GB (1 resumed member)"
 
 
 def test_the_report_names_every_machine_its_members_ran_on():

@@ -175,16 +175,29 @@ class Member:
 
     @property
     def train_peak_gb(self) -> float | None:
-        """The training segment's peak RSS, evaluation left out (``memory.train_bytes``; the first
-        grid's code wrote it as ``memory.train.bytes``); None when a record has neither. A member resumed
-        from a checkpoint reports its first process's peak: a resumed process also holds the loaded
-        checkpoint for a while, 0.13-0.53 GB above the fresh peak in this study's records."""
-        fresh = next((seg for seg in self.record.get("segments") or []
+        """The training segment's peak RSS, evaluation left out; None when a record has none. A member
+        resumed from a checkpoint reports its first process's peak: a resumed process also holds the
+        loaded checkpoint for a while (``resume_excess_gb``; the report gives the range)."""
+        return self._first_process_peak_gb or self._run_peak_gb
+
+    @property
+    def resume_excess_gb(self) -> float | None:
+        """How far the whole run's training peak lies above its first process's: what resuming added.
+        None for a member that ran in one process."""
+        first, run = self._first_process_peak_gb, self._run_peak_gb
+        return run - first if first and run else None
+
+    @property
+    def _first_process_peak_gb(self) -> float | None:
+        segments = self.record.get("segments") or []
+        fresh = next((seg for seg in segments
                       if seg.get("start_step") == 0 and (seg.get("end_step") or 0) > 0), None)
-        if fresh is not None and len(self.record["segments"]) > 1:
-            value = (fresh.get("peak_memory") or {}).get("bytes")
-            if value:
-                return value / 1e9
+        value = (fresh.get("peak_memory") or {}).get("bytes") if fresh and len(segments) > 1 else None
+        return value / 1e9 if value else None
+
+    @property
+    def _run_peak_gb(self) -> float | None:
+        """``memory.train_bytes`` (the first grid's code wrote it as ``memory.train.bytes``)."""
         memory = self.record.get("memory") or {}
         value = memory.get("train_bytes") or (memory.get("train") or {}).get("bytes")
         return value / 1e9 if value else None

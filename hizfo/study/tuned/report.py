@@ -28,6 +28,7 @@ from hizfo.study.tuned.verdicts import (
     claims,
     pilot_minutes,
     questions,
+    span,
     timing_key,
 )
 
@@ -125,8 +126,15 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
             "Arms whose knobs change the work per step (rho, r) have no pilot of their own. train peak RSS: "
             "the highest of the arm's members' training peaks (evaluation left out); a member resumed from a "
             "checkpoint gives its first process's peak, since a resumed process also holds the loaded "
-            "checkpoint." + _target_note(study, full, target) + _fo_note(study), "",
+            "checkpoint" + _resume_note(study) + "."
+            + _target_note(study, full, target) + _fo_note(study), "",
             *_one_seed_note(study)]
+
+
+def _resume_note(study: Study) -> str:
+    """What resuming added to a whole run's training peak, measured on this task's resumed members."""
+    excess = [x for m in study.members if (x := m.resume_excess_gb) is not None]
+    return f". Resuming raised a whole run's peak by {span(excess, 'GB', 'resumed member')}" if excess else ""
 
 
 def _fo_note(study: Study) -> str:
@@ -323,6 +331,12 @@ def _members(n: int) -> str:
     return f"{n} member" + ("" if n == 1 else "s")
 
 
+def machine_name(hardware: dict[str, Any]) -> str:
+    """'2-core AMD EPYC': a record's or timing file's ``hardware``, named as the report names it."""
+    model = hardware.get("cpu_model") or hardware.get("processor", "CPU")
+    return f"{hardware.get('cpu_count', '?')}-core {model}"
+
+
 def machines(records: list[dict[str, Any]]) -> str:
     """The machines the records ran on, with how many ran on each. The study spans sessions, and a
     session's machine may differ in CPU model (a member's own times and last float bits depend on it;
@@ -331,8 +345,7 @@ def machines(records: list[dict[str, Any]]) -> str:
     if not records:
         return "(no records yet)"
     hardware = [r.get("hardware") or {} for r in records]
-    known = Counter(f"{h.get('cpu_count', '?')}-core {h['cpu_model']}" for h in hardware
-                    if h.get("cpu_model"))
+    known = Counter(machine_name(h) for h in hardware if h.get("cpu_model"))
     parts = [f"{name} ({_members(n)})" for name, n in sorted(known.items(), key=lambda kv: (-kv[1], kv[0]))]
     if unnamed := [h for h in hardware if not h.get("cpu_model")]:
         platforms = sorted({h.get("platform", "?") for h in unnamed})
@@ -360,8 +373,7 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
              "The "
              "same seed on another CPU model can differ in its last float bits and so in its trajectory: "
              "seeds are draws, not bit-for-bit repeats, and a member's own times depend on its machine."
-             + (f" Timing pilot: each arm alone on the {pilot_hardware.get('cpu_count', '?')}-core "
-                f"{pilot_hardware.get('cpu_model') or pilot_hardware.get('processor', 'CPU')} "
+             + (f" Timing pilot: each arm alone on the {machine_name(pilot_hardware)} "
                 "(results/study/timing.json)." if pilot_hardware else ""), ""]
     ran = {s.method for s in study.by_sig}
     absent = [name for method, name in NAMES.items() if method not in ran and method not in LATER_METHODS]

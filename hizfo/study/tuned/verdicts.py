@@ -285,13 +285,13 @@ def memory_claim(study: Study) -> Verdict:
     b = [m.train_peak_gb for m in full.members if m.train_peak_gb]
     if not a or not b:
         return Verdict(NOT_RUN, "no training-segment peak in the records")
-    text = (f"training peak RSS Hi-ZFO {_span(a, 'GB', 'seed')} vs Full FT {_span(b, 'GB', 'seed')}; "
+    text = (f"training peak RSS Hi-ZFO {span(a, 'GB', 'seed')} vs Full FT {span(b, 'GB', 'seed')}; "
             f"analytic weights + gradients + optimizer state {analytic_gb(hz):.2f} vs "
             f"{analytic_gb(full):.2f} GB")
     return _lower(a, b, text)
 
 
-def _span(values: list[float], unit: str, counted: str) -> str:
+def span(values: list[float], unit: str, counted: str) -> str:
     """'2.43 GB (1 seed)' or '2.41-2.45 GB (3 seeds)': a range over one value would read as a spread."""
     count = f"{len(values)} {counted}{'s' if len(values) != 1 else ''}"
     low, high = f"{min(values):.2f}", f"{max(values):.2f}"
