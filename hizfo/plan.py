@@ -430,20 +430,16 @@ def _compose(model: str, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def model_config(model_cfg: dict[str, Any]):
-    """A transformers config for a conf/model entry, without weights or network when possible: a paper
-    model's bundled config.json (hizfo/selection/model_configs) comes first, since the hub, when it
-    cannot be reached, is retried for about a minute per model before the bundled copy is used."""
+    """A transformers config for a conf/model entry, without weights or network when possible (a paper
+    model's bundled config.json comes first, see hizfo.selection.partition.load_config)."""
     from hizfo.models.loading import tiny_config
     from hizfo.runs.resources import project_path
-    from hizfo.selection.partition import BUNDLED_CONFIGS, load_config
+    from hizfo.selection.partition import load_config
 
     source = model_cfg.get("source")
     if source == "tiny":
         return tiny_config(model_cfg["family"])
     path = str(model_cfg["path"])
-    bundled = BUNDLED_CONFIGS / (path.replace("/", "__") + ".json")
-    if source == "hub" and bundled.is_file():
-        return load_config(bundled)
     return load_config(project_path(path) if source == "local" else path)
 
 

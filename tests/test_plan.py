@@ -114,3 +114,19 @@ def test_a_paper_models_config_comes_from_the_bundled_copy_without_the_hub(monke
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
     config = model_config({"source": "hub", "path": "facebook/opt-350m"})
     assert config.model_type == "opt" and config.hidden_size == 1024 and config.num_hidden_layers == 24
+
+
+def test_load_config_never_asks_the_hub_for_a_bundled_paper_model(monkeypatch):
+    """profile_only_selection and the planner share load_config; a bundled name skips the hub."""
+    import transformers
+
+    from hizfo.selection.partition import load_config
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    config = load_config("Qwen/Qwen2.5-3B-Instruct")
+    assert config.model_type == "qwen2" and config.num_hidden_layers == 36
+    with pytest.raises(AssertionError, match="hub was asked"):
+        load_config("nobody/not-bundled")

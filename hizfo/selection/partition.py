@@ -192,6 +192,11 @@ def load_config(model_name_or_config: Any):
         from hizfo.models.loading import tiny_config
 
         return tiny_config(spec.split(":", 1)[1])
+    bundled = BUNDLED_CONFIGS / (spec.replace("/", "__") + ".json")
+    if not Path(spec).exists() and bundled.is_file():
+        # the paper's models, for planning and selection without weights or network: the bundled copy
+        # comes first, since an unreachable hub is retried for about a minute per model
+        spec = str(bundled)
     path = Path(spec)
     if path.is_file():
         data = json.loads(path.read_text())
@@ -202,9 +207,6 @@ def load_config(model_name_or_config: Any):
     try:
         return AutoConfig.from_pretrained(spec)
     except OSError as err:
-        bundled = BUNDLED_CONFIGS / (spec.replace("/", "__") + ".json")
-        if bundled.exists():  # the paper's models, for planning and selection without the hub
-            return load_config(bundled)
         raise FileNotFoundError(f"cannot load a config for {spec!r} (no such file/folder, and the hub id is "
                                 f"not cached or the hub is unreachable). Pass a config.json path, a folder "
                                 f"with config.json, or tiny:<family>.") from err
