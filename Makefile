@@ -182,7 +182,7 @@ STUDY_LATER_METHODS ?= ft_topk,prefix
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
-.PHONY: study-webq-timing study-webq study-webq-seeds study-later study-decoding
+.PHONY: study-webq-timing study-webq study-webq-seeds study-later study-decoding study-horizon
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
@@ -240,6 +240,13 @@ study-sweeps: setup model  ## tuned study: Hi-ZFO's rho 0.5/0.7/0.8 and r 0.5/0.
 		seed=0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) \
 		method.zo_lr_ratio=0.5,0.7,1.0 seed=0 $(ARGS)
+	$(MAKE) study-report
+
+study-horizon: setup model  ## tuned study: the horizon check, Full FT at twice the steps (500) and Hi-ZFO at 3/5 of that (300), seed 0, chosen rates
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=full_ft method.lr=$(call STUDY_LR,full_ft) \
+		study.horizon.full_ft=500 seed=0 $(ARGS)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=hizfo method.lr=$(call STUDY_LR,hizfo) \
+		study.horizon.hizfo=300 seed=0 $(ARGS)
 	$(MAKE) study-report
 
 study-later: setup model  ## tuned study, as the budget allows after every required arm: FT-Top2's and Prefix's 3 rates at seed 0 (then study-lr-extend STUDY_EXTEND_METHODS="ft_topk prefix")

@@ -245,7 +245,8 @@ def test_seeds_after_the_first_skip_the_dev_loss_curve_and_seed_0_keeps_it():
 def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
     assert targets == {"study-lr", "study-lr-extend", "study-webq-check", "study-mezo", "study-seeds",
-                       "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds", "study-later"}
+                       "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds", "study-later",
+                       "study-horizon"}
 
 
 def study_members(overrides: list[str]) -> list[tuple[str, str]]:
@@ -683,3 +684,29 @@ def test_the_report_names_every_machine_its_members_ran_on():
     assert machines([{"hardware": {"cpu_count": 2, "platform": "p3"}}]) == (
         "1 member that predate the CPU-model field (platform p3)")
     assert machines([]) == "(no records yet)"
+
+
+def test_the_horizon_check_compares_seed_0_at_twice_the_steps_by_hand(study_dir):
+    """Full FT at 500 steps scores 0.3 above its 250-step seed 0 on every example: 250 - 500 is exactly
+    -0.3, inside the margin, so 250 steps suffice (Q4); Hi-ZFO at 300 = Full FT at 500 - 0.5: Q5 holds.
+    Full FT at 250 ran seeds 0-2: only seed 0, the one both ran, enters. The convergence section reads
+    the longer run's dev loss: 1.70 at step 400, 1.683 at 500 is a 1.0% fall."""
+    runs, base = study_dir / "runs", [float(10 + (i % 5)) for i in range(N_TEST)]
+    before = {key: v.verdict for key, _, v in tuned.verdicts.questions(tuned.Study(tuned.load_members(runs)))}
+    assert before["Q4"] == before["Q5"] == tuned.verdicts.NOT_RUN
+    curve = [(100, 1.8), (250, 1.72), (400, 1.70), (500, 1.683)]
+    _write(runs, "full_500", "full_ft", 0, 6.3e-5, 500, [b + 10.3 for b in base], [20.0] * N_DEV, curve)
+    _write(runs, "hz_300", "hizfo", 0, 2e-5, 300, [b + 9.8 for b in base], [19.0] * N_DEV)
+    study = tuned.Study(tuned.load_members(runs))
+    q = {key: v for key, _, v in tuned.verdicts.questions(study)}
+    assert q["Q4"].verdict == q["Q5"].verdict == tuned.SUPPORTED
+    assert q["Q4"].because.startswith("Full FT (250 steps) - Full FT (500 steps): -0.30 [-0.30, -0.30] "
+                                      "ROUGE-1 on seed 0, run by both arms")
+    assert q["Q5"].because.startswith("Hi-ZFO (300 steps) - Full FT (500 steps): -0.50 [-0.50, -0.50]")
+    assert study.find("full_ft", 500).lr == 6.3e-5          # no grid of its own: Full FT's chosen rate
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    report = (study_dir / "REPORT.md").read_text()
+    assert ("At twice the steps (Full FT, 500 steps, rate 6.3e-05, seed 0; the schedule spans the 500) the "
+            "dev loss ended at 1.683 (250: 1.720) and fell by 1.0% over its last fifth (step 400 to 500)"
+            ) in report
+    assert "| Full FT (500 steps) | 6.3e-05 | 500 | 0 |" in report

@@ -22,6 +22,7 @@ from hizfo.study.tuned.members import (
     Study,
 )
 from hizfo.study.tuned.verdicts import (
+    HORIZON_STEPS,
     PILOT_TIME_RULE,
     Verdict,
     analytic_gb,
@@ -211,7 +212,28 @@ def convergence_section(study: Study) -> list[str]:
             "Dev loss every 25 steps: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve) + ".",
             f"Over the last fifth of training (step {_fifth_start(curve)} to {curve[-1][0]}) it fell by "
             f"{change:.1f}% ({verdict})."
-            + (f" The same fall at the grid's other rates: {', '.join(others)}." if others else ""), ""]
+            + (f" The same fall at the grid's other rates: {', '.join(others)}." if others else "")
+            + _horizon_note(study, full), ""]
+
+
+def _horizon_note(study: Study, full: Arm) -> str:
+    """The horizon check (`make study-horizon`): Full FT's seed 0 at twice the steps, same rate, its
+    learning-rate schedule stretched over them; whether its test score moved is Q4."""
+    if study.task is not DIALOGSUM:
+        return ""
+    longer = study.find("full_ft", HORIZON_STEPS)
+    m0 = longer.seed0 if longer else None
+    curve = m0.val_curve if m0 else []
+    if len(curve) < 3:
+        return (f" The horizon check (Full FT at {HORIZON_STEPS} steps, seed 0: `make study-horizon`) has "
+                "not run yet.")
+    fall = _last_fifth_fall(curve)
+    at = dict(curve)
+    mid = f" ({full.sig.steps}: {at[full.sig.steps]:.3f})" if full.sig.steps in at else ""
+    return (f" At twice the steps (Full FT, {HORIZON_STEPS} steps, rate {m0.lr:g}, seed 0; the schedule "
+            f"spans the {HORIZON_STEPS}) the dev loss ended at {curve[-1][1]:.3f}{mid} and fell by "
+            f"{fall:.1f}% over its last fifth (step {_fifth_start(curve)} to {curve[-1][0]}); its test "
+            f"score against {full.sig.steps} steps is Q4.")
 
 
 def _fifth_start(curve: list[tuple[int, float]]) -> int:

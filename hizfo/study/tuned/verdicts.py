@@ -392,6 +392,10 @@ def step_cost_question(timing: dict[str, Any] | None) -> Verdict:
     return _lower(hz, full, text)
 
 
+HORIZON_STEPS = 500          # the horizon check's Full FT: twice the study's 250 steps (`make study-horizon`)
+HIZFO_HORIZON_STEPS = 300    # and Hi-ZFO at the paper's 3/5 of it
+
+
 def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[str, str, Verdict]]:
     hz = _arm(study, "hizfo", 150)
     return [
@@ -400,4 +404,13 @@ def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[
         ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
          _pair(study, beats_claim, hz, _arm(study, "hizfo", 150, zo_enabled=False, alpha=0.0))),
         ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
+        # the horizon check: Full FT's dev loss still fell at 250 steps, so seed 0 runs twice as long
+        ("Q4", f"{HORIZON_STEPS // 2} steps suffice: Full FT at {HORIZON_STEPS // 2} steps is at least "
+               f"Full FT at {HORIZON_STEPS} (seed 0)",
+         _pair(study, at_least_claim, _arm(study, "full_ft", HORIZON_STEPS // 2),
+               _arm(study, "full_ft", HORIZON_STEPS))),
+        ("Q5", f"C6 at twice the horizon: Hi-ZFO at {HIZFO_HORIZON_STEPS} steps (3/5) is at least Full FT at "
+               f"{HORIZON_STEPS} (seed 0)",
+         _pair(study, at_least_claim, _arm(study, "hizfo", HIZFO_HORIZON_STEPS),
+               _arm(study, "full_ft", HORIZON_STEPS))),
     ]
