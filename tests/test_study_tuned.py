@@ -710,3 +710,16 @@ def test_the_horizon_check_compares_seed_0_at_twice_the_steps_by_hand(study_dir)
             "dev loss ended at 1.683 (250: 1.720) and fell by 1.0% over its last fifth (step 400 to 500)"
             ) in report
     assert "| Full FT (500 steps) | 6.3e-05 | 500 | 0 |" in report
+
+
+def test_the_report_sets_the_records_hours_against_the_planned_budget(study_dir, monkeypatch):
+    """12 members x 600 s = 2 member-hours = 1.0 h at two at a time; under a 0.5-hour budget the
+    Bilevel-ZOFO note adds that the budget is spent, under the real 20 hours it does not."""
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    report = (study_dir / "REPORT.md").read_text()
+    assert "planned at about 20 hours at two at a time; its records add up to 1.0 h." in report
+    assert "is spent" not in report
+    monkeypatch.setattr(tuned.report, "BUDGET_HOURS", 0.5)
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    assert ("The study's planned budget, about 0.5 hours at two members at a time, is spent (1.0 h so far, "
+            "Cost)") in (study_dir / "REPORT.md").read_text()

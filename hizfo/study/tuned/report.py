@@ -315,6 +315,14 @@ def grid_of(study: Study, m: Member) -> str:
     return prefix + ("learning-rate grid (seed 0)" if m.seed == 0 else "seeds 1-2")
 
 
+BUDGET_HOURS = 20.0   # the study's plan (issue 25): about 20 hours on the 2-core machine, two at a time
+
+
+def spent_hours(*studies: Study) -> float:
+    """Hours at two members at a time that the studies' records add up to (the Cost section's total)."""
+    return sum(m.total_seconds for study in studies for m in study.members) / 7200
+
+
 def cost_section(*studies: Study) -> list[str]:
     """Member time from the records, per method and per grid (the issue asks for each grid's total)."""
     per: dict[str, list[float]] = defaultdict(list)
@@ -336,7 +344,9 @@ def cost_section(*studies: Study) -> list[str]:
             "timings)", "", *_table(["method", *header], rows(per)), "",
             *_table(["grid", *header], rows(grids)), "",
             "A resumed member's time is a lower bound: an earlier process's set-up before its loop is not "
-            "recorded. Members ran on the machines named at the top, whose speeds differ.", ""]
+            "recorded. Members ran on the machines named at the top, whose speeds differ. The study was "
+            f"planned at about {BUDGET_HOURS:g} hours at two at a time; its records add up to "
+            f"{spent_hours(*studies):.1f} h.", ""]
 
 
 def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
@@ -406,7 +416,11 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
         lines += [f"Not run yet: {', '.join(later)}, the arms added after the required ones as the budget "
                   "allows (their grids are the last lines of experiments/study_queue.txt).", ""]
     if "bilevel_zofo" not in ran:
-        lines += [BILEVEL_NOTE, ""]
+        spent = spent_hours(study, *([webq_study] if webq_study is not None else []))
+        over = (f" The study's planned budget, about {BUDGET_HOURS:g} hours at two members at a time, is "
+                f"spent ({spent:.1f} h so far, Cost); a grid for it would come after FT-Top2's and Prefix's."
+                if spent > BUDGET_HOURS else "")
+        lines += [BILEVEL_NOTE + over, ""]
     if study.skipped:
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
