@@ -84,3 +84,36 @@ def test_unknown_step_names_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main([bad])
     assert "unknown step" in capsys.readouterr().err
+
+
+def test_a_lock_mismatch_stops_the_preflight_unless_allowed_and_the_report_says_so(tmp_path, monkeypatch):
+    """A machine whose image brings its own torch (no network to install the lock) is checked as it is
+    only with --allow-lock-mismatch, and its report says the lock was not matched."""
+    gpu_check = load_script()
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setenv("HIZFO_DATA_DIR", str(tmp_path))
+    (tmp_path / "dialogsum").mkdir()
+    probe = json.dumps({"torch": "2.11.0", "cuda_runtime": "13.0", "cuda_available": True, "devices": 1,
+                        "names": ["NVIDIA H200"], "bf16": True, "tf32_matmul": False, "problem": None})
+
+    def answer(argv, timeout_s, **kw):
+        if argv[0] == "nvidia-smi":
+            return subprocess.CompletedProcess([], 0, "0, NVIDIA H200, 580.159.04, 143771 MiB\n", "")
+        if argv[1:3] == ["-m", "hizfo.lockcheck"]:
+            return subprocess.CompletedProcess([], 1, "", "1 of 2 differ: torch 2.13.0 vs 2.11.0")
+        return subprocess.CompletedProcess([], 0, probe + "\n", "")
+
+    monkeypatch.setattr(gpu_check, "_run", answer)
+    passed, log = gpu_check.preflight(tmp_path)
+    assert not passed and "--allow-lock-mismatch" in log.splitlines()[-1]
+    monkeypatch.setattr(gpu_check, "ALLOW_LOCK_MISMATCH", True)
+    passed, log = gpu_check.preflight(tmp_path)
+    assert passed and "WARNING --allow-lock-mismatch" in log and "torch 2.13.0 vs 2.11.0" in log
+    report = {"commit": "abc", "host": "h", "started_at": "now", "gpus": 1, "lock_mismatch_allowed": True,
+              "steps": [{"name": "preflight", "status": "pass", "timeout_s": 120}]}
+    gpu_check.write_report(report, tmp_path / "out" / "abc-h", incomplete=True)
+    text = (tmp_path / "out" / "abc-h.md").read_text()
+    assert "INCOMPLETE: stopped before its last step" in text and "not requirements-cuda.txt's" in text
+    assert json.loads((tmp_path / "out" / "abc-h.json").read_text())["passed"] is False
+    gpu_check.write_report(report, tmp_path / "out" / "abc-h", incomplete=False)
+    assert "PASSED (1 pass)" in (tmp_path / "out" / "abc-h.md").read_text()
