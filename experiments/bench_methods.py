@@ -232,8 +232,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     cfg = method_config(registered, overrides)
     method = build_method(registered, cfg)
     t0 = time.perf_counter()
+    # Bilevel-ZOFO's upper level reads a dev split, which the training loop makes from the data; the
+    # bench has one random batch, so that batch is its dev stream too
     train_setup = TrainSetup(total_steps=1000, steps_per_epoch=1000, num_epochs=1, device=device,
-                             seed=0, profile_batch=batch)
+                             seed=0, profile_batch=batch, extra={"dev_batches": lambda j: [batch]})
     method.setup(model, train_setup)
     described = method.describe()  # forces lazy selection / partition
     if cuda:
