@@ -221,11 +221,14 @@ def visible_gpus() -> int:
 
 
 def source_id() -> str:
-    """The checkout's short commit (-dirty with uncommitted edits). A copy of the tree without .git (a
-    machine the tree was sent to) names the commit it was copied from in HIZFO_SOURCE_COMMIT."""
+    """The checkout's short commit (-dirty with uncommitted edits). A copy of the tree sent to another
+    machine names the commit it was copied from in HIZFO_SOURCE_COMMIT, which wins over any .git there."""
+    named = os.environ.get("HIZFO_SOURCE_COMMIT", "").strip()
+    if named:   # said by whoever copied the tree: a copy's .git, if any, may be another commit's
+        return named
     commit = _run(["git", "rev-parse", "--short", "HEAD"], 30).stdout.strip()
     if not commit:
-        return os.environ.get("HIZFO_SOURCE_COMMIT", "").strip() or "nogit"
+        return "nogit"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], 30).stdout.strip()
     return commit + ("-dirty" if dirty else "")
 

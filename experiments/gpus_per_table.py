@@ -55,7 +55,9 @@ def main() -> int:
     args = parser.parse_args()
     lines = [f"# GPUs per job for the paper's tables ({args.gpu_gb:g} GB GPUs, batch 4, planned)", "",
              "Command: `python experiments/gpus_per_table.py`. From `hizfo.plan` on meta-device models "
-             "(2-core CPU, no GPU): a model, not a measurement; no GPU run has checked it. 'N fsdp' = "
+             "(2-core CPU, no GPU): a model, not a measurement (against one H200's measured peaks on "
+             "OPT-350M's shape: results/bench/plan_vs_measured_h200.md; no multi-GPU run has checked it). "
+             "'N fsdp' = "
              "trainer.strategy=fsdp on N GPUs (every training method; tested on CPU with gloo only; ddp "
              "replicates the model and does not reduce memory per GPU). GiB = the planned per-GPU peak.", "",
              "| table | model | " + " | ".join(["method", "GPUs", "GiB"]) + " |", "|---|---|---|---|---|"]

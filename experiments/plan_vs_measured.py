@@ -53,6 +53,9 @@ def compare(bench_file: Path) -> list[str]:
              "| method | predicted MiB | measured MiB | error | FO params planned / bench |",
              "|---|---|---|---|---|"]
     for row in bench["methods"]:
+        if "error" in row:   # the bench's worker failed: nothing was measured
+            lines.append(f"| {row['method']} | - | - | not measured ({row['error']}) | - |")
+            continue
         method = row["registered"]
         if method not in planner.METHODS:
             continue

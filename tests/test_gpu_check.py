@@ -117,3 +117,13 @@ def test_a_lock_mismatch_stops_the_preflight_unless_allowed_and_the_report_says_
     assert json.loads((tmp_path / "out" / "abc-h.json").read_text())["passed"] is False
     gpu_check.write_report(report, tmp_path / "out" / "abc-h", incomplete=False)
     assert "PASSED (1 pass)" in (tmp_path / "out" / "abc-h.md").read_text()
+
+
+def test_a_tree_copied_to_another_machine_is_named_by_the_commit_it_was_copied_from(monkeypatch):
+    """A copy's .git may belong to another commit (the first H200 report read a stale one)."""
+    gpu_check = load_script()
+    monkeypatch.setenv("HIZFO_SOURCE_COMMIT", "0688c3c")
+    assert gpu_check.source_id() == "0688c3c"
+    monkeypatch.delenv("HIZFO_SOURCE_COMMIT")
+    assert gpu_check.source_id().split("-")[0] == subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
