@@ -82,7 +82,8 @@ DEFAULT_METHODS = ["full_ft", "greentrainer", "mezo", "mezo_rademacher", "hizfo"
 OPT_350M = dict(vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096,
                 num_attention_heads=16, word_embed_proj_dim=512, max_position_embeddings=2048,
                 do_layer_norm_before=False, activation_function="relu", dropout=0.1)
-MODELS = {"smollm2": ROOT / "artifacts" / "models" / "smollm2-135m-instruct", "opt-350m-shape": None}
+MODELS = {"smollm2": ROOT / "artifacts" / "models" / "smollm2-135m-instruct", "opt-350m-shape": None,
+          "tiny-llama": None}   # tiny-llama: the tests' random model, to check the harness in seconds
 
 
 # ----------------------------------------------------------------------------- FLOPs model
@@ -159,6 +160,15 @@ def build_model(name: str, dtype: str, device):
 
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(OPTConfig(**OPT_350M))  # random weights
+        model.config.use_cache = False
+        return model.to(device=device, dtype=resolve_dtype(dtype))
+    if name == "tiny-llama":
+        from transformers import AutoModelForCausalLM
+
+        from hizfo.models.loading import tiny_config
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_config("llama"))
         model.config.use_cache = False
         return model.to(device=device, dtype=resolve_dtype(dtype))
     if name == "smollm2":
