@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +12,8 @@ from torch import nn
 from hizfo import plan as planner
 from hizfo.models.loading import tiny_config
 from hizfo.selection.partition import load_config, meta_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _real_saved_bytes(model: nn.Module, batch: int, seq: int, chunked: bool) -> int:
@@ -130,3 +135,15 @@ def test_load_config_never_asks_the_hub_for_a_bundled_paper_model(monkeypatch):
     assert config.model_type == "qwen2" and config.num_hidden_layers == 36
     with pytest.raises(AssertionError, match="hub was asked"):
         load_config("nobody/not-bundled")
+
+
+@pytest.mark.parametrize("method", ["full_ft", "hizfo"])
+def test_the_committed_gpus_per_table_rows_match_the_planner_today(method):
+    """results/plan/gpus_per_table.md is generated (experiments/gpus_per_table.py); a planner change that
+    moves a row must re-render it. OPT-350M's rows plan in seconds."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import gpus_per_table
+
+    need, gib = gpus_per_table.gpus_needed("opt-350m", method, 640, 80.0)
+    table = (ROOT / "results" / "plan" / "gpus_per_table.md").read_text()
+    assert f"| 3 | opt-350m | {method} | {need} | {gib:.1f} |" in table.splitlines()
