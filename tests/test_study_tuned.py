@@ -551,7 +551,8 @@ def test_a_claims_arm_label_is_the_label_its_record_gets(study_dir):
 def test_the_report_says_how_many_arms_rest_on_one_seed(study_dir):
     """Full FT has seeds 0-2, Hi-ZFO (150 steps) 0-1; Hi-ZFO (250 steps) and MeZO one seed each."""
     assert tuned.main(["--dir", str(study_dir)]) == 0
-    assert "Seeds: 2 of 4 arms have one seed so far." in (study_dir / "REPORT.md").read_text()
+    assert "Seeds: 2 of 4 arms have one seed (MeZO (400 steps), Hi-ZFO (250 steps))." in \
+        (study_dir / "REPORT.md").read_text()
 
 
 def _rewrite(path: Path, **changes) -> None:

@@ -175,10 +175,12 @@ def _one_seed_note(study: Study) -> list[str]:
     single = [a for a in trained if len(a.members) == 1]
     if not single:
         return []
-    return [f"Seeds: {len(single)} of {len(trained)} arms have one seed so far. Their intervals, and the "
-            f"claims' paired differences that use them, vary only the test {study.task.examples}, not the "
-            "training seed. Seeds 1-2 of the required arms, and of a sweep arm whose claim is close, are "
-            "queued in experiments/study_queue.txt.", ""]
+    names = ", ".join(a.label for a in single)
+    return [f"Seeds: {len(single)} of {len(trained)} arms have one seed ({names}). Their intervals, and "
+            f"the claims' paired differences that use them, vary only the test {study.task.examples}, not "
+            "the training seed. Every required arm gets seeds 1-2 (experiments/study_queue.txt); a sweep "
+            "arm gets them only where its claim cannot tell on seed 0 alone, and the horizon check runs "
+            "seed 0 only.", ""]
 
 
 def _time_to(arm: Arm, target: float | None, timing: dict[str, Any] | None = None) -> str:
