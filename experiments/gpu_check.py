@@ -25,7 +25,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,11 @@ def torchrun(processes: int, *overrides: str) -> list[str]:
             "hizfo.train", *TINY_RUN, *overrides]
 
 
-def preflight(out: Path) -> tuple[bool, str]:
+def preflight(out: Path, allow_lock_mismatch: bool = False) -> tuple[bool, str]:
     """nvidia-smi, torch's CUDA (runtime, devices, bf16), the installed versions against the CUDA
-    lock, the release files: (passed, its log)."""
+    lock, the release files: (passed, its log). ``allow_lock_mismatch`` (--allow-lock-mismatch): a
+    machine whose packages come with it (an image with torch, a cluster module, no network to install
+    the lock) is checked as it is, and the log says the lock was not matched."""
     lines: list[str] = []
     if shutil.which("nvidia-smi") is None:
         return False, ("FAIL nvidia-smi not found: this machine has no NVIDIA driver, and make gpu-check "
@@ -91,7 +94,7 @@ def preflight(out: Path) -> tuple[bool, str]:
         lines.append("WARNING: this GPU has no bf16: the bf16-mixed steps will fail")
     lock = _run([PY, "-m", "hizfo.lockcheck", "requirements-cuda.txt"], 120)
     lines.append(f"lock check (requirements-cuda.txt): {(lock.stdout + lock.stderr).strip()[-1500:]}")
-    if lock.returncode != 0 and not ALLOW_LOCK_MISMATCH:
+    if lock.returncode != 0 and not allow_lock_mismatch:
         return False, "\n".join([*lines, "FAIL the installed packages differ from requirements-cuda.txt: "
                                  "make setup LOCK=requirements-cuda.txt (a fresh .venv), or "
                                  "--allow-lock-mismatch to check the packages installed here"])
@@ -138,9 +141,6 @@ STEPS: list[Step] = [
          compare_with="one-process-grad-accum-2"),
 ]
 LOSS_RTOL = 1e-3  # fp32 without TF32: ranks sum the same terms in another order
-# --allow-lock-mismatch: a machine whose packages come with it (an image with torch, a cluster module, no
-# network to install the lock) is checked as it is; the report says the lock was not matched
-ALLOW_LOCK_MISMATCH = False
 
 
 def _run(argv: list[str], timeout_s: int, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -281,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="check the packages installed here when they differ from requirements-cuda.txt "
                              "(the report says so) instead of stopping at the preflight")
     args = parser.parse_args(argv)
-    global ALLOW_LOCK_MISMATCH
-    ALLOW_LOCK_MISMATCH = args.allow_lock_mismatch
     if args.list:
         for s in STEPS:
             print(f"{s.name:28s} {s.timeout_s:4d} s" + (f"  (needs {s.gpus} GPUs)" if s.gpus > 1 else ""))
@@ -301,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[str, dict[str, Any]] = {}
     stop = None
     for step in STEPS:
+        if step.run is preflight:
+            step = replace(step, run=partial(preflight, allow_lock_mismatch=args.allow_lock_mismatch))
         if args.only and step.name not in args.only and step.name != "preflight":
             continue
         if stop:

@@ -106,8 +106,7 @@ def test_a_lock_mismatch_stops_the_preflight_unless_allowed_and_the_report_says_
     monkeypatch.setattr(gpu_check, "_run", answer)
     passed, log = gpu_check.preflight(tmp_path)
     assert not passed and "--allow-lock-mismatch" in log.splitlines()[-1]
-    monkeypatch.setattr(gpu_check, "ALLOW_LOCK_MISMATCH", True)
-    passed, log = gpu_check.preflight(tmp_path)
+    passed, log = gpu_check.preflight(tmp_path, allow_lock_mismatch=True)
     assert passed and "WARNING --allow-lock-mismatch" in log and "torch 2.13.0 vs 2.11.0" in log
     report = {"commit": "abc", "host": "h", "started_at": "now", "gpus": 1, "lock_mismatch_allowed": True,
               "steps": [{"name": "preflight", "status": "pass", "timeout_s": 120}]}
@@ -117,6 +116,11 @@ def test_a_lock_mismatch_stops_the_preflight_unless_allowed_and_the_report_says_
     assert json.loads((tmp_path / "out" / "abc-h.json").read_text())["passed"] is False
     gpu_check.write_report(report, tmp_path / "out" / "abc-h", incomplete=False)
     assert "PASSED (1 pass)" in (tmp_path / "out" / "abc-h.md").read_text()
+    # the command line's flag reaches the preflight (the visible-GPU probe answers "1" after it)
+    monkeypatch.setattr(gpu_check, "visible_gpus", lambda: 1)
+    monkeypatch.setenv("HIZFO_SOURCE_COMMIT", "abc")
+    for flag, code in ([], 1), (["--allow-lock-mismatch"], 0):
+        assert gpu_check.main(["--only", "preflight", "--out", str(tmp_path / "cli"), *flag]) == code
 
 
 def test_a_tree_copied_to_another_machine_is_named_by_the_commit_it_was_copied_from(monkeypatch):
