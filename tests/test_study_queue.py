@@ -251,3 +251,15 @@ def test_the_dry_run_estimates_a_ready_lines_member_hours_from_its_methods_recor
         "1 done, 3 ready, 1 wait, 1 drop; the ready lines: about 4.0 member-hours (2.0 h at two at a "
         "time), 1 of them without a completed member of their method to estimate from; waiting lines are "
         "not counted")
+
+
+def test_the_horizon_checks_members_run_the_step_counts_its_verdicts_read():
+    """Q4/Q5 look for Full FT at HORIZON_STEPS and Hi-ZFO at HIZFO_HORIZON_STEPS; `make study-horizon`
+    (and so the queue, which holds every make target's member) must run exactly those."""
+    from hizfo.study.tuned.verdicts import HIZFO_HORIZON_STEPS, HORIZON_STEPS
+
+    horizon = [m for target, overrides in study_commands() if target == "study-horizon"
+               for m in study_members(overrides)]
+    assert sorted(name.split("_lr")[0] for name, _ in horizon) == [
+        f"study_full_ft_T{HORIZON_STEPS}", f"study_hizfo_T{HIZFO_HORIZON_STEPS}"]
+    assert HIZFO_HORIZON_STEPS == HORIZON_STEPS * 3 // 5     # the paper's 3/5 of the baselines' steps
