@@ -335,11 +335,12 @@ def cost_section(*studies: Study) -> list[str]:
         per[NAMES.get(m.sig.method, m.sig.method)].append(seconds)
         grids[grid_of(study, m)].append(seconds)
 
+    spent = spent_hours(*studies)
+
     def rows(groups: dict[str, list[float]]) -> list[list[str]]:
         out = [[k, str(len(v)), f"{sum(v) / 3600:.2f}", f"{sum(v) / 7200:.2f}", f"{max(v) / 60:.1f}"]
                for k, v in sorted(groups.items())]
-        total = sum(sum(v) for v in groups.values())
-        return out + [["all", str(len(members)), f"{total / 3600:.2f}", f"{total / 7200:.2f}", "-"]]
+        return out + [["all", str(len(members)), f"{spent * 2:.2f}", f"{spent:.2f}", "-"]]
 
     header = ["members", "member hours", "hours at two at a time", "slowest member (min)"]
     return ["## Cost (records' member times; two members share the 2-core machine, so these are not step "
@@ -348,7 +349,7 @@ def cost_section(*studies: Study) -> list[str]:
             "A resumed member's time is a lower bound: an earlier process's set-up before its loop is not "
             "recorded. Members ran on the machines named at the top, whose speeds differ. The study was "
             f"planned at about {BUDGET_HOURS:g} hours at two at a time; its records add up to "
-            f"{spent_hours(*studies):.1f} h.", ""]
+            f"{spent:.1f} h.", ""]
 
 
 def task_sections(study: Study, timing: dict[str, Any] | None) -> list[str]:
