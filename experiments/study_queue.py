@@ -143,13 +143,34 @@ def completed(args: Sequence[str]) -> bool:
     return completed_record(project_path(cfg.paths.results_dir), resolved) is not None
 
 
+def steps_done(args: Sequence[str]) -> int:
+    """The step an interrupted member's checkpoint holds in this checkout (0 without one), where the
+    runner resumes it. `study_background.sh start` moves aside a checkpoint that other code wrote, so a
+    member counted here may yet start over."""
+    from omegaconf import OmegaConf
+
+    from hizfo.runs.resources import project_path
+    from hizfo.train import config_fingerprint
+    from hizfo.training import checkpoints
+
+    cfg = compose(tuple(args))
+    folder = Path(project_path(cfg.paths.checkpoint_dir)) / config_fingerprint(
+        OmegaConf.to_container(cfg, resolve=True))
+    try:
+        manifest = checkpoints.read_manifest(folder)
+    except checkpoints.CheckpointError:   # damaged: the runner would refuse it and say how to start over
+        return 0
+    return int(manifest["latest"].get("step") or 0) if manifest else 0
+
+
 def member_hours(args: Sequence[str], study: Study) -> float | None:
     """A ready line's member-hours, from the completed members of its method on its task: their median
-    seconds per training step x its steps, plus their median final evaluation. None without such members.
-    Those members ran two at a time, as the queue runs; a grid member's periodic dev evaluations are left
-    out, since a seed member has none."""
+    seconds per training step x the steps it has left (a checkpoint's steps are done), plus their median
+    final evaluation. None without such members. Those members ran two at a time, as the queue runs; a
+    grid member's periodic dev evaluations are left out, since a seed member has none."""
     cfg = compose(tuple(args))
-    method, steps = cfg.method.name, int(cfg.trainer.max_steps or 0)
+    method = cfg.method.name
+    steps = max(int(cfg.trainer.max_steps or 0) - steps_done(args), 0)
     times = [m.record.get("time") or {} for m in study.members if m.sig.method == method]
     per_step = sorted(t["train_seconds"] / t["steps"] for t in times
                       if t.get("steps") and t.get("train_seconds"))

@@ -247,6 +247,19 @@ def test_the_dry_run_estimates_a_ready_lines_member_hours_from_its_methods_recor
     hours = study_queue.member_hours([*line, "method=full_ft"], study)
     assert hours == pytest.approx((12 * 250 + 700) / 3600)
     assert study_queue.member_hours([*line, "method=lora"], study) is None
+    # interrupted at step 100 (its checkpoint where the runner looks): 150 steps left, then the evaluation
+    from omegaconf import OmegaConf
+
+    from hizfo.train import config_fingerprint
+    from hizfo.training import checkpoints
+
+    resumed = [*line, "method=full_ft", f"paths.checkpoint_dir={study_dir / 'ckpt'}"]
+    folder = study_dir / "ckpt" / config_fingerprint(
+        OmegaConf.to_container(study_queue.compose(tuple(resumed)), resolve=True))
+    folder.mkdir(parents=True)
+    checkpoints.save(folder, {"loop": {"step": 100}}, step=100)
+    assert study_queue.steps_done(resumed) == 100
+    assert study_queue.member_hours(resumed, study) == pytest.approx((12 * 150 + 700) / 3600)
     assert study_queue.summary(["done", "ready", "ready", "wait", "drop", "ready"], [1.5, None, 2.5]) == (
         "1 done, 3 ready, 1 wait, 1 drop; the ready lines: about 4.0 member-hours (2.0 h at two at a "
         "time), 1 of them without a completed member of their method to estimate from; waiting lines are "
