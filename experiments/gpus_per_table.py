@@ -48,11 +48,11 @@ def gpus_needed(model: str, method: str, seq_len: int, gpu_gb: float) -> tuple[s
     return "> 4", last.peak / GIB
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu-gb", type=float, default=80.0)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     lines = [f"# GPUs per job for the paper's tables ({args.gpu_gb:g} GB GPUs, batch 4, planned)", "",
              "Command: `python experiments/gpus_per_table.py`. From `hizfo.plan` on meta-device models "
              "(2-core CPU, no GPU): a model, not a measurement (against one H200's measured peaks on "

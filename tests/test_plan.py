@@ -137,13 +137,13 @@ def test_load_config_never_asks_the_hub_for_a_bundled_paper_model(monkeypatch):
         load_config("nobody/not-bundled")
 
 
-@pytest.mark.parametrize("method", ["full_ft", "hizfo"])
-def test_the_committed_gpus_per_table_rows_match_the_planner_today(method):
+def test_the_committed_gpus_per_table_is_what_the_planner_renders_today(tmp_path, capsys):
     """results/plan/gpus_per_table.md is generated (experiments/gpus_per_table.py); a planner change that
-    moves a row must re-render it. OPT-350M's rows plan in seconds."""
+    moves any row must re-render it. Every row plans on meta-device models (about 30 s)."""
     sys.path.insert(0, str(ROOT / "experiments"))
     import gpus_per_table
 
-    need, gib = gpus_per_table.gpus_needed("opt-350m", method, 640, 80.0)
-    table = (ROOT / "results" / "plan" / "gpus_per_table.md").read_text()
-    assert f"| 3 | opt-350m | {method} | {need} | {gib:.1f} |" in table.splitlines()
+    assert gpus_per_table.main(["--out", str(tmp_path / "table.md")]) == 0
+    capsys.readouterr()
+    committed = ROOT / "results" / "plan" / "gpus_per_table.md"
+    assert (tmp_path / "table.md").read_text() == committed.read_text()
