@@ -698,18 +698,33 @@ def test_the_horizon_check_compares_seed_0_at_twice_the_steps_by_hand(study_dir)
     curve = [(100, 1.8), (250, 1.72), (400, 1.70), (500, 1.683)]
     _write(runs, "full_500", "full_ft", 0, 6.3e-5, 500, [b + 10.3 for b in base], [20.0] * N_DEV, curve)
     _write(runs, "hz_300", "hizfo", 0, 2e-5, 300, [b + 9.8 for b in base], [19.0] * N_DEV)
+    _write(runs, "hz_s1", "hizfo", 1, 2e-5, 150, [b + 8.8 for b in base], [19.0] * N_DEV,
+           [(25, 2.1), (150, 1.69)])
     study = tuned.Study(tuned.load_members(runs))
     q = {key: v for key, _, v in tuned.verdicts.questions(study)}
     assert q["Q4"].verdict == q["Q5"].verdict == tuned.SUPPORTED
     assert q["Q4"].because.startswith("Full FT (250 steps) - Full FT (500 steps): -0.30 [-0.30, -0.30] "
                                       "ROUGE-1 on seed 0, run by both arms")
     assert q["Q5"].because.startswith("Hi-ZFO (300 steps) - Full FT (500 steps): -0.50 [-0.50, -0.50]")
+    # C6's pair beside it on seed 0 alone: Hi-ZFO 150 seed 0 is 9.8 above zero-shot, Full FT 10 (seed 1's
+    # Hi-ZFO, rewritten 1 point lower below, would pull a two-seed difference to -0.7)
+    assert q["Q5"].because.endswith("; C6's pair on seed 0 alone (Hi-ZFO (150 steps) - Full FT (250 steps)): "
+                                    "-0.20 [-0.20, -0.20]")
     assert study.find("full_ft", 500).lr == 6.3e-5          # no grid of its own: Full FT's chosen rate
     assert tuned.main(["--dir", str(study_dir)]) == 0
     report = (study_dir / "REPORT.md").read_text()
     assert ("At twice the steps (Full FT, 500 steps, rate 6.3e-05, seed 0; the schedule spans the 500) the "
             "dev loss ended at 1.683 (250: 1.720) and fell by 1.0% over its last fifth (step 400 to 500)"
             ) in report
+    assert ("Seed 0's final dev loss and dev ROUGE-1: 1.695 and 20.00 at 250 steps, 1.683 and 20.00 at 500."
+            ) in report and "opposite orders" not in report
+    # a higher final dev loss with a higher dev score: the report says the two rank the runs differently
+    _write(runs, "full_500", "full_ft", 0, 6.3e-5, 500, [b + 10.3 for b in base], [21.0] * N_DEV,
+           [(100, 1.8), (250, 1.72), (400, 1.76), (500, 1.75)])
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    report = (study_dir / "REPORT.md").read_text()
+    assert ("1.695 and 20.00 at 250 steps, 1.750 and 21.00 at 500. The dev loss and the score rank the two "
+            "runs in opposite orders") in report
     assert "| Full FT (500 steps) | 6.3e-05 | 500 | 0 |" in report
 
 

@@ -207,7 +207,7 @@ def convergence_section(study: Study) -> list[str]:
     if len(curve) < 3:
         return []
     change = _last_fifth_fall(curve)
-    verdict = "flat: under 1%" if change < 1 else "still falling: a longer horizon would help"
+    verdict = "flat: under 1%" if change < 1 else "still falling at this horizon"
     others = [f"{lr:g}: {fall:.1f}%" for lr, m in sorted(study.grid(full.sig).items())
               if lr != full.lr and (fall := _last_fifth_fall(m.val_curve)) is not None]
     return [f"## Convergence{_on(study)} (Full FT, chosen rate, seed 0)", "",
@@ -232,10 +232,20 @@ def _horizon_note(study: Study, full: Arm) -> str:
     fall = _last_fifth_fall(curve)
     at = dict(curve)
     mid = f" ({full.sig.steps}: {at[full.sig.steps]:.3f})" if full.sig.steps in at else ""
-    return (f" At twice the steps (Full FT, {HORIZON_STEPS} steps, rate {m0.lr:g}, seed 0; the schedule "
+    note = (f" At twice the steps (Full FT, {HORIZON_STEPS} steps, rate {m0.lr:g}, seed 0; the schedule "
             f"spans the {HORIZON_STEPS}) the dev loss ended at {curve[-1][1]:.3f}{mid} and fell by "
             f"{fall:.1f}% over its last fifth (step {_fifth_start(curve)} to {curve[-1][0]}); its test "
             f"score against {full.sig.steps} steps is Q4.")
+    short = full.seed0
+    if short is None or not short.val_curve or None in (short.metric("validation"), m0.metric("validation")):
+        return note
+    (loss_s, score_s), (loss_l, score_l) = ((m.val_curve[-1][1], m.metric("validation")) for m in (short, m0))
+    note += (f" Seed 0's final dev loss and dev {study.task.score}: {loss_s:.3f} and {score_s:.2f} at "
+             f"{full.sig.steps} steps, {loss_l:.3f} and {score_l:.2f} at {HORIZON_STEPS}.")
+    if (loss_l - loss_s) * (score_l - score_s) > 0:   # the higher loss comes with the higher score
+        note += (" The dev loss and the score rank the two runs in opposite orders: a lower dev loss does "
+                 "not mean better summaries here, which is why the rates are chosen by the score.")
+    return note
 
 
 def _fifth_start(curve: list[tuple[int, float]]) -> int:
