@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from hizfo.data.sources import resolve_data_dir
+
+# the release files where the runner finds them ($HIZFO_DATA_DIR, else ../shared/data beside the checkout):
+# a fixed path would run the data tests in a clone elsewhere whose runner cannot find the files
+DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")   # absent: the data tests skip
+HAS_DATA = resolve_data_dir(None) is not None
 
 
 def make_batch(seed: int = 0, bsz: int = 2, seq: int = 12) -> dict[str, torch.Tensor]:

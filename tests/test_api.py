@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_batch
+from helpers import DATA, HAS_DATA, make_batch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
 import hizfo
 from hizfo.data import TrainDataset, collate_train
-from hizfo.data.sources import resolve_data_dir
 from hizfo.models.loading import tiny_model
 from hizfo.runs.config_schema import ConfigError
 from hizfo.train import load_train_examples, run
@@ -22,7 +21,6 @@ from hizfo.training.loop import LoopConfig, epoch_loader, seed_everything, split
 from hizfo.training.losses import causal_lm_loss
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-HAS_DATA = resolve_data_dir(None) is not None
 EPOCHS, SEED = 3, 0  # 3 epochs: GreenTrainer re-selects at epoch 2 (every 2 epochs)
 
 
@@ -42,7 +40,7 @@ def runner_batches(cfg) -> list[dict[str, torch.Tensor]]:
     from hizfo.models.loading import byte_level_tokenizer
 
     tok = byte_level_tokenizer()
-    examples = load_train_examples(cfg.task, resolve_data_dir(None), tok.eos_token)
+    examples = load_train_examples(cfg.task, DATA, tok.eos_token)
     data = TrainDataset(examples, tok, int(cfg.task.max_input_len), int(cfg.task.max_output_len))
     loop = LoopConfig(num_epochs=EPOCHS, batch_size=int(cfg.trainer.batch_size), seed=SEED)
     return [b for e in range(EPOCHS) for b in epoch_loader(data, loop, e, collate_train(tok.pad_token_id))]

@@ -1,11 +1,10 @@
 """GSM8K and MATH answer extraction / normalization, and gold self-consistency on the release files."""
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import DATA
 
-from hizfo.data.sources import resolve_data_dir
 from hizfo.evaluation.gsm8k import extract_gsm8k_answer, gold_gsm8k_answer, gsm8k_is_correct
 from hizfo.evaluation.math_answer import (
     extract_math_answer,
@@ -13,10 +12,6 @@ from hizfo.evaluation.math_answer import (
     math_is_equiv,
     normalize_math_answer,
 )
-
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,20 +1,15 @@
 """evaluate_task dispatch (rouge / webq / humaneval / gsm8k on tiny models) and validation_loss."""
 
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA
 from omegaconf import OmegaConf
 
 import hizfo.evaluation as ev
 from hizfo.data.base import Example
-from hizfo.data.sources import resolve_data_dir
 from hizfo.models.loading import byte_level_tokenizer, tiny_model
 from hizfo.training.losses import causal_lm_loss
-
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 
 
 def task(metric: str, **extra):

@@ -2,20 +2,16 @@
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import DATA
 
-from hizfo.data.sources import resolve_data_dir
 from hizfo.evaluation.lm_eval_bridge import TASKS, render_task_dir, run_lm_eval, task_files
 from hizfo.evaluation.reasoning_scores import GSM8K_METRICS, MATH_METRICS, gsm8k_example
 from hizfo.models.loading import byte_level_tokenizer, tiny_model
 
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file() or
                                 not (DATA / "math500" / "test.jsonl").is_file(),
                                 reason="release files absent")

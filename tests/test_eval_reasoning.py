@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 
-from hizfo.data.sources import resolve_data_dir
 from hizfo.evaluation.reasoning_scores import (
     gsm8k_example,
     gsm8k_extract,
@@ -15,9 +15,6 @@ from hizfo.evaluation.reasoning_scores import (
     math_unnormalized_answer,
 )
 
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 REPO = Path(__file__).resolve().parents[1]
 GOLD = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs.\n#### 18"
 

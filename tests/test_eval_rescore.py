@@ -9,19 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import DATA, HAS_DATA
 from omegaconf import OmegaConf
 
 import hizfo.evaluation as ev
-from hizfo.data import resolve_data_dir
 from hizfo.data.base import Example
 from hizfo.evaluation.predictions import read_predictions, sidecar_path, store_predictions
 from hizfo.evaluation.rescore import main as rescore_main
 from hizfo.evaluation.rescore import rescore_details, rescore_record
 from hizfo.models.loading import byte_level_tokenizer, tiny_model
 
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -158,7 +155,7 @@ def test_eval_cli_record_format_is_rescored(tmp_path, monkeypatch):
     assert result["accuracy"] == 1 / 3
 
 
-@pytest.mark.skipif(resolve_data_dir(None) is None, reason="release files not found (set HIZFO_DATA_DIR)")
+@pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
 def test_eval_cli_runs_on_a_saved_model(tmp_path):
     """`python -m hizfo.evaluation` end to end on a saved tiny model: it loads the model in the precision
     asked for, scores the task's test split and writes a record the re-scorer reproduces."""

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA, HAS_DATA
 from hydra import compose, initialize_config_dir
-from test_runner import CONF, HAS_DATA, make_cfg
+from test_runner import CONF, make_cfg
 
-from hizfo.data.sources import resolve_data_dir
 from hizfo.models import loading
 from hizfo.training import distributed, loop
 from hizfo.zo import ZOAdamW
 
-# the runner's own data dir ($HIZFO_DATA_DIR, else ../shared/data beside the checkout): a fixed path
-# would run these tests in a clone elsewhere whose runner cannot find the files
-DATA = resolve_data_dir(None) or Path("/nonexistent-release-files")
 needs_data = pytest.mark.skipif(not HAS_DATA, reason="release files not found (set HIZFO_DATA_DIR)")
 
 

@@ -12,11 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from hizfo.data.sources import resolve_data_dir
+from helpers import DATA, HAS_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-HAS_DATA = resolve_data_dir(None) is not None
 
 
 def _declared_packages() -> set[str]:
@@ -90,7 +88,7 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HIZFO_DATA_DIR=str(resolve_data_dir(None)), WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    env.update(HIZFO_DATA_DIR=str(DATA), WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [str(venv / "bin" / "hizfo-train"), f"hydra.searchpath=[file://{user_conf}]", "model=my-tiny",
          "task=dialogsum", "method=full_ft", "task.max_train_examples=4", "task.max_input_len=32",

@@ -7,15 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import HAS_DATA
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from hizfo.data.sources import resolve_data_dir
 from hizfo.train import run
 from hizfo.training import checkpoints
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-HAS_DATA = resolve_data_dir(None) is not None
 
 
 def make_cfg(tmp_path, *overrides: str):
