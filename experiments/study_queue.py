@@ -149,15 +149,12 @@ def steps_done(args: Sequence[str]) -> int:
     member counted here may yet start over."""
     from omegaconf import OmegaConf
 
-    from hizfo.runs.resources import project_path
-    from hizfo.train import config_fingerprint
+    from hizfo.train import checkpoint_folder
     from hizfo.training import checkpoints
 
-    cfg = compose(tuple(args))
-    folder = Path(project_path(cfg.paths.checkpoint_dir)) / config_fingerprint(
-        OmegaConf.to_container(cfg, resolve=True))
     try:
-        manifest = checkpoints.read_manifest(folder)
+        manifest = checkpoints.read_manifest(
+            checkpoint_folder(OmegaConf.to_container(compose(tuple(args)), resolve=True)))
     except checkpoints.CheckpointError:   # damaged: the runner would refuse it and say how to start over
         return 0
     return int(manifest["latest"].get("step") or 0) if manifest else 0

@@ -101,6 +101,12 @@ def config_fingerprint(resolved: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def checkpoint_folder(resolved: dict[str, Any]) -> Path:
+    """A run's own checkpoint folder: paths.checkpoint_dir / its config fingerprint. The runner writes
+    and resumes there; the study queue reads it to count a member's steps already done."""
+    return Path(_abs(resolved["paths"]["checkpoint_dir"])) / config_fingerprint(resolved)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job; returns the run record (also written to paths.results_dir)."""
     started_at = records.now_iso()
@@ -132,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         windows = records.PeakWindows(device)  # training's peak apart from evaluation's (the tables use it)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         fingerprint = config_fingerprint(resolved)
-        checkpoint_dir = str(Path(_abs(cfg.paths.checkpoint_dir)) / fingerprint)
+        checkpoint_dir = str(checkpoint_folder(resolved))
         record.update({"config_fingerprint": fingerprint, "protocol": protocol_of(resolved),
                        "config": resolved, "hardware": records.hardware_info(device),
                        "versions": records.package_versions(), "git": _source_info()})

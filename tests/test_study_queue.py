@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from test_runner import HAS_DATA, make_cfg
 from test_study_tuned import N_DEV, N_TEST, _write, study_commands, study_members
 from test_study_tuned import study_dir as study_dir  # noqa: F401  (a fixture, used by name)
@@ -248,14 +249,12 @@ def test_the_dry_run_estimates_a_ready_lines_member_hours_from_its_methods_recor
     assert hours == pytest.approx((12 * 250 + 700) / 3600)
     assert study_queue.member_hours([*line, "method=lora"], study) is None
     # interrupted at step 100 (its checkpoint where the runner looks): 150 steps left, then the evaluation
-    from omegaconf import OmegaConf
-
     from hizfo.train import config_fingerprint
     from hizfo.training import checkpoints
 
     resumed = [*line, "method=full_ft", f"paths.checkpoint_dir={study_dir / 'ckpt'}"]
-    folder = study_dir / "ckpt" / config_fingerprint(
-        OmegaConf.to_container(study_queue.compose(tuple(resumed)), resolve=True))
+    resolved = OmegaConf.to_container(study_queue.compose(tuple(resumed)), resolve=True)
+    folder = study_dir / "ckpt" / config_fingerprint(resolved)     # the runner's folder, spelled out here
     folder.mkdir(parents=True)
     checkpoints.save(folder, {"loop": {"step": 100}}, step=100)
     assert study_queue.steps_done(resumed) == 100
