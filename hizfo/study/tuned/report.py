@@ -237,9 +237,11 @@ def _horizon_note(study: Study, full: Arm) -> str:
             f"{fall:.1f}% over its last fifth (step {_fifth_start(curve)} to {curve[-1][0]}); its test "
             f"score against {full.sig.steps} steps is Q4.")
     short = full.seed0
-    if short is None or not short.val_curve or None in (short.metric("validation"), m0.metric("validation")):
+    if short is None or not short.val_curve:
         return note
-    (loss_s, score_s), (loss_l, score_l) = ((m.val_curve[-1][1], m.metric("validation")) for m in (short, m0))
+    (loss_s, score_s), (loss_l, score_l) = [(m.val_curve[-1][1], m.metric("validation")) for m in (short, m0)]
+    if score_s is None or score_l is None:
+        return note
     note += (f" Seed 0's final dev loss and dev {study.task.score}: {loss_s:.3f} and {score_s:.2f} at "
              f"{full.sig.steps} steps, {loss_l:.3f} and {score_l:.2f} at {HORIZON_STEPS}.")
     if (loss_l - loss_s) * (score_l - score_s) > 0:   # the higher loss comes with the higher score
