@@ -177,12 +177,15 @@ STUDY_WEBQ_LR = $$($(PY) -m hizfo.study.tuned chosen-lr $(1) --task webquestions
 STUDY_WEBQ_METHODS ?= full_ft,hizfo,greentrainer
 STUDY_EXTEND_METHODS ?= full_ft hizfo greentrainer lora mezo
 STUDY_LATER_METHODS ?= ft_topk,prefix
+# Bilevel-ZOFO's members in the study: K 10, the reference's smallest, gives its evaluated copy 25 outer
+# updates in 250 steps (K 30, the method's default, gives 8); its `lr` (the upper rate) is what its grid varies
+STUDY_BILEVEL ?= method.outer_every=10
 # Seeds 1-2 skip the dev-loss curve: only seed 0's is read (convergence, time-to-target), and evaluating
 # it does not change training (tests/test_eval_cadence.py); it cost 8-20 min of a 55-90-min member.
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
 .PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
-.PHONY: study-webq-timing study-webq study-webq-seeds study-later study-decoding study-horizon
+.PHONY: study-webq-timing study-webq study-webq-seeds study-later study-bilevel study-decoding study-horizon
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LR_METHODS) $(ARGS)
@@ -207,7 +210,8 @@ study-mezo: setup model  ## tuned study: MeZO's 3 learning rates at Full FT's CP
 study-lr-extend: setup model  ## tuned study: a method whose best rate sits at its grid's edge gets the next half-decade rate (run until it adds none)
 	for m in $(STUDY_EXTEND_METHODS); do \
 		r=$$($(PY) -m hizfo.study.tuned next-lr $$m) || exit 1; [ -n "$$r" ] || continue; \
-		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$$r seed=0 \
+		k=""; [ "$$m" != bilevel_zofo ] || k="$(STUDY_BILEVEL)"; \
+		$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_seeds method=$$m method.lr=$$r seed=0 $$k \
 			study.horizon.mezo=$(call MEZO_STEPS,results/study/timing.json) $(ARGS) || exit 1; \
 	done
 	$(MAKE) study-report
@@ -251,6 +255,10 @@ study-horizon: setup model  ## tuned study: the horizon check, Full FT at twice 
 
 study-later: setup model  ## tuned study, as the budget allows after every required arm: FT-Top2's and Prefix's 3 rates at seed 0 (then study-lr-extend STUDY_EXTEND_METHODS="ft_topk prefix")
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=$(STUDY_LATER_METHODS) $(ARGS)
+	$(MAKE) study-report
+
+study-bilevel: setup model  ## tuned study, as the budget allows, after FT-Top2 and Prefix: Bilevel-ZOFO's 3 upper rates at seed 0, K 10 (then study-lr-extend STUDY_EXTEND_METHODS=bilevel_zofo)
+	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=bilevel_zofo $(STUDY_BILEVEL) $(ARGS)
 	$(MAKE) study-report
 
 study-webq-timing: setup model  ## tuned study, WebQuestions: s/step of each of its arms alone on an idle machine (its timing.json)

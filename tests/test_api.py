@@ -199,7 +199,7 @@ def test_a_plain_module_trains_with_hizfo_given_its_theta_fo():
 def test_every_training_method_steps_through_the_api(name):
     model = tiny_model("llama", seed=0)
     extra = {"dev_batches": lambda j: [make_batch(seed=100 + j)]} if name == "bilevel_zofo" else None
-    opts = {"outer_every": 1, "upper_lr": 1e-3} if name == "bilevel_zofo" else {}
+    opts = {"outer_every": 1, "lr": 1e-3} if name == "bilevel_zofo" else {}
     method = hizfo.make_method(name, **opts).attach(model, total_steps=2, profile_batch=make_batch(),
                                                     extra=extra)
     before = [p.detach().clone() for p in method.trainable_parameters()]

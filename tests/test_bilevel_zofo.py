@@ -38,7 +38,7 @@ def dev_stream(j: int) -> list[dict[str, torch.Tensor]]:
 
 def make_method(model, profile_n: int = 6, total_steps: int = 20, **overrides):
     cfg = OmegaConf.load("conf/method/bilevel_zofo.yaml")
-    cfg.update({"lam": LAM, "eps": EPS, "zo_lr": ZO_LR, "upper_lr": UPPER_LR, "lower_lr": 1e-2,
+    cfg.update({"lam": LAM, "eps": EPS, "zo_lr": ZO_LR, "lr": UPPER_LR, "lower_lr": 1e-2,
                 "zo_keep": True, **overrides})
     method = build_method("bilevel_zofo", cfg)
     method.setup(model, TrainSetup(total_steps=total_steps, steps_per_epoch=total_steps, num_epochs=1,
@@ -337,7 +337,7 @@ def test_saved_artifacts_rebuild_the_evaluated_model(tmp_path):
     from safetensors.torch import load_file
 
     model = tiny_model("llama")
-    method = make_method(model, outer_every=1, save_base_weights=True, upper_lr=1e-2)
+    method = make_method(model, outer_every=1, save_base_weights=True, lr=1e-2)
     for s in range(2):
         method.step(model, [make_batch(6, seed=s)], s)
     method.save_artifacts(tmp_path)
@@ -373,4 +373,4 @@ def test_loop_resume_matches_uninterrupted(tmp_path):
     from test_peft import assert_resume_matches
 
     assert_resume_matches("bilevel_zofo", tmp_path, stop_at=3, n_examples=15, outer_every=3,
-                          upper_lr=1e-3)
+                          lr=1e-3)

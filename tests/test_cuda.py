@@ -172,7 +172,7 @@ RESUMED = {
     "mezo": {"lr": 1e-3, "eps": 1e-3, "weight_decay": 0.0, "schedule": "constant"},
     "hizfo": {"rho": 0.6, "lr": 1e-2, "zo_lr_ratio": 0.1, "eps": 1e-3, "alpha": 0.1,
               "zo_optimizer": "adamw", "fo_tensors": OPT_FO},
-    "bilevel_zofo": {"outer_every": 2, "lower_lr": 1e-2, "upper_lr": 1e-3, "lam": 10.0},
+    "bilevel_zofo": {"outer_every": 2, "lower_lr": 1e-2, "lr": 1e-3, "lam": 10.0},
 }
 
 

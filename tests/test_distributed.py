@@ -35,7 +35,7 @@ SETTINGS = {**METHODS, "greentrainer": {"name": "greentrainer", "rho": 0.6, "lr"
             "ft_topk": {"name": "ft_topk", "k": 1, "lr": 1e-2, "weight_decay": 0.0},
             "lora": {"name": "lora", "lr": 1e-2, "dropout": 0.0, "weight_decay": 0.0},
             "prefix": {"name": "prefix", "lr": 1e-2, "num_virtual_tokens": 4, "weight_decay": 0.0},
-            "bilevel_zofo": {"name": "bilevel_zofo", "outer_every": 2, "lower_lr": 1e-2, "upper_lr": 1e-3,
+            "bilevel_zofo": {"name": "bilevel_zofo", "outer_every": 2, "lower_lr": 1e-2, "lr": 1e-3,
                              "lam": 10.0}}
 
 

@@ -275,3 +275,18 @@ def test_the_horizon_checks_members_run_the_step_counts_its_verdicts_read():
     assert sorted(name.split("_lr")[0] for name, _ in horizon) == [
         f"study_full_ft_T{HORIZON_STEPS}", f"study_hizfo_T{HIZFO_HORIZON_STEPS}"]
     assert HIZFO_HORIZON_STEPS == HORIZON_STEPS * 3 // 5     # the paper's 3/5 of the baselines' steps
+
+
+def test_every_bilevel_zofo_member_runs_at_the_studys_outer_period():
+    """K is not in a member's run name, so a Bilevel-ZOFO line without the study's K would look like a
+    grid member while training at K 30 (8 outer steps in 250, where the report's note says 25)."""
+    lines = [line for line, _ in study_queue.read_queue(study_queue.QUEUE) if "method=bilevel_zofo" in line]
+    make = [o for target, o in study_commands() if "method=bilevel_zofo" in o]
+    assert len(lines) == 5 and make
+    for words in [re.sub(r"\{(next_lr):[^}]+\}", "6.3e-4", line).split() for line in lines] + make:
+        launch = [w for w in words if not w.startswith(("sweep=", "study.lr_index="))]
+        assert study_queue.compose(tuple(launch)).method.outer_every == 10, words
+    # study-lr-extend sets it in the shell for Bilevel-ZOFO alone
+    text = (ROOT / "Makefile").read_text()
+    assert 'k=""; [ "$$m" != bilevel_zofo ] || k="$(STUDY_BILEVEL)"' in text
+    assert "STUDY_BILEVEL ?= method.outer_every=10\n" in text

@@ -211,9 +211,9 @@ def study_commands() -> list[tuple[str, list[str]]]:
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     variables = {line.split("?=")[0].strip(): line.split("?=")[1].strip()
                  for line in text.splitlines() if "?=" in line and line[:1].isupper()}
-    methods, webq_methods, later_seeds, later_methods = (
-        variables[name]
-        for name in ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS", "LATER_SEEDS", "STUDY_LATER_METHODS"))
+    methods, webq_methods, later_seeds, later_methods, bilevel = (
+        variables[name] for name in ("STUDY_LR_METHODS", "STUDY_WEBQ_METHODS", "LATER_SEEDS",
+                                     "STUDY_LATER_METHODS", "STUDY_BILEVEL"))
     out, target = [], None
     for line in text.splitlines():
         if line and not line[0].isspace() and ":" in line and not line.startswith((".", "STUDY", "#")):
@@ -224,6 +224,8 @@ def study_commands() -> list[tuple[str, list[str]]]:
             command = re.sub(r"\$\(call MEZO_STEPS,[^)]*\)", "300", command)        # MeZO's steps
             command = command.replace("$(STUDY_LR_METHODS)", methods).replace("$$m", "full_ft")
             command = command.replace("$$r", "6.3e-4")                                   # a grid's next rate
+            command = command.replace("$$k", "")     # Bilevel-ZOFO's knobs: set in the shell, for it alone
+            command = command.replace("$(STUDY_BILEVEL)", bilevel)
             command = command.replace("$(STUDY_WEBQ_METHODS)", webq_methods)
             command = command.replace("$(STUDY_LATER_METHODS)", later_methods)
             command = command.replace("$(LATER_SEEDS)", later_seeds)
@@ -246,7 +248,7 @@ def test_the_makefile_has_every_study_grid():
     targets = {t for t, _ in study_commands()}
     assert targets == {"study-lr", "study-lr-extend", "study-webq-check", "study-mezo", "study-seeds",
                        "study-ablations", "study-sweeps", "study-webq", "study-webq-seeds", "study-later",
-                       "study-horizon"}
+                       "study-horizon", "study-bilevel"}
 
 
 def study_members(overrides: list[str]) -> list[tuple[str, str]]:
@@ -482,8 +484,25 @@ def test_the_report_names_the_required_methods_not_run_apart_from_the_optional_o
     assert tuned.main(["--dir", str(study_dir)]) == 0
     text = (study_dir / "REPORT.md").read_text()
     assert "Methods with no record in this study yet: GT, LoRA.\n" in text
-    assert "Not run yet: FT-Top2, Prefix, the arms added after the required ones" in text
-    assert "Not scheduled: Bilevel-ZOFO. The copy it evaluates" in text
+    assert "Not run yet: FT-Top2, Prefix, Bilevel-ZOFO, the arms added after the required ones" in text
+    assert "Bilevel-ZOFO: its learning rate" not in text
+
+
+def test_bilevel_zofos_note_reads_what_its_grid_holds_from_its_records(study_dir):
+    """Bilevel-ZOFO varies one of three rates: the note names the held ones as its records ran them."""
+    runs, base = study_dir / "runs", [float(10 + (i % 5)) for i in range(N_TEST)]
+    held = {"peft": "lora", "theta_optimizer": "adam", "lower_lr": 1e-4, "outer_every": 10, "lam": 1000.0,
+            "eps": 1e-3}
+    for lr in (1e-4, 3.2e-4):
+        _write(runs, f"bl_{lr}", "bilevel_zofo", 0, lr, 250, base, [12.0] * N_DEV, **held)
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    text = (study_dir / "REPORT.md").read_text()
+    assert "Not run yet: FT-Top2, Prefix, the arms" in text
+    assert ("Bilevel-ZOFO: its learning rate is its upper rate, Adam on the copy it evaluates (the upper "
+            "lora copy p) and, with theta_optimizer adam, on the base weights theta, which the reference "
+            "couples; its grid is LoRA's, since p is a LoRA copy. Held: the lower copy's rate 0.0001, "
+            "K = 10 (25 outer steps in 250; p moves only at these), lambda 1000, eps 0.001.\n") in text
+    assert "| Bilevel-ZOFO (250 steps) | 0.0001 |" in text
 
 
 def test_a_claim_not_run_yet_names_exactly_the_arms_without_a_record(study_dir):

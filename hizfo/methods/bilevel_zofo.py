@@ -16,7 +16,7 @@ Per step (0-based ``step``) on the train batch B:
    theta, g_hat = (U(theta+eps*u) - U(theta))/eps, with u from the shared seeded engine and U
    evaluated in eval mode (no dropout, so the difference measures theta, not dropout noise) under
    no_grad; (c) theta takes one Adam step with g_hat*u as its gradient (the reference writes the
-   estimate into theta's .grad and steps the upper-level Adam at the upper lr; here the engine's
+   estimate into theta's .grad and steps the upper-level Adam at the upper rate, ``lr``; here the engine's
    ZOAdamW computes the same update one tensor at a time, with no full-model gradient buffer) and p
    one Adam step. (a) and (b) both see the pre-update (theta, p): a simultaneous update.
    ``theta_optimizer: sgd`` instead applies ZO-SGD theta -= zo_lr * g_hat * u.
@@ -111,7 +111,7 @@ class BilevelZOFO(Method):
         self.theta_optimizer = str(cfg.theta_optimizer)
         if self.theta_optimizer not in THETA_OPTIMIZERS:
             raise ValueError(f"method.theta_optimizer={self.theta_optimizer!r}; use adam (the reference: "
-                             f"the upper-level Adam at the upper lr) or sgd (ZO-SGD at zo_lr)")
+                             f"the upper-level Adam at the upper rate, lr) or sgd (ZO-SGD at zo_lr)")
         self.prefix_init = str(cfg.prefix_init)
         if self.prefix_init not in PREFIX_INITS:
             raise ValueError(f"method.prefix_init={self.prefix_init!r}; use one of {', '.join(PREFIX_INITS)}")
@@ -141,7 +141,7 @@ class BilevelZOFO(Method):
             weight_decay=float(cfg.peft_weight_decay), total_steps=setup.total_steps,
             schedule=schedule)
         self.upper_opt, self.upper_sched = make_adamw(
-            self.upper_named, lr=float(cfg.upper_lr),
+            self.upper_named, lr=float(cfg.lr),
             weight_decay=float(cfg.peft_weight_decay), total_steps=self.n_outer,
             schedule=schedule)
         # theta's Adam: the upper optimizer's betas/eps, moments per tensor (ZOAdamW, fp32)

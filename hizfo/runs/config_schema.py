@@ -213,7 +213,7 @@ class BilevelZOFO(Method):
     eps: Annotated[float, POSITIVE]
     dev_fraction: Annotated[float, Field(gt=0, lt=1)]  # 0 leaves f without data, 1 leaves g without
     lower_lr: Annotated[float, POSITIVE]
-    upper_lr: Annotated[float, POSITIVE]
+    lr: Annotated[float, POSITIVE]   # the upper rate (p's, and theta's Adam)
     peft_weight_decay: Annotated[float, NON_NEGATIVE]
     zo_lr: Annotated[float, POSITIVE]
     zo_weight_decay: Annotated[float, NON_NEGATIVE]
