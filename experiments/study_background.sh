@@ -56,6 +56,7 @@ start() {
   if [ -d "$GRID" ]; then
     # its untracked records are copies of what is committed or to be synced: sync first, then re-pin
     sync_once
+    git -C "$GRID" checkout --quiet -- results/study   # its re-renders: this checkout renders its own
     git -C "$GRID" clean --quiet -fd -- results/study
     git -C "$GRID" checkout --quiet --detach "$commit"
   else

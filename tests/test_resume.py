@@ -45,6 +45,13 @@ def test_member_key_ignores_where_and_how_but_not_what():
     later = {**base, "eval": {**base["eval"], "also_tasks": [], "also_max_examples": None}}
     assert member_key(later) == member_key(base)
     assert member_key({**later, "eval": {**later["eval"], "also_tasks": ["gsm8k"]}}) != member_key(base)
+    # a study's plan names other members: growing it changes no member; a renamed key reads as its new name
+    planned = {**base, "study": {"lr_grid": {"full_ft": [2e-5]}, "lr_index": 0}}
+    grown = {**base, "study": {"lr_grid": {"full_ft": [2e-5], "bilevel_zofo": [1e-4]}, "lr_index": 0}}
+    assert member_key(planned) == member_key(grown) == member_key(base)
+    old = {**base, "method": {"name": "bilevel_zofo", "upper_lr": 1e-7}}
+    assert member_key(old) == member_key({**base, "method": {"name": "bilevel_zofo", "lr": 1e-7}})
+    assert member_key(old) != member_key({**base, "method": {"name": "bilevel_zofo", "lr": 1e-4}})
 
 
 STUDY_RECORDS = [*sorted((REPO / "results" / "mini" / "runs").glob("*.json"))[:6],   # the pilot

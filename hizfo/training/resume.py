@@ -27,6 +27,13 @@ OPERATIONAL_TRAINER_KEYS = ("resume", "checkpoint_every_steps", "checkpoint_lock
 # Top-level sections that only say where things go and how they are logged (``sweep``: the empty node
 # conf/sweep/none.yaml leaves in a single run, absent from a multirun member).
 OPERATIONAL_SECTIONS = ("paths", "logger", "run_name", "hydra", "sweep")
+# A study's plan (conf/experiment/study_*.yaml: every method's grid and horizon). What it decides for one
+# member is resolved into that member's method.lr and trainer.max_steps, which the key holds; the rest
+# names other members, so growing the plan (a grid for another method) never re-runs a finished grid.
+PLAN_SECTIONS = ("study",)
+# Keys renamed after records were written: (section, old name) -> new name. An old record's value is
+# read under the new name (Bilevel-ZOFO's upper rate became its method.lr when the study gridded it).
+RENAMED: dict[tuple[str, str], str] = {("method", "upper_lr"): "lr"}
 # Settings added after records were written, with the value at which they change nothing: a config
 # holding one at that value is the same member as a record that predates it, so adding a feature
 # never re-runs a finished grid. A new config key that changes nothing at its default goes here
@@ -38,7 +45,11 @@ NEUTRAL_WHEN_ABSENT: dict[tuple[str, str], Any] = {("eval", "also_tasks"): [],
 
 def member_key(resolved: dict[str, Any]) -> str:
     """Hash of everything that decides a member's result (model, task, method, seed, trainer, eval, data)."""
-    keep = {k: v for k, v in resolved.items() if k not in OPERATIONAL_SECTIONS}
+    keep = {k: v for k, v in resolved.items() if k not in OPERATIONAL_SECTIONS + PLAN_SECTIONS}
+    for (section, name), new_name in RENAMED.items():
+        node = keep.get(section)
+        if isinstance(node, dict) and name in node and new_name not in node:
+            keep[section] = {new_name if k == name else k: v for k, v in node.items()}
     keep["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                        if k not in OPERATIONAL_TRAINER_KEYS}
     for (section, key), neutral in NEUTRAL_WHEN_ABSENT.items():
