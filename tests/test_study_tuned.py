@@ -749,7 +749,7 @@ def test_the_horizon_check_compares_seed_0_at_twice_the_steps_by_hand(study_dir)
 
 def test_the_report_sets_the_records_hours_against_the_planned_budget(study_dir, monkeypatch):
     """12 members x 600 s = 2 member-hours = 1.0 h at two at a time; under a 0.5-hour budget the
-    Bilevel-ZOFO note adds that the budget is spent, under the real 20 hours it does not."""
+    report's head says that the budget is spent, under the real 20 hours it does not."""
     assert tuned.main(["--dir", str(study_dir)]) == 0
     report = (study_dir / "REPORT.md").read_text()
     assert "planned at about 20 hours at two at a time; its records add up to 1.0 h." in report
