@@ -56,9 +56,9 @@ start() {
   if [ -d "$GRID" ]; then
     # its untracked records are copies of what is committed or to be synced: sync first, then re-pin
     sync_once
-    git -C "$GRID" checkout --quiet -- results/study   # its re-renders: this checkout renders its own
     git -C "$GRID" clean --quiet -fd -- results/study
-    git -C "$GRID" checkout --quiet --detach "$commit"
+    # --force: the worktree's own edits go (its queue's re-rendered report, a queue line held by hand)
+    git -C "$GRID" checkout --quiet --force --detach "$commit"
   else
     git -C "$ROOT" worktree add --quiet --detach "$GRID" "$commit"
   fi
