@@ -7,8 +7,9 @@ run again; a member that was killed resumes from its checkpoint (hizfo/training/
 (hizfo/training/checkpoints.py), so only the member that was running when the grid stopped ever holds one.
 
 "The same member" means the same resolved config, leaving out only settings that change where
-things are written or how a run is executed and logged (``member_key``): any change of what is
-trained or how it is evaluated (e.g. ``task.max_eval_examples``) runs the member again.
+things are written or how a run is executed and logged, and a study's plan for its other members
+(``member_key``): any change of what is trained or how it is evaluated (e.g.
+``task.max_eval_examples``) runs the member again.
 """
 
 from __future__ import annotations

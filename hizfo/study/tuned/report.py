@@ -37,14 +37,14 @@ from hizfo.study.tuned.verdicts import (
 def bilevel_note(study: Study) -> str:
     """What Bilevel-ZOFO's grid varies and what it holds, read from its records: it has three rates
     (lower, upper, theta's) and an outer period K, where every other method's grid varies one rate."""
-    records = [m.record["config"]["method"] for s, ms in study.by_sig.items() if s.method == "bilevel_zofo"
-               for m in ms]
+    members = [m for m in study.members if m.sig.method == "bilevel_zofo"]
+    records = [m.record["config"]["method"] for m in members]
 
     def values(key: str) -> str:
         return " / ".join(f"{v:g}" if isinstance(v, float) else str(v)
                           for v in sorted({r.get(key) for r in records}, key=str))
 
-    steps = sorted({s.steps for s in study.by_sig if s.method == "bilevel_zofo" and s.steps})
+    steps = sorted({m.sig.steps for m in members if m.sig.steps})
     outer = ", ".join(f"{t // int(k)} outer steps in {t}" for t in steps
                       for k in sorted({r.get("outer_every") for r in records}))
     return ("Bilevel-ZOFO: its learning rate is its upper rate, Adam on the copy it evaluates (the upper "
