@@ -184,7 +184,7 @@ STUDY_BILEVEL ?= method.outer_every=10
 # it does not change training (tests/test_eval_cadence.py); it cost 8-20 min of a 55-90-min member.
 LATER_SEEDS ?= seed=1,2 trainer.eval_every_steps=null
 MEZO_STEPS = $$($(PY) experiments/study_timing.py --mezo-steps $(1))
-.PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-mezo study-seeds study-ablations study-sweeps study-report
+.PHONY: study-lr study-lr-extend study-queue study-webq-check study-timing study-timing-later study-mezo study-seeds study-ablations study-sweeps study-report
 .PHONY: study-webq-timing study-webq study-webq-seeds study-later study-bilevel study-decoding study-horizon
 study-lr: setup model  ## tuned study: zero-shot, then each method's 3 learning rates at seed 0 (dev + test)
 	$(STUDY_RUN) experiment=study_dialogsum method=zero_shot run_name=study_zero_shot_s0 $(ARGS)
@@ -201,6 +201,10 @@ study-decoding: setup model  ## tuned study: zero-shot dev ROUGE-1 under the dec
 
 study-timing: setup model  ## tuned study: s/step of each arm alone on an idle machine, 3 repeats (timing.json)
 	$(PY) experiments/study_timing.py --out results/study/timing.json $(ARGS)
+
+study-timing-later: setup model  ## tuned study: s/step of FT-Top2, Prefix and Bilevel-ZOFO alone, with Full FT again as reference (timing_later.json)
+	$(PY) experiments/study_timing.py --out results/study/timing_later.json \
+		--arms full_ft ft_topk prefix bilevel_zofo --arm-set="bilevel_zofo:$(STUDY_BILEVEL)" $(ARGS)
 
 study-mezo: setup model  ## tuned study: MeZO's 3 learning rates at Full FT's CPU time (after study-timing)
 	$(STUDY_RUN) -m experiment=study_dialogsum sweep=study_lr method=mezo \

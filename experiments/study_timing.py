@@ -5,13 +5,20 @@ neighbour's load, so the study's time column is (seconds per step here) x (the a
 (arm, repeat) is its own process running the study's configuration (conf/experiment/study_dialogsum.yaml,
 one torch thread) for ``--steps`` steps through the runner, with evaluation off; the per-step seconds
 the runner reports to its logger are kept, the first ``--warmup`` steps (tensor selection, allocator
-warm-up) dropped, and the median of the rest is the repeat's figure. Repeats go round the arms in
-turn, so a drift of the machine touches every arm alike. Start it on an idle machine: it refuses
-when the 1-minute load average is above ``--max-load`` (``--force`` to override, and the file says so).
+warm-up) dropped, and the median of the rest is the repeat's figure. An arm whose method does extra
+work every K steps (Bilevel-ZOFO's outer update, ``method.outer_every``) runs at least warm-up + 2K
+steps, and its figure is the mean over whole periods instead, since a median would drop the outer
+steps. Repeats go round the arms in turn, so a drift of the machine touches every arm alike. Start
+it on an idle machine: it refuses when the 1-minute load average is above ``--max-load`` (``--force``
+to override, and the file says so).
 
     python experiments/study_timing.py --out results/study/timing.json      # make study-timing
     python experiments/study_timing.py --mezo-steps results/study/timing.json  # MeZO's equal-time steps
     python experiments/study_timing.py --experiment study_webq --out results/study/webq/timing.json
+    python experiments/study_timing.py --out results/study/timing_later.json \
+        --arms full_ft ft_topk prefix bilevel_zofo --arm-set bilevel_zofo:method.outer_every=10
+                                                       # make study-timing-later: the later arms, with
+                                                       # Full FT again as the same run's reference
 """
 
 from __future__ import annotations
@@ -35,13 +42,33 @@ ARMS: dict[str, list[str]] = {
     "mezo": ["method=mezo"],
     "hizfo": ["method=hizfo"],
     "hizfo_zo_off": ["method=hizfo", "method.zo_enabled=false", "method.alpha=0.0"],
+    # the arms added after the required ones (`make study-timing-later`)
+    "ft_topk": ["method=ft_topk"],
+    "prefix": ["method=prefix"],
+    "bilevel_zofo": ["method=bilevel_zofo"],
 }
 
 
+def step_figure(seconds: list[float], warmup: int, period: int = 1) -> float:
+    """A repeat's seconds per step: the median after ``warmup`` steps; for a method with extra work every
+    ``period`` steps, the mean over the whole periods after the warm-up (each holds one outer step)."""
+    rest = seconds[warmup:]
+    if period <= 1:
+        if not rest:
+            raise ValueError(f"{len(seconds)} step times for {warmup} warm-up steps")
+        return statistics.median(rest)
+    whole = len(rest) // period * period
+    if whole == 0:
+        raise ValueError(f"{len(seconds)} step times hold no whole period of {period} steps after "
+                         f"{warmup} warm-up steps: run at least {warmup + period} steps")
+    return statistics.fmean(rest[:whole])
+
+
 def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = (),
-            experiment: str = "study_dialogsum") -> None:
-    """In this process: one short run of the study's configuration; writes the per-step seconds and the
-    torch threads it ran on."""
+            experiment: str = "study_dialogsum", warmup: int = 2) -> None:
+    """In this process: one short run of the study's configuration; writes the per-step seconds, the
+    torch threads it ran on, and the method's period (``outer_every``; 1 for a method without one). A
+    periodic method runs at least ``warmup`` + 2 periods."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -60,35 +87,52 @@ def run_one(overrides: list[str], steps: int, out: Path, extra: list[str] = (),
     with tempfile.TemporaryDirectory(prefix="hizfo-timing-") as tmp, \
             initialize_config_dir(str(conf_dir()), version_base=None):
         method = next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
-        cfg = compose("config", overrides=[
-            f"experiment={experiment}", *overrides, f"study.horizon.{method}={steps}",
-            "trainer.eval_every_steps=null", "trainer.eval_every_epoch=false", "eval.final_split=null",
-            "eval.score_validation=false", "eval.split=null", "trainer.checkpoint_every_steps=null",
-            "trainer.skip_completed=false", "logger.wandb=false", f"paths.results_dir={tmp}/runs",
-            f"paths.checkpoint_dir={tmp}/ckpt", f"run_name=timing_{method}", *extra])
+
+        def config(horizon: int):
+            return compose("config", overrides=[
+                f"experiment={experiment}", *overrides, f"study.horizon.{method}={horizon}",
+                "trainer.eval_every_steps=null", "trainer.eval_every_epoch=false", "eval.final_split=null",
+                "eval.score_validation=false", "eval.split=null", "trainer.checkpoint_every_steps=null",
+                "trainer.skip_completed=false", "logger.wandb=false", f"paths.results_dir={tmp}/runs",
+                f"paths.checkpoint_dir={tmp}/ckpt", f"run_name=timing_{method}", *extra])
+
+        cfg = config(steps)
+        period = int(cfg.method.get("outer_every") or 1)
+        if period > 1 and steps < warmup + 2 * period:
+            cfg = config(warmup + 2 * period)
         runner.run(cfg)
-    out.write_text(json.dumps({"seconds": seconds, "torch_threads": torch.get_num_threads()}))
+    out.write_text(json.dumps({"seconds": seconds, "torch_threads": torch.get_num_threads(),
+                               "period": period}))
 
 
 def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[str] = (),
-            experiment: str = "study_dialogsum") -> dict[str, dict]:
+            experiment: str = "study_dialogsum",
+            arm_extra: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Each arm's repeats; ``extra``: overrides for every arm, ``arm_extra``: for one arm only."""
     results: dict[str, dict] = {arm: {"seconds_per_step": [], "all_step_seconds": [], "torch_threads": []}
                                 for arm in arms}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     for rep in range(repeats):
         for arm in arms:
             with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+                own = (arm_extra or {}).get(arm, [])
                 cmd = [sys.executable, __file__, "--one", arm, "--steps", str(steps), "--result", fh.name,
-                       "--experiment", experiment, *(f"--set={o}" for o in extra)]
+                       "--warmup", str(warmup), "--experiment", experiment,
+                       *(f"--set={o}" for o in [*extra, *own])]
                 print(f"[timing] repeat {rep + 1}/{repeats}: {arm} ({steps} steps)", flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
                 result = json.loads(Path(fh.name).read_text())
-            seconds = result["seconds"]
+            seconds, period = result["seconds"], result["period"]
             results[arm]["torch_threads"].append(result["torch_threads"])
-            if len(seconds) <= warmup:
-                raise RuntimeError(f"{arm}: {len(seconds)} step times for {warmup} warm-up steps")
-            results[arm]["seconds_per_step"].append(statistics.median(seconds[warmup:]))
+            try:
+                results[arm]["seconds_per_step"].append(step_figure(seconds, warmup, period))
+            except ValueError as err:
+                raise RuntimeError(f"{arm}: {err}") from None
             results[arm]["all_step_seconds"].append(seconds)
+            if period > 1:
+                results[arm]["period"] = period
+            if own:
+                results[arm]["overrides"] = own
     return results
 
 
@@ -114,12 +158,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="print MeZO's equal-CPU-time steps from a timing file and exit")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one more config override for every run (tests: model=tiny-llama)")
+    parser.add_argument("--arm-set", action="append", default=[], metavar="ARM:KEY=VALUE",
+                        help="one more config override for one arm (bilevel_zofo:method.outer_every=10)")
     parser.add_argument("--one", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(ARMS[args.one], args.steps, args.result, args.set, args.experiment)
+        run_one(ARMS[args.one], args.steps, args.result, args.set, args.experiment, args.warmup)
         return 0
+    arm_extra: dict[str, list[str]] = {}
+    for item in args.arm_set:
+        arm, sep, override = item.partition(":")
+        if not sep or arm not in args.arms or "=" not in override:
+            parser.error(f"--arm-set {item!r}: expected ARM:KEY=VALUE with ARM one of the measured arms "
+                         f"({', '.join(args.arms)})")
+        arm_extra.setdefault(arm, []).append(override)
     if args.mezo_steps:
         if not args.mezo_steps.is_file():
             print(f"{args.mezo_steps}: no timing file; run `make study-timing` first", file=sys.stderr)
@@ -138,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hizfo.runs.records import hardware_info
 
-    arms = measure(args.arms, args.repeats, args.steps, args.warmup, args.set, args.experiment)
+    arms = measure(args.arms, args.repeats, args.steps, args.warmup, args.set, args.experiment, arm_extra)
     threads = sorted({t for r in arms.values() for t in r["torch_threads"]})
     # this process's own thread count is not the arms': each ran in its own process, measured above
     hardware = {k: v for k, v in hardware_info(torch.device("cpu")).items() if k != "torch_threads"}

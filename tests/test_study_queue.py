@@ -290,3 +290,5 @@ def test_every_bilevel_zofo_member_runs_at_the_studys_outer_period():
     text = (ROOT / "Makefile").read_text()
     assert 'k=""; [ "$$m" != bilevel_zofo ] || k="$(STUDY_BILEVEL)"' in text
     assert "STUDY_BILEVEL ?= method.outer_every=10\n" in text
+    # and the later arms' timing pilot times it at the same K
+    assert '--arm-set="bilevel_zofo:$(STUDY_BILEVEL)"' in text

@@ -177,6 +177,33 @@ def test_the_timing_pilots_file_decides_the_time_claim(study_dir):
     assert hz_row.endswith("| 150 (26.2) |")  # reaches Full FT's 1.695 at step 150: 150 x 10.5 s
 
 
+def test_the_later_pilot_times_the_later_arms_and_never_the_claims(study_dir):
+    """timing_later.json (`make study-timing-later`) gives the later arms their s/step, and its own Full
+    FT is shown beside the first pilot's; the time claims keep the first pilot's Full FT."""
+    arms = {"hizfo": {"seconds_per_step": [10.0, 11.0, 10.5]},
+            "full_ft": {"seconds_per_step": [8.0, 8.2, 8.1]}}
+    (study_dir / "timing.json").write_text(json.dumps({"arms": arms}))
+    later = {"full_ft": {"seconds_per_step": [6.0, 6.2, 6.1]},     # a faster machine: not for the claims
+             "bilevel_zofo": {"seconds_per_step": [4.0, 5.0, 6.0], "period": 10},
+             "hizfo": {"seconds_per_step": [1.0]}}                 # not a later arm: ignored
+    (study_dir / "timing_later.json").write_text(json.dumps(
+        {"arms": later, "hardware": {"cpu_count": 2, "cpu_model": "AMD EPYC"}}))
+    _write(study_dir / "runs", "bz", "bilevel_zofo", 0, 1e-3, 250, [15.0] * N_TEST, [18.0] * N_DEV,
+           outer_every=10)
+    assert tuned.main(["--dir", str(study_dir)]) == 0
+    text = (study_dir / "REPORT.md").read_text()
+    assert ("Bilevel-ZOFO: a second pilot, on the 2-core AMD EPYC (results/study/timing_later.json), which "
+            "timed Full FT again as its reference: 6.10 s/step there, 8.10 in the first pilot.") in text
+    lines = text.splitlines()
+    bz_row = next(line for line in lines if line.startswith("| Bilevel-ZOFO (250 steps) |"))
+    assert "| 5.0 | 20.8 |" in bz_row                                 # 5 s x 250 steps = 20.8 min
+    assert "Bilevel-ZOFO, K = 10: the mean step over whole K-step periods" in text
+    hz_row = next(line for line in lines if line.startswith("| Hi-ZFO (150 steps) | 2e-05 | 150 |"))
+    assert "| 10.5 |" in hz_row
+    c8 = next(line for line in lines if line.startswith("| C8 |"))
+    assert "Full FT (250 steps) 33.3-34.2 min" in c8                  # the first pilot's 8.0-8.2 s
+
+
 def test_pilot_minutes_count_the_first_step_once_and_the_median_for_the_rest():
     """The first step holds one-time work (Hi-ZFO's tensor selection): 30 s + 9 s x 149 = 1371 s."""
     entry = {"seconds_per_step": [9.0, 10.0], "all_step_seconds": [[30.0, 9.0, 9.0], [12.0, 10.0, 10.0]]}

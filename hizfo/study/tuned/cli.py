@@ -14,9 +14,9 @@ from hizfo.study.tuned.report import chosen_rates, render
 from hizfo.study.tuned.verdicts import webq_gate, webq_qualifies
 
 
-def _timing(folder: Path) -> dict[str, Any]:
+def _timing(folder: Path, name: str = "timing.json") -> dict[str, Any]:
     """A timing pilot's file (experiments/study_timing.py), or {} when it has not run."""
-    path = folder / "timing.json"
+    path = folder / name
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     pilot, webq_pilot = _timing(folder), _timing(folder / WEBQ.folder)
     (folder / "REPORT.md").write_text(render(study, pilot.get("arms"), webq_gate(gate), webq_study,
-                                             webq_pilot.get("arms"), pilot.get("hardware")))
+                                             webq_pilot.get("arms"), pilot.get("hardware"),
+                                             _timing(folder, "timing_later.json")))
     (folder / "chosen_lr.json").write_text(json.dumps(chosen_rates(study), indent=2, sort_keys=True) + "\n")
     if webq_members:
         (folder / WEBQ.folder / "chosen_lr.json").write_text(

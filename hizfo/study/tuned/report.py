@@ -136,13 +136,24 @@ def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
                      "dev - zero-shot [95%]", "on dev",
                      "train peak RSS (GB)", "analytic (GB)", "s/step (pilot)", "train min (pilot)",
                      "steps (pilot min) to Full FT's dev loss"], rows), "",
-            f"s/step: the timing pilot's median step, mean of its repeats; {PILOT_TIME_RULE}. "
+            f"s/step: the timing pilot's median step, mean of its repeats{_period_note(timing)}; "
+            f"{PILOT_TIME_RULE}. "
             "Arms whose knobs change the work per step (rho, r) have no pilot of their own. train peak RSS: "
             "the highest of the arm's members' training peaks (evaluation left out); a member resumed from a "
             "checkpoint gives its first process's peak, since a resumed process also holds the loaded "
             "checkpoint" + _resume_note(study) + "."
             + _target_note(study, full, target) + _fo_note(study), "",
             *_one_seed_note(study)]
+
+
+def _period_note(timing: dict[str, Any] | None) -> str:
+    """An arm with an outer step every K steps is timed by its mean over whole periods: a median would
+    drop the outer steps."""
+    periodic = [f"{NAMES.get(k, k)}, K = {v['period']}" for k, v in (timing or {}).items() if v.get("period")]
+    if not periodic:
+        return ""
+    return (" (" + "; ".join(periodic) + ": the mean step over whole K-step periods instead, since its "
+            "outer update comes every K-th step)")
 
 
 def _resume_note(study: Study) -> str:
@@ -417,11 +428,30 @@ def machines(records: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def later_pilot_note(timing: dict[str, Any] | None, later_pilot: dict[str, Any] | None) -> str:
+    """Where the later arms' s/step come from: a second pilot, whose own Full FT says how far the
+    machine drifted from the first."""
+    arms = (later_pilot or {}).get("arms") or {}
+    named = [NAMES[m] for m in LATER_METHODS if m in arms]
+    if not named:
+        return ""
+    text = (f" {', '.join(named)}: a second pilot, on the {machine_name(later_pilot.get('hardware') or {})} "
+            "(results/study/timing_later.json)")
+    again, first = (arms.get("full_ft") or {}).get("seconds_per_step"), (timing or {}).get("full_ft")
+    if again and first:
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        text += (f", which timed Full FT again as its reference: {mean(again):.2f} s/step there, "
+                 f"{mean(first['seconds_per_step']):.2f} in the first pilot")
+    return text + "."
+
+
 def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | None = None,
            webq_study: Study | None = None, webq_timing: dict[str, Any] | None = None,
-           pilot_hardware: dict[str, Any] | None = None) -> str:
+           pilot_hardware: dict[str, Any] | None = None, later_pilot: dict[str, Any] | None = None) -> str:
     """The report. ``webq_study``: WebQuestions' members, passed only once its gate has passed;
-    ``pilot_hardware``: the machine the timing pilot ran on (its file's ``hardware``)."""
+    ``pilot_hardware``: the machine the timing pilot ran on (its file's ``hardware``); ``later_pilot``:
+    the second pilot's file, which times the arms added after the required ones (their s/step only:
+    no claim uses them)."""
     every = study.members + (webq_study.members if webq_study else [])
     machine = machines([m.record for m in every])
     lines = ["# The tuned CPU-scale study: Hi-ZFO and its baselines on DialogSum (SmolLM2-135M-Instruct)", "",
@@ -434,7 +464,8 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
              "same seed on another CPU model can differ in its last float bits and so in its trajectory: "
              "seeds are draws, not bit-for-bit repeats, and a member's own times depend on its machine."
              + (f" Timing pilot: each arm alone on the {machine_name(pilot_hardware)} "
-                "(results/study/timing.json)." if pilot_hardware else ""), ""]
+                "(results/study/timing.json)." if pilot_hardware else "")
+             + later_pilot_note(timing, later_pilot), ""]
     ran = {s.method for s in study.by_sig}
     absent = [name for method, name in NAMES.items() if method not in ran and method not in LATER_METHODS]
     if absent:
@@ -454,7 +485,8 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
                   + ".", ""]
-    lines += task_sections(study, timing)
+    later = {k: v for k, v in ((later_pilot or {}).get("arms") or {}).items() if k in LATER_METHODS}
+    lines += task_sections(study, {**later, **(timing or {})} or None)
     if webq_study is not None and webq_study.members:
         lines += [f"# Second task: WebQuestions ({WEBQ.config}, records in results/study/webq/runs/, "
                   f"protocol `{WEBQ.protocol}`)", "", *task_sections(webq_study, webq_timing)]
