@@ -33,7 +33,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE_STEPS = 250   # the baselines' horizon in the study (one epoch of 1000 dialogues at batch 4)
 # arm -> overrides of the study's configuration
 ARMS: dict[str, list[str]] = {
     "full_ft": ["method=full_ft"],
@@ -137,7 +136,10 @@ def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[
 
 
 def mezo_steps(timing: dict) -> int:
-    """MeZO's steps at Full FT's training time: 250 x (Full FT's s/step) / (MeZO's s/step)."""
+    """MeZO's steps at Full FT's training time: the baselines' steps (250) x (Full FT's s/step) / (MeZO's
+    s/step)."""
+    from hizfo.study.tuned.members import BASELINE_STEPS
+
     full = statistics.mean(timing["arms"]["full_ft"]["seconds_per_step"])
     mezo = statistics.mean(timing["arms"]["mezo"]["seconds_per_step"])
     return round(BASELINE_STEPS * full / mezo)

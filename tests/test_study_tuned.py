@@ -785,3 +785,17 @@ def test_the_report_sets_the_records_hours_against_the_planned_budget(study_dir,
     assert tuned.main(["--dir", str(study_dir)]) == 0
     assert ("The study's planned budget, about 0.5 hours at two members at a time, is spent (1.0 h so far, "
             "Cost)") in (study_dir / "REPORT.md").read_text()
+
+
+def test_the_reports_horizons_are_the_study_configs():
+    """The report finds its arms by conf/experiment/study_dialogsum.yaml's horizons: one for every
+    baseline, Hi-ZFO at the paper's 3/5 of it, MeZO's from the timing pilot (250 there, set at launch)."""
+    from omegaconf import OmegaConf
+
+    from hizfo.study.tuned.members import BASELINE_STEPS, HIZFO_STEPS, HORIZONS
+
+    conf = OmegaConf.load(ROOT / "conf" / "experiment" / "study_dialogsum.yaml").study.horizon
+    assert HORIZONS == OmegaConf.to_container(conf)
+    baselines = {m: s for m, s in HORIZONS.items() if m not in ("hizfo", "zero_shot")}
+    assert set(baselines.values()) == {BASELINE_STEPS}
+    assert HIZFO_STEPS == BASELINE_STEPS * 3 // 5 and HORIZONS["zero_shot"] is None

@@ -48,6 +48,23 @@ LR_FROM = {"hizfo": "hizfo"}   # an arm with non-default knobs uses its method's
 HALF_DECADE = 10 ** 0.5         # the spacing of every method's planned grid (2e-5, 6.3e-5, 2e-4)
 
 
+def study_horizons() -> dict[str, int | None]:
+    """Each method's training steps in the study: conf/experiment/study_dialogsum.yaml's study.horizon,
+    which the WebQuestions arms include. The report finds its arms by these, so a horizon changed
+    there moves the report with it."""
+    from omegaconf import OmegaConf
+
+    from hizfo.runs.resources import conf_dir
+
+    node = OmegaConf.load(Path(conf_dir()) / "experiment" / "study_dialogsum.yaml")
+    return OmegaConf.to_container(node.study.horizon)
+
+
+HORIZONS = study_horizons()
+BASELINE_STEPS: int = HORIZONS["full_ft"]   # every baseline's steps: one epoch of the training dialogues
+HIZFO_STEPS: int = HORIZONS["hizfo"]        # Hi-ZFO's: the paper's 3/5 of the baselines'
+
+
 def next_rate(lr: float, up: bool) -> float:
     """The half-decade rate past ``lr`` at two significant digits, as the planned grids are written:
     2e-4 -> 6.3e-4 up, 2e-5 -> 6.3e-6 down."""

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from hizfo.study.tuned.members import (
+    BASELINE_STEPS,
     DIALOGSUM,
+    HIZFO_STEPS,
     LATER_METHODS,
     LR_FROM,
     MARGIN,
@@ -108,7 +110,7 @@ def _last_loss(m: Member) -> str:
 
 def arms_section(study: Study, timing: dict[str, Any] | None) -> list[str]:
     rows = []
-    full = study.find("full_ft", 250)
+    full = study.find("full_ft", BASELINE_STEPS)
     full0 = full.seed0 if full else None
     target = full0.val_curve[-1][1] if full0 and full0.val_curve else None
     for arm in study.arms():
@@ -167,7 +169,7 @@ def _fo_note(study: Study) -> str:
     the set's size, and the analytic column with it, need not grow with rho."""
     sizes = {}
     for rho in (0.5, 0.6, 0.7, 0.8):
-        arm = study.find("hizfo", 150, **({} if rho == 0.6 else {"rho": rho}))
+        arm = study.find("hizfo", HIZFO_STEPS, **({} if rho == 0.6 else {"rho": rho}))
         fo = (arm.members[0].record.get("method") or {}).get("fo_params") if arm else None
         if fo:
             sizes[rho] = fo / 1e6
@@ -223,7 +225,7 @@ def _time_to(arm: Arm, target: float | None, timing: dict[str, Any] | None = Non
 
 
 def convergence_section(study: Study) -> list[str]:
-    full = study.find("full_ft", 250)
+    full = study.find("full_ft", BASELINE_STEPS)
     if full is None:
         return []
     m0 = full.seed0
@@ -292,7 +294,7 @@ def _margin_note(*studies: Study | None) -> str:
     large share of what Full FT gains, and a reader should see that."""
     shares = []
     for s in studies:
-        full = s.find("full_ft", 250) if s is not None and s.members else None
+        full = s.find("full_ft", BASELINE_STEPS) if s is not None and s.members else None
         if full is not None:
             score = s.cell(full).mean
             shares.append(f"{MARGIN / score:.0%} of Full FT's test {s.task.score} on {s.task.name} "
@@ -327,7 +329,7 @@ def claims_section(study: Study, timing: dict[str, Any] | None, webq: Verdict | 
 
 def alpha_note(study: Study) -> list[str]:
     """Why C12's two arms are nearly one model: the algebra, and the count of identical generations."""
-    hz, off = study.find("hizfo", 150), study.find("hizfo", 150, alpha=0.0)
+    hz, off = study.find("hizfo", HIZFO_STEPS), study.find("hizfo", HIZFO_STEPS, alpha=0.0)
     if hz is None or off is None:
         return []
     (dev_same, dev_n), (test_same, test_n) = study.identical(hz, off, "dev"), study.identical(hz, off)

@@ -11,7 +11,9 @@ from typing import Any
 from hizfo.report.plots import PAPER_TEXT_POINTS
 from hizfo.study import bootstrap as bs
 from hizfo.study.tuned.members import (
+    BASELINE_STEPS,
     DIALOGSUM,
+    HIZFO_STEPS,
     MARGIN,
     Arm,
     Member,
@@ -101,7 +103,8 @@ def _pair(study: Study, claim: Callable[..., Verdict], a: tuple[str, Arm | None]
 
 
 def mezo_claim(study: Study) -> Verdict:
-    wanted = dict((_arm(study, "mezo"), _arm(study, "full_ft", 250), ("zero-shot", study.zero_shot)))
+    wanted = dict((_arm(study, "mezo"), _arm(study, "full_ft", BASELINE_STEPS),
+                   ("zero-shot", study.zero_shot)))
     if missing := _no_record(wanted):
         return missing
     mezo, full, zero = wanted.values()
@@ -136,7 +139,8 @@ def _mezo_grid_note(study: Study, mezo: Arm, zero: Arm) -> str:
 
 
 def rho_claim(study: Study) -> Verdict:
-    arms = {r: study.find("hizfo", 150, **({} if r == 0.6 else {"rho": r})) for r in (0.5, 0.6, 0.7, 0.8)}
+    arms = {r: study.find("hizfo", HIZFO_STEPS, **({} if r == 0.6 else {"rho": r}))
+            for r in (0.5, 0.6, 0.7, 0.8)}
     mid = arms[0.6]
     if missing := _no_record({f"rho {r}": arms[r] for r in (0.5, 0.6, 0.8)}):
         return Verdict(NOT_RUN, missing.because + " (rho <= 0.4 leaves no tensor that fits SmolLM2's "
@@ -151,8 +155,8 @@ def rho_claim(study: Study) -> Verdict:
 
 
 def ratio_claim(study: Study) -> Verdict:
-    ref = study.find("hizfo", 150)
-    r05, r07 = (study.find("hizfo", 150, zo_lr_ratio=r) for r in (0.5, 0.7))
+    ref = study.find("hizfo", HIZFO_STEPS)
+    r05, r07 = (study.find("hizfo", HIZFO_STEPS, zo_lr_ratio=r) for r in (0.5, 0.7))
     if missing := _no_record({"r 0.1": ref, "r 0.5": r05, "r 0.7": r07}):
         return missing
     inside, above = study.diff(r05, ref), study.diff(r07, ref)
@@ -170,7 +174,8 @@ def ratio_claim(study: Study) -> Verdict:
 
 def alpha_claim(study: Study) -> Verdict:
     """C12 by the "beats" rule, with the size of the paper's own alpha effect beside it (DialogSum)."""
-    verdict = _pair(study, beats_claim, _arm(study, "hizfo", 150), _arm(study, "hizfo", 150, alpha=0.0))
+    verdict = _pair(study, beats_claim, _arm(study, "hizfo", HIZFO_STEPS),
+                    _arm(study, "hizfo", HIZFO_STEPS, alpha=0.0))
     if verdict.verdict == NOT_RUN or study.task is not DIALOGSUM:
         return verdict
     paper = PAPER_TEXT_POINTS["alpha"]["opt-2.7b"]
@@ -182,7 +187,7 @@ def alpha_claim(study: Study) -> Verdict:
 def _r_context(study: Study) -> str:
     """Beside C13's rule (r 0.7 against r 0.1, the paper's collapse point): r 1.0 when it ran, and the
     size of the paper's drop, so "cannot tell" is not read as "a drop of the paper's size is possible"."""
-    ref, r10 = study.find("hizfo", 150), study.find("hizfo", 150, zo_lr_ratio=1.0)
+    ref, r10 = study.find("hizfo", HIZFO_STEPS), study.find("hizfo", HIZFO_STEPS, zo_lr_ratio=1.0)
     out = (f"; r 1.0 - r 0.1 (not in the rule): {study.diff(r10, ref).text(2)}{_over(study, r10, ref)}"
            if ref and r10 else "")
     paper = PAPER_TEXT_POINTS["zo_lr_ratio"]["opt-2.7b"]
@@ -258,7 +263,7 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
         return Verdict(NOT_RUN, f"the timing pilot on {study.task.name} (each arm alone, 3 repeats: `make "
                                 f"{target}`) has not run; grid records' times are not measurements (two "
                                 "members share the machine)")
-    wanted = dict((_arm(study, "hizfo", 150), _arm(study, "full_ft", 250)))
+    wanted = dict((_arm(study, "hizfo", HIZFO_STEPS), _arm(study, "full_ft", BASELINE_STEPS)))
     if missing := _no_record(wanted):
         return missing
     hz, full = wanted.values()
@@ -277,7 +282,7 @@ def time_claim(study: Study, timing: dict[str, Any] | None) -> Verdict:
 
 
 def memory_claim(study: Study) -> Verdict:
-    wanted = dict((_arm(study, "hizfo", 150), _arm(study, "full_ft", 250)))
+    wanted = dict((_arm(study, "hizfo", HIZFO_STEPS), _arm(study, "full_ft", BASELINE_STEPS)))
     if missing := _no_record(wanted):
         return missing
     hz, full = wanted.values()
@@ -355,9 +360,9 @@ def webq_gate(members: list[Member]) -> Verdict:
 
 def task_claims(study: Study, timing: dict[str, Any] | None) -> list[Verdict]:
     """The five claims the paper makes on each task, in its order (C1-C5 WebQuestions, C6-C10 DialogSum)."""
-    hz = _arm(study, "hizfo", 150)
-    return [_pair(study, at_least_claim, hz, _arm(study, "full_ft", 250)),
-            _pair(study, at_least_claim, hz, _arm(study, "greentrainer", 250, rho=0.7)),
+    hz = _arm(study, "hizfo", HIZFO_STEPS)
+    return [_pair(study, at_least_claim, hz, _arm(study, "full_ft", BASELINE_STEPS)),
+            _pair(study, at_least_claim, hz, _arm(study, "greentrainer", BASELINE_STEPS, rho=0.7)),
             time_claim(study, timing), memory_claim(study), mezo_claim(study)]
 
 
@@ -392,19 +397,20 @@ def step_cost_question(timing: dict[str, Any] | None) -> Verdict:
     return _lower(hz, full, text)
 
 
-HORIZON_STEPS = 500          # the horizon check's Full FT: twice the study's 250 steps (`make study-horizon`)
-HIZFO_HORIZON_STEPS = 300    # and Hi-ZFO at the paper's 3/5 of it
+HORIZON_STEPS = 2 * BASELINE_STEPS               # the horizon check's Full FT (`make study-horizon`)
+HIZFO_HORIZON_STEPS = HORIZON_STEPS * 3 // 5      # and Hi-ZFO at the paper's 3/5 of it
 
 
 def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[str, str, Verdict]]:
-    hz = _arm(study, "hizfo", 150)
+    hz = _arm(study, "hizfo", HIZFO_STEPS)
     return [
         ("Q1", "Hi-ZFO at equal steps is at least Full FT",
-         _pair(study, at_least_claim, _arm(study, "hizfo", 250), _arm(study, "full_ft", 250))),
+         _pair(study, at_least_claim, _arm(study, "hizfo", BASELINE_STEPS),
+               _arm(study, "full_ft", BASELINE_STEPS))),
         ("Q2", "The ZO part helps: Hi-ZFO vs the ZO part off (FO on the selection only)",
-         _pair(study, beats_claim, hz, _arm(study, "hizfo", 150, zo_enabled=False, alpha=0.0))),
+         _pair(study, beats_claim, hz, _arm(study, "hizfo", HIZFO_STEPS, zo_enabled=False, alpha=0.0))),
         ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
-        # the horizon check: Full FT's dev loss still fell at 250 steps, so seed 0 runs twice as long
+        # the horizon check: Full FT's dev loss still fell at its last step, so seed 0 runs twice as long
         ("Q4", f"{HORIZON_STEPS // 2} steps suffice: Full FT at {HORIZON_STEPS // 2} steps is at least "
                f"Full FT at {HORIZON_STEPS} (seed 0)",
          _pair(study, at_least_claim, _arm(study, "full_ft", HORIZON_STEPS // 2),
@@ -415,11 +421,11 @@ def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[
 
 
 def horizon_c6(study: Study) -> Verdict:
-    """Q5, with C6's own pair (150 against 250 steps) on the same seed 0 beside it, so the two horizons
-    are compared on one seed rather than one seed against three."""
+    """Q5, with C6's own pair (Hi-ZFO's and Full FT's study horizons) on the same seed 0 beside it, so the
+    two horizons are compared on one seed rather than one seed against three."""
     longer = _pair(study, at_least_claim, _arm(study, "hizfo", HIZFO_HORIZON_STEPS),
                    _arm(study, "full_ft", HORIZON_STEPS))
-    hz, ft = study.find("hizfo", 150), study.find("full_ft", 250)
+    hz, ft = study.find("hizfo", HIZFO_STEPS), study.find("full_ft", BASELINE_STEPS)
     if longer.verdict == NOT_RUN or not (hz and ft and hz.seed0 and ft.seed0):
         return longer
     a, b = Arm(hz.sig, hz.lr, [hz.seed0]), Arm(ft.sig, ft.lr, [ft.seed0])
