@@ -522,6 +522,10 @@ def test_bilevel_zofos_note_reads_what_its_grid_holds_from_its_records(study_dir
             "eps": 1e-3}
     for lr in (1e-4, 3.2e-4):
         _write(runs, f"bl_{lr}", "bilevel_zofo", 0, lr, 250, base, [12.0] * N_DEV, **held)
+        record = json.loads((runs / f"bl_{lr}.json").read_text())
+        grid = [1e-4, 3.2e-4, 1e-3]
+        record["config"]["study"] = {"lr_grid": {"lora": grid, "bilevel_zofo": grid}}
+        (runs / f"bl_{lr}.json").write_text(json.dumps(record))
     assert tuned.main(["--dir", str(study_dir)]) == 0
     text = (study_dir / "REPORT.md").read_text()
     assert "Not run yet: FT-Top2, Prefix, the arms" in text
@@ -529,7 +533,25 @@ def test_bilevel_zofos_note_reads_what_its_grid_holds_from_its_records(study_dir
             "lora copy p) and, with theta_optimizer adam, on the base weights theta, which the reference "
             "couples; its grid is LoRA's, since p is a LoRA copy. Held: the lower copy's rate 0.0001, "
             "K = 10 (25 outer steps in 250; p moves only at these), lambda 1000, eps 0.001.\n") in text
-    assert "| Bilevel-ZOFO (250 steps) | 0.0001 |" in text
+    assert "| Bilevel-ZOFO (250 steps) | 0.0001 (2 of 3 rates run) |" in text
+
+
+def test_bilevel_zofos_note_names_its_grid_as_its_records_plan_it(study_dir):
+    """"LoRA's grid" only while the records plan LoRA's rates for it and p is a LoRA copy."""
+    runs, base = study_dir / "runs", [float(10 + (i % 5)) for i in range(N_TEST)]
+    for name, grid in (("bl_same", [1e-4, 1e-3]), ("bl_other", [1e-5, 1e-4])):
+        record_grid = {"lora": [1e-4, 1e-3], "bilevel_zofo": grid}
+        for path in runs.glob("bl_*.json"):
+            path.unlink()
+        _write(runs, name, "bilevel_zofo", 0, 1e-4, 250, base, [12.0] * N_DEV, peft="lora", outer_every=10)
+        record = json.loads((runs / f"{name}.json").read_text())
+        record["config"]["study"] = {"lr_grid": record_grid}
+        (runs / f"{name}.json").write_text(json.dumps(record))
+        assert tuned.main(["--dir", str(study_dir)]) == 0
+        text = (study_dir / "REPORT.md").read_text()
+        want = ("its grid is LoRA's, since p is a LoRA copy" if name == "bl_same"
+                else "its grid is 1e-05, 0.0001")
+        assert f"which the reference couples; {want}. Held:" in text
 
 
 def test_a_claim_not_run_yet_names_exactly_the_arms_without_a_record(study_dir):

@@ -49,9 +49,15 @@ def bilevel_note(study: Study) -> str:
     steps = sorted({m.sig.steps for m in members if m.sig.steps})
     outer = ", ".join(f"{t // int(k)} outer steps in {t}" for t in steps
                       for k in sorted({r.get("outer_every") for r in records}))
+    plans = [(m.record["config"].get("study") or {}).get("lr_grid") or {} for m in members]
+    grid = next((p["bilevel_zofo"] for p in plans if p.get("bilevel_zofo")), None)
+    if grid and {r.get("peft") for r in records} == {"lora"} and all(p.get("lora") == grid for p in plans):
+        planned = "its grid is LoRA's, since p is a LoRA copy"
+    else:
+        planned = f"its grid is {', '.join(f'{x:g}' for x in grid)}" if grid else "its records name no grid"
     return ("Bilevel-ZOFO: its learning rate is its upper rate, Adam on the copy it evaluates (the upper "
             f"{values('peft')} copy p) and, with theta_optimizer {values('theta_optimizer')}, on the base "
-            "weights theta, which the reference couples; its grid is LoRA's, since p is a LoRA copy. Held: "
+            f"weights theta, which the reference couples; {planned}. Held: "
             f"the lower copy's rate {values('lower_lr')}, K = {values('outer_every')} ({outer}; p moves "
             f"only at these), lambda {values('lam')}, eps {values('eps')}.")
 
