@@ -192,8 +192,9 @@ def test_the_later_pilot_times_the_later_arms_and_never_the_claims(study_dir):
            outer_every=10)
     assert tuned.main(["--dir", str(study_dir)]) == 0
     text = (study_dir / "REPORT.md").read_text()
-    assert ("Bilevel-ZOFO: a second pilot, on the 2-core AMD EPYC (results/study/timing_later.json), which "
-            "timed Full FT again as its reference: 6.10 s/step there, 8.10 in the first pilot.") in text
+    assert ("Bilevel-ZOFO is timed by a second pilot, on the 2-core AMD EPYC "
+            "(results/study/timing_later.json), which timed Full FT again as its reference: 6.10 s/step "
+            "there, 8.10 in the first pilot.") in text
     lines = text.splitlines()
     bz_row = next(line for line in lines if line.startswith("| Bilevel-ZOFO (250 steps) |"))
     assert "| 5.0 | 20.8 |" in bz_row                                 # 5 s x 250 steps = 20.8 min
@@ -513,6 +514,7 @@ def test_the_report_names_the_required_methods_not_run_apart_from_the_optional_o
     assert "Methods with no record in this study yet: GT, LoRA.\n" in text
     assert "Not run yet: FT-Top2, Prefix, Bilevel-ZOFO, the arms added after the required ones" in text
     assert "Bilevel-ZOFO: its learning rate" not in text
+    assert "Bilevel-ZOFO's train loss" not in text
 
 
 def test_bilevel_zofos_note_reads_what_its_grid_holds_from_its_records(study_dir):
@@ -534,6 +536,8 @@ def test_bilevel_zofos_note_reads_what_its_grid_holds_from_its_records(study_dir
             "couples; its grid is LoRA's, since p is a LoRA copy. Held: the lower copy's rate 0.0001, "
             "K = 10 (25 outer steps in 250; p moves only at these), lambda 1000, eps 0.001.\n") in text
     assert "| Bilevel-ZOFO (250 steps) | 0.0001 (2 of 3 rates run) |" in text
+    # its grid rows' train loss is the lower copy's: the note says so, and only beside its rows
+    assert "Bilevel-ZOFO's train loss is its lower copy z's" in text
 
 
 def test_bilevel_zofos_note_names_its_grid_as_its_records_plan_it(study_dir):

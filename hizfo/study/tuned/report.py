@@ -90,6 +90,10 @@ def lr_section(study: Study) -> list[str]:
                          _fmt(m.metric("test")), _last_loss(m)])
     if not rows:
         return out + ["No grid has two rates yet.", ""]
+    # Bilevel-ZOFO's steps train its lower copy z and log z's loss; its dev loss and scores are the copy p's
+    lower = (" Bilevel-ZOFO's train loss is its lower copy z's, the copy its every step trains; its dev "
+             "loss and scores are those of the copy it evaluates, p, which moves only at the outer steps."
+             if any(row[0].startswith(NAMES["bilevel_zofo"]) for row in rows) else "")
     return out + _table(["arm", "learning rate", f"dev {score} (100)", "dev - chosen [95%]", "final dev loss",
                          f"test {score} (500)", "train loss, last 10 steps"], rows) + [
         "", "A rate chosen at the highest or lowest rate of its method's complete grid is not yet a "
@@ -101,7 +105,7 @@ def lr_section(study: Study) -> list[str]:
         "other way. The rule stays as fixed before the grids ran; test scores never choose. One addition: "
         "ties on the dev score go to the lower final dev loss, then to the lower rate (added when "
         "WebQuestions' MeZO scored 0 at its first rates; it changed only that grid's choice, from its lowest "
-        "rate, an edge and so not yet a choice, to the rate with the lowest dev loss).", ""]
+        f"rate, an edge and so not yet a choice, to the rate with the lowest dev loss).{lower}", ""]
 
 
 def _on(study: Study) -> str:
@@ -443,8 +447,9 @@ def later_pilot_note(timing: dict[str, Any] | None, later_pilot: dict[str, Any] 
     named = [NAMES[m] for m in LATER_METHODS if m in arms]
     if not named:
         return ""
-    text = (f" {', '.join(named)}: a second pilot, on the {machine_name(later_pilot.get('hardware') or {})} "
-            "(results/study/timing_later.json)")
+    joined = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    text = (f" {joined} {'is' if len(named) == 1 else 'are'} timed by a second pilot, on the "
+            f"{machine_name(later_pilot.get('hardware') or {})} (results/study/timing_later.json)")
     again, first = (arms.get("full_ft") or {}).get("seconds_per_step"), (timing or {}).get("full_ft")
     if again and first:
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
