@@ -277,9 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         states, hours = [], []
         studies = {name: load_study(args.study_dir, task) for name, task in TASKS.items()}
+        launched: set[tuple[str, ...]] = set()
         for line, _ in read_queue(args.queue):
             fate = resolve(line, args.study_dir)
+            if fate.state == "ready" and tuple(fate.args) in launched:
+                # as the queue itself does: it waits for that launch, then resolves again (done, or the
+                # next rate of a grid that grows), so it is not counted twice
+                fate = Resolved("wait", why="the same launch as a ready line above: it resolves again "
+                                            "once that one has run")
             state = "done" if fate.state == "ready" and completed(fate.args) else fate.state
+            if state == "ready":
+                launched.add(tuple(fate.args))
             shown = " ".join(fate.args) if fate.state == "ready" else f"{line}  ({fate.why})"
             print(f"{state:5}  {shown}")
             states.append(state)

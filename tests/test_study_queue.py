@@ -265,6 +265,19 @@ def test_the_dry_run_estimates_a_ready_lines_member_hours_from_its_methods_recor
         "not counted")
 
 
+def test_the_dry_run_counts_a_repeated_launch_once(study_dir, tmp_path, capsys):
+    """Two lines that resolve to the same member (a grid's growth line, doubled so the grid can grow
+    twice): the queue runs it once and resolves the second line again afterwards."""
+    queue = tmp_path / "queue.txt"
+    line = "experiment=study_dialogsum sweep=study_seeds method=full_ft method.lr=6.3e-5 seed=3\n"
+    queue.write_text(line + line)
+    assert study_queue.main(["--dry-run", "--queue", str(queue), "--study-dir", str(study_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in out[:2]] == ["ready", "wait"]
+    assert "the same launch as a ready line above" in out[1]
+    assert out[-1].startswith("1 ready, 1 wait")
+
+
 def test_the_horizon_checks_members_run_the_step_counts_its_verdicts_read():
     """Q4/Q5 look for Full FT at HORIZON_STEPS and Hi-ZFO at HIZFO_HORIZON_STEPS; `make study-horizon`
     (and so the queue, which holds every make target's member) must run exactly those."""
