@@ -7,6 +7,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from hizfo.study.tuned.members import (
@@ -452,9 +453,8 @@ def later_pilot_note(timing: dict[str, Any] | None, later_pilot: dict[str, Any] 
             f"{machine_name(later_pilot.get('hardware') or {})} (results/study/timing_later.json)")
     again, first = (arms.get("full_ft") or {}).get("seconds_per_step"), (timing or {}).get("full_ft")
     if again and first:
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        text += (f", which timed Full FT again as its reference: {mean(again):.2f} s/step there, "
-                 f"{mean(first['seconds_per_step']):.2f} in the first pilot")
+        text += (f", which timed Full FT again as its reference: {fmean(again):.2f} s/step there, "
+                 f"{fmean(first['seconds_per_step']):.2f} in the first pilot")
     return text + "."
 
 
