@@ -118,15 +118,18 @@ def measure(arms: list[str], repeats: int, steps: int, warmup: int, extra: list[
                 cmd = [sys.executable, __file__, "--one", arm, "--steps", str(steps), "--result", fh.name,
                        "--warmup", str(warmup), "--experiment", experiment,
                        *(f"--set={o}" for o in [*extra, *own])]
-                print(f"[timing] repeat {rep + 1}/{repeats}: {arm} ({steps} steps)", flush=True)
+                print(f"[timing] repeat {rep + 1}/{repeats}: {arm}", flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
                 result = json.loads(Path(fh.name).read_text())
             seconds, period = result["seconds"], result["period"]
             results[arm]["torch_threads"].append(result["torch_threads"])
             try:
-                results[arm]["seconds_per_step"].append(step_figure(seconds, warmup, period))
+                figure = step_figure(seconds, warmup, period)
             except ValueError as err:
                 raise RuntimeError(f"{arm}: {err}") from None
+            results[arm]["seconds_per_step"].append(figure)
+            # a periodic method runs more steps than asked (run_one), so the count printed is the run's own
+            print(f"[timing]   {len(seconds)} steps, {figure:.2f} s/step", flush=True)
             results[arm]["all_step_seconds"].append(seconds)
             if period > 1:
                 results[arm]["period"] = period

@@ -79,6 +79,7 @@ def test_bilevel_zofo_runs_two_whole_periods_at_its_own_k(tmp_path):
     assert len(seconds) == 1 + 2 * 2 and entry["period"] == 2    # 3 steps asked, warm-up + 2K run
     assert entry["overrides"] == ["method.outer_every=2"]
     assert entry["seconds_per_step"] == [pytest.approx(sum(seconds[1:]) / 4)]
+    assert "5 steps," in proc.stdout and "(3 steps)" not in proc.stdout    # the count it ran, not asked
 
 
 def test_an_arm_set_for_an_arm_not_measured_is_refused():
