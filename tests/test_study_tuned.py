@@ -809,8 +809,8 @@ def test_the_report_sets_the_records_hours_against_the_planned_budget(study_dir,
     assert "is spent" not in report
     monkeypatch.setattr(tuned.report, "BUDGET_HOURS", 0.5)
     assert tuned.main(["--dir", str(study_dir)]) == 0
-    assert ("The study's planned budget, about 0.5 hours at two members at a time, is spent (1.0 h so far, "
-            "Cost)") in (study_dir / "REPORT.md").read_text()
+    assert ("The study's planned budget, about 0.5 hours at two members at a time, is spent: its records add "
+            "up to 1.0 h (Cost)") in (study_dir / "REPORT.md").read_text()
 
 
 def test_the_reports_horizons_are_the_study_configs():

@@ -492,8 +492,8 @@ def render(study: Study, timing: dict[str, Any] | None = None, webq: Verdict | N
     spent = spent_hours(study, *([webq_study] if webq_study is not None else []))
     if spent > BUDGET_HOURS:
         lines += [f"The study's planned budget, about {BUDGET_HOURS:g} hours at two members at a time, is "
-                  f"spent ({spent:.1f} h so far, Cost); the arms after the required ones "
-                  f"({', '.join(NAMES[m] for m in LATER_METHODS)}) run past it.", ""]
+                  f"spent: its records add up to {spent:.1f} h (Cost); the arms after the required ones "
+                  f"({', '.join(NAMES[m] for m in LATER_METHODS)}) ran past it.", ""]
     if study.skipped:
         lines += [f"Skipped {len(study.skipped)} record file(s) that are not sound records (each named in "
                   "the warning printed when rendering): " + ", ".join(Path(s).name for s in study.skipped)
