@@ -825,3 +825,26 @@ def test_the_reports_horizons_are_the_study_configs():
     baselines = {m: s for m, s in HORIZONS.items() if m not in ("hizfo", "zero_shot")}
     assert set(baselines.values()) == {BASELINE_STEPS}
     assert HIZFO_STEPS == BASELINE_STEPS * 3 // 5 and HORIZONS["zero_shot"] is None
+
+
+def test_the_readmes_findings_quote_the_committed_report():
+    """Every figure in the README's study findings, each interval whole, and the verdict counts appear
+    in results/study/REPORT.md, so a re-rendered report cannot leave the README's headline behind."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    report = (root / "results" / "study" / "REPORT.md").read_text()
+    start = readme.index("**What the CPU-scale study found**")
+    findings = readme[start:readme.index("\n\n", start)].replace("\n", " ")
+    intervals = re.findall(r"-?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\]", findings)
+    assert len(intervals) == 6
+    missing = [x for x in intervals + re.findall(r"\d+\.\d+(?:-\d+\.\d+)?", findings) if x not in report]
+    assert not missing, f"the README quotes figures REPORT.md does not hold: {missing}"
+    counts = re.search(r"(\d+) are supported.*?(\d+) contradicted.*?(\d+) cannot be told", findings).groups()
+    supported, contradicted, cannot = counts
+    assert (f"Verdicts: {cannot} cannot tell at this scale, {contradicted} contradicted, "
+            f"{supported} supported.") in report
+    members = re.search(r"Machines of the (\d+) members", report).group(1)
+    assert f"complete\n([results/study/REPORT.md](results/study/REPORT.md): {members} members" in readme
+    row = (f"complete, {members} members: {supported} claims supported, {contradicted} contradicted, "
+           f"{cannot} cannot tell |")
+    assert row in (root / "results" / "README.md").read_text()
