@@ -187,6 +187,12 @@ class Member:
         return None if value is None else float(value)
 
     @property
+    def lr_grid(self) -> dict[str, list[float]]:
+        """The planned learning-rate grids the member ran under (its config's ``study.lr_grid``; {} when
+        it names none), per method."""
+        return (self.record["config"].get("study") or {}).get("lr_grid") or {}
+
+    @property
     def val_curve(self) -> list[tuple[int, float]]:
         return [(int(v["step"]), float(v["val_loss"])) for v in self.record.get("val_evaluations") or []]
 
@@ -327,8 +333,7 @@ class Study:
 
     def _planned(self, main: Signature, method: str) -> int:
         """How many rates the records' ``study.lr_grid`` plans for ``method`` (0: they name none)."""
-        return max((len(((m.record["config"].get("study") or {}).get("lr_grid") or {}).get(method) or [])
-                    for m in self.by_sig[main]), default=0)
+        return max((len(m.lr_grid.get(method) or []) for m in self.by_sig[main]), default=0)
 
     def grid_gap(self, arm: Arm) -> tuple[int, int] | None:
         """(rates run, rates planned) of the grid that chose ``arm``'s rate while some of its planned

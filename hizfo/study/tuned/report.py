@@ -50,7 +50,7 @@ def bilevel_note(study: Study) -> str:
     steps = sorted({m.sig.steps for m in members if m.sig.steps})
     outer = ", ".join(f"{t // int(k)} outer steps in {t}" for t in steps
                       for k in sorted({r.get("outer_every") for r in records}))
-    plans = [(m.record["config"].get("study") or {}).get("lr_grid") or {} for m in members]
+    plans = [m.lr_grid for m in members]
     grid = next((p["bilevel_zofo"] for p in plans if p.get("bilevel_zofo")), None)
     if grid and {r.get("peft") for r in records} == {"lora"} and all(p.get("lora") == grid for p in plans):
         planned = "its grid is LoRA's, since p is a LoRA copy"

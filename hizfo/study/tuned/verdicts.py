@@ -411,9 +411,9 @@ def questions(study: Study, timing: dict[str, Any] | None = None) -> list[tuple[
          _pair(study, beats_claim, hz, _arm(study, "hizfo", HIZFO_STEPS, zo_enabled=False, alpha=0.0))),
         ("Q3", "A Hi-ZFO step costs less time than a Full FT step", step_cost_question(timing)),
         # the horizon check: Full FT's dev loss still fell at its last step, so seed 0 runs twice as long
-        ("Q4", f"{HORIZON_STEPS // 2} steps suffice: Full FT at {HORIZON_STEPS // 2} steps is at least "
+        ("Q4", f"{BASELINE_STEPS} steps suffice: Full FT at {BASELINE_STEPS} steps is at least "
                f"Full FT at {HORIZON_STEPS} (seed 0)",
-         _pair(study, at_least_claim, _arm(study, "full_ft", HORIZON_STEPS // 2),
+         _pair(study, at_least_claim, _arm(study, "full_ft", BASELINE_STEPS),
                _arm(study, "full_ft", HORIZON_STEPS))),
         ("Q5", f"C6 at twice the horizon: Hi-ZFO at {HIZFO_HORIZON_STEPS} steps (3/5) is at least Full FT at "
                f"{HORIZON_STEPS} (seed 0)", horizon_c6(study)),
